@@ -1,0 +1,1 @@
+"""ingestion-service: mirrors a person's external data into a memory engine."""

@@ -1,0 +1,349 @@
+"""The `ingestion` command line (design §3).
+
+Each command builds the settings once (a bad value stops it with one line and exit 2), opens
+what it needs, and closes it. Bad arguments also exit 2 with one line; a failed sync exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from ingestion.config import PROVIDER_NAMES, Settings, describe_error
+from ingestion.errors import ConfigurationError, IngestionError, MalformedJob
+from ingestion.logs import configure_logging
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="ingestion",
+    help="Keeps Gmail, Calendar, GitHub and X data mirrored into a memory engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+accounts_app = typer.Typer(help="Connected accounts.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-lettered jobs.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ACCOUNT_PROVIDERS = ("google", "github", "twitter")
+
+
+class UsageFailure(Exception):
+    """Bad arguments or configuration: one line on stderr, exit status 2."""
+
+
+def fail(message: str) -> NoReturn:
+    raise UsageFailure(message)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        fail(describe_error(exc))
+    configure_logging(settings)
+    return settings
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(factory())
+    except ConfigurationError as exc:
+        fail(str(exc))
+
+
+def check_provider(name: str) -> str:
+    if name not in PROVIDER_NAMES:
+        fail(f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}")
+    return name
+
+
+def parse_when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option}: not an ISO-8601 date or time: {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=_json_default, indent=2) + "\n")
+
+
+async def with_services(
+    settings: Settings, body: Callable[[Any], Awaitable[T]], *, migrate: bool | None = None
+) -> T:
+    from ingestion.app import Services
+
+    services = await Services.open(settings, migrate=migrate)
+    try:
+        return await body(services)
+    finally:
+        await services.aclose()
+
+
+# --- run, worker, scheduler, api --------------------------------------------------------------
+
+
+@app.command()
+def run() -> None:
+    """Scheduler + worker + HTTP API in one process (the main job)."""
+    from ingestion.app import run_service
+
+    settings = load_settings()
+    run_async(lambda: run_service(settings))
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    full: Annotated[bool, typer.Option("--full", help="Ignore the cursor: full sync")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="ISO-8601 lower bound")] = None,
+    max_results: Annotated[
+        int | None, typer.Option("--max-results", min=1, help="Stop after N items")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """One sync in the foreground, without the queue."""
+    from ingestion.providers.base import FetchOptions
+
+    check_provider(provider)
+    options = FetchOptions(
+        max_results=max_results, since=parse_when(since, "--since"), force_full_sync=full
+    )
+    settings = load_settings()
+
+    async def body(services: Any) -> Any:
+        from ingestion.progress import SyncProgress
+
+        with SyncProgress(enabled=not as_json and sys.stderr.isatty(), label=provider) as bar:
+            try:
+                return await services.engine.run(provider, user, options, progress=bar.update)
+            except IngestionError as exc:
+                return exc
+
+    result = run_async(lambda: with_services(settings, body))
+    if isinstance(result, IngestionError):
+        if as_json:
+            print_json(
+                {"provider": provider, "userId": user, "status": "error", "error": str(result)}
+            )
+        else:
+            err.print(f"sync failed: {result}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        print_json(result.as_json())
+        return
+    table = Table(title=f"{provider} sync for {user}", show_header=True)
+    for column in ("fetched", "upserted", "deleted", "pages", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result.fetched),
+        str(result.upserted),
+        str(result.deleted),
+        str(result.pages),
+        f"{result.seconds:.2f}",
+    )
+    out.print(table)
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+
+@accounts_app.command("add")
+def accounts_add(
+    provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    access_token: Annotated[str, typer.Option("--access-token", help="Access token")],
+    refresh_token: Annotated[str | None, typer.Option("--refresh-token")] = None,
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="ISO-8601")] = None,
+    scope: Annotated[str | None, typer.Option("--scope")] = None,
+) -> None:
+    """Store a connected account (personal access tokens, tests, standalone use)."""
+    from ingestion.providers.registry import account_provider_of
+    from ingestion.storage.accounts import save_account
+
+    check_provider(provider)
+    expiry = parse_when(expires_at, "--expires-at")
+    settings = load_settings()
+    account_provider = account_provider_of(provider)
+
+    async def body(services: Any) -> str:
+        async with services.db.session() as session:
+            account = await save_account(
+                session,
+                user_id=user,
+                provider_id=account_provider,
+                access_token=access_token,
+                refresh_token=refresh_token,
+                expires_at=expiry,
+                scope=scope,
+            )
+            return str(account.id)
+
+    account_id = run_async(lambda: with_services(settings, body))
+    out.print(
+        f"stored {account_provider} account {account_id} for user {user}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@accounts_app.command("list")
+def accounts_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Connected accounts (tokens are never printed)."""
+    from ingestion.storage.accounts import list_accounts
+
+    settings = load_settings()
+
+    async def body(services: Any) -> Any:
+        async with services.db.session() as session:
+            return await list_accounts(session)
+
+    accounts = run_async(lambda: with_services(settings, body))
+    rows = [
+        {
+            "id": a.id,
+            "userId": a.user_id,
+            "provider": a.provider_id,
+            "accountId": a.account_id,
+            "scope": a.scope,
+            "refreshToken": a.has_refresh_token,
+            "accessTokenExpiresAt": a.access_token_expires_at,
+            "updatedAt": a.updated_at,
+        }
+        for a in accounts
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(show_header=True)
+    for column in ("user", "provider", "account", "scope", "refresh token", "expires"):
+        table.add_column(column)
+    for row in rows:
+        expires = row["accessTokenExpiresAt"]
+        table.add_row(
+            row["userId"],
+            row["provider"],
+            row["accountId"],
+            row["scope"] or "",
+            "yes" if row["refreshToken"] else "no",
+            _json_default(expires) if expires else "never",
+        )
+    out.print(table)
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Per user and provider: status, last sync, items, last error; queue figures."""
+    from ingestion.status import gather_status
+
+    settings = load_settings()
+
+    async def body(services: Any) -> Any:
+        from ingestion.queue import queue_stats_for
+
+        return await gather_status(services.db, queue_stats_for(settings))
+
+    document = run_async(lambda: with_services(settings, body))
+    if as_json:
+        print_json(document)
+        return
+    table = Table(title="sync status", show_header=True)
+    for column in ("user", "provider", "status", "last sync", "items", "last error"):
+        table.add_column(column)
+    for row in document["accounts"]:
+        table.add_row(
+            row["userId"],
+            row["provider"],
+            row["status"],
+            row["lastSyncTime"] or "never",
+            str(row["itemsUpserted"]),
+            (row["lastError"] or "")[:80],
+        )
+    out.print(table)
+    queue = document["queue"]
+    out.print(
+        "queue: " + ", ".join(f"{k}={v}" for k, v in queue.items()), markup=False, highlight=False
+    )
+
+
+# --- db ------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations."""
+    from ingestion.storage.db import current_revision, upgrade
+
+    settings = load_settings()
+    upgrade(settings)
+    out.print(
+        f"database ({settings.database_kind}) at revision {current_revision(settings)}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Entry point: turns usage and configuration errors into one line and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except UsageFailure as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except MalformedJob as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        message = exc.format_message().replace("\n", " ")
+        err.print(f"error: {message}", markup=False, highlight=False)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The provider contract: how a provider fetches, and what it hands back.
+
+A provider is an object with a `sync(ctx)` async generator. It reads only what changed since
+the cursor in `ctx.state`, and yields `SyncPage`s. It never talks to the memory engine or the
+database: the sync engine (`ingestion.sync`) sends each page's upserts and deletes to the sink,
+and only after the sink accepted them stores `page.state` as the new cursor. So:
+
+- a crash or a deferral between pages resumes from the last accepted page;
+- every page's `state` must be complete (it replaces the stored metadata) and must describe a
+  position at or before the items of the pages still to come;
+- re-yielding an item that was already accepted is harmless (ids are stable, upserts idempotent).
+
+A provider raises `ingestion.errors` exceptions: `RateLimited` to defer the job (pages yielded
+before are kept), `RetryableError`, `ReauthRequired`, `PermanentError`.
+
+Adding a provider: a folder with auth, client, provider, sync state and transformer, then one line
+in `providers/registry.py`. Nothing outside the folder knows the provider's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    import httpx
+    import structlog
+
+    from ingestion.clock import Clock
+    from ingestion.config import Settings
+    from ingestion.memory.record import MemoryRecord
+
+__all__ = [
+    "FetchOptions",
+    "OAuthEndpoints",
+    "Provider",
+    "SyncContext",
+    "SyncPage",
+    "TokenSource",
+]
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """The `options` of a job (design §5), already validated."""
+
+    max_results: int | None = None
+    since: datetime | None = None
+    force_full_sync: bool = False
+
+
+class TokenSource(Protocol):
+    """A valid access token for the account being synced (see `ingestion.tokens`)."""
+
+    async def access_token(self) -> str:
+        """The current token, refreshed first when it expires within the safety margin."""
+        ...
+
+    async def refresh_after_unauthorized(self, rejected_token: str) -> str:
+        """The API answered 401 to `rejected_token`: refresh once (unless another process
+        already did) and return the new token. Raises `ReauthRequired` when the grant is dead."""
+        ...
+
+
+@dataclass
+class SyncContext:
+    """Everything one sync of one (user, provider) may use."""
+
+    user_id: str
+    options: FetchOptions
+    #: Provider-owned cursor metadata from the last accepted page (historyId, syncToken, ETags,
+    #: since_id, backfill checkpoint...). Treat as read-only; yield a new mapping in pages.
+    state: Mapping[str, Any]
+    last_sync_time: datetime | None
+    settings: Settings
+    http: httpx.AsyncClient
+    tokens: TokenSource
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+
+
+@dataclass(frozen=True)
+class SyncPage:
+    """A unit of progress: items to upsert and delete, and the cursor to store afterwards."""
+
+    state: Mapping[str, Any]
+    upserts: Sequence[MemoryRecord] = ()
+    #: `sourceId`s (not record ids) of items to remove from the memory engine.
+    deletes: Sequence[str] = ()
+    #: Items read from the API for this page (may be more than upserts: skipped, unchanged).
+    fetched: int = 0
+    #: Optional estimate of the whole sync's item count, for progress display.
+    total_estimate: int | None = None
+    #: Optional counters to add to the run history's `details` (e.g. requests, quota used).
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OAuthEndpoints:
+    """What the token service and `ingestion connect` need to know of a provider's OAuth."""
+
+    account_provider: str
+    auth_url_setting: str
+    token_url_setting: str
+    client_id_setting: str
+    client_secret_setting: str
+    scopes: tuple[str, ...]
+    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    #: The provider's name in jobs, schedules and records: `gmail`, `calendar`, ...
+    name: ClassVar[str]
+    #: Better Auth `"providerId"` of the account it syncs with: `google`, `github`, `twitter`.
+    account_provider: ClassVar[str]
+
+    def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
+        """Fetch what changed since `ctx.state` and yield pages of records."""
+        ...

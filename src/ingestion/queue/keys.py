@@ -1,0 +1,48 @@
+"""Every Redis key the service uses, in one place. No key literal elsewhere.
+
+With the default namespace `ingestion` the names are the contract of design §5:
+stream `ingestion:jobs`, group `ingestion-workers`, dead letters `ingestion:jobs:dead`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = "ingestion"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.namespace}:jobs"
+
+    @property
+    def group(self) -> str:
+        return f"{self.namespace}-workers"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.namespace}:jobs:dead"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of jobs waiting for a retry time (score = epoch seconds)."""
+        return f"{self.namespace}:jobs:delayed"
+
+    def active(self, provider: str, user_id: str) -> str:
+        """Marks a (provider, user) job queued or running, for coalescing."""
+        return f"{self.namespace}:active:{provider}:{user_id}"
+
+    def sync_lock(self, provider: str, user_id: str) -> str:
+        """Held while one sync of (provider, user) runs: one at a time across workers."""
+        return f"{self.namespace}:lock:sync:{provider}:{user_id}"
+
+    def token_lock(self, account_id: str) -> str:
+        return f"{self.namespace}:lock:token:{account_id}"
+
+    def tick(self, provider: str, user_id: str, tick_epoch: int) -> str:
+        """Set once per scheduled tick so several schedulers enqueue it once."""
+        return f"{self.namespace}:tick:{provider}:{user_id}:{tick_epoch}"

@@ -1,0 +1,86 @@
+"""What `ingestion status --json` and `GET /v1/status` show: one document for both.
+
+Per connected account and provider: sync status, last successful sync, item counts, last
+error, whether a person must reconnect; then queue figures and recent runs. No token appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from ingestion.config import PROVIDER_NAMES
+from ingestion.providers.registry import account_provider_of
+from ingestion.storage.accounts import list_accounts
+from ingestion.storage.db import Database
+from ingestion.storage.state import StateView, SyncStateStore
+
+__all__ = ["QueueStatsFn", "gather_status"]
+
+QueueStatsFn = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+async def gather_status(
+    db: Database, queue_stats: QueueStatsFn | None = None, *, runs: int = 20
+) -> dict[str, Any]:
+    store = SyncStateStore(db)
+    async with db.session() as session:
+        accounts = await list_accounts(session)
+    states = {(s.user_id, s.provider): s for s in await store.all()}
+    providers_of: dict[str, list[str]] = {}
+    for name in PROVIDER_NAMES:
+        providers_of.setdefault(account_provider_of(name), []).append(name)
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for account in accounts:
+        for provider in providers_of.get(account.provider_id, []):
+            key = (account.user_id, provider)
+            if key in seen:
+                continue
+            seen.add(key)
+            state = states.get(key) or StateView.empty(*key)
+            rows.append(_row(state, account.provider_id))
+    for key, state in states.items():
+        if key not in seen:
+            rows.append(_row(state, None))
+    rows.sort(key=lambda r: (r["userId"], r["provider"]))
+    queue: dict[str, Any] = await queue_stats() if queue_stats else {"kind": "none"}
+    recent = [
+        {
+            "id": r.id,
+            "jobId": r.job_id,
+            "userId": r.user_id,
+            "provider": r.provider,
+            "startedAt": _iso(r.started_at),
+            "finishedAt": _iso(r.finished_at),
+            "status": r.status,
+            "fetched": r.fetched,
+            "upserted": r.upserted,
+            "deleted": r.deleted,
+            "error": r.error,
+        }
+        for r in await store.recent_runs(runs)
+    ]
+    return {"accounts": rows, "queue": queue, "recentRuns": recent}
+
+
+def _row(state: StateView, account_provider: str | None) -> dict[str, Any]:
+    return {
+        "userId": state.user_id,
+        "provider": state.provider,
+        "accountProvider": account_provider,
+        "connected": account_provider is not None,
+        "status": state.status,
+        "lastSyncTime": _iso(state.last_sync_time),
+        "itemsFetched": state.items_fetched,
+        "itemsUpserted": state.items_upserted,
+        "itemsDeleted": state.items_deleted,
+        "lastError": state.last_error,
+        "reauthRequired": state.status == "reauth_required",
+        "updatedAt": _iso(state.updated_at),
+    }

@@ -1,0 +1,128 @@
+"""Database engine, sessions and migrations, for SQLite (embedded) and PostgreSQL.
+
+`open_database(settings)` returns a `Database`: an async engine and a session factory.
+On the embedded SQLite default, migrations are applied automatically; against PostgreSQL,
+`ingestion db upgrade` applies them (every command still checks the schema is current).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from ingestion.config import Settings
+from ingestion.errors import ConfigurationError
+
+__all__ = ["VERSION_TABLE", "Database", "open_database", "sync_url", "upgrade"]
+
+#: Our own Alembic version table, so a product database that uses Alembic is not disturbed.
+VERSION_TABLE = "ingestion_alembic_version"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def sync_url(settings: Settings) -> str:
+    """The same database through a synchronous driver (Alembic runs synchronously)."""
+    return settings.sqlalchemy_url.replace("sqlite+aiosqlite", "sqlite")
+
+
+def _alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", sync_url(settings).replace("%", "%%"))
+    config.attributes["version_table"] = VERSION_TABLE
+    return config
+
+
+def _prepare_sqlite_folder(settings: Settings) -> None:
+    path = settings.sqlite_path
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (synchronous; call from a thread in async code)."""
+    _prepare_sqlite_folder(settings)
+    command.upgrade(_alembic_config(settings), revision)
+
+
+def current_revision(settings: Settings) -> str | None:
+    engine = create_engine(sync_url(settings))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return context.get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision(settings: Settings) -> str | None:
+    return ScriptDirectory.from_config(_alembic_config(settings)).get_current_head()
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    kind: str
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success and rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_database(settings: Settings, *, migrate: bool | None = None) -> Database:
+    """Connect; apply migrations when `migrate` (default: only on SQLite).
+
+    Raises `ConfigurationError` when the schema is behind and was not migrated.
+    """
+    _prepare_sqlite_folder(settings)
+    if migrate is None:
+        migrate = settings.is_sqlite
+    if migrate:
+        await asyncio.to_thread(upgrade, settings)
+    else:
+        current, head = await asyncio.to_thread(
+            lambda: (current_revision(settings), head_revision(settings))
+        )
+        if current != head:
+            raise ConfigurationError(
+                f"database schema is at {current or 'nothing'}, expected {head}: "
+                "run `ingestion db upgrade`"
+            )
+    kwargs: dict[str, Any] = {}
+    if not settings.is_sqlite:
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(settings.sqlalchemy_url, **kwargs)
+    if settings.is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    return Database(engine=engine, sessions=sessions, kind=settings.database_kind)

@@ -1,0 +1,183 @@
+"""Tables: Better Auth's `"user"` and `"account"` (read and updated, never altered) and ours.
+
+Better Auth (through Prisma or Kysely) names its columns in camelCase and stores timestamps
+without a time zone; `UTCDateTime` stores naive UTC and always hands back aware UTC datetimes.
+Our own tables are prefixed `ingestion_`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Account",
+    "Base",
+    "MemoryRow",
+    "SentHash",
+    "SyncRun",
+    "SyncStateRow",
+    "UTCDateTime",
+    "User",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC (as Better Auth does) and read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}  # noqa: RUF012 (SQLAlchemy's declared API)
+
+
+class User(Base):
+    """Better Auth `"user"`."""
+
+    __tablename__ = "user"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    email: Mapped[str] = mapped_column(Text, unique=True)
+    email_verified: Mapped[bool] = mapped_column("emailVerified", Boolean, default=False)
+    image: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(
+        "updatedAt", UTCDateTime, default=_now, onupdate=_now
+    )
+
+
+class Account(Base):
+    """Better Auth `"account"`: one connected provider account of a user, with its tokens."""
+
+    __tablename__ = "account"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column("accountId", Text)
+    provider_id: Mapped[str] = mapped_column("providerId", Text)
+    user_id: Mapped[str] = mapped_column("userId", Text, ForeignKey("user.id", ondelete="CASCADE"))
+    access_token: Mapped[str | None] = mapped_column("accessToken", Text, nullable=True)
+    refresh_token: Mapped[str | None] = mapped_column("refreshToken", Text, nullable=True)
+    id_token: Mapped[str | None] = mapped_column("idToken", Text, nullable=True)
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(
+        "accessTokenExpiresAt", UTCDateTime, nullable=True
+    )
+    refresh_token_expires_at: Mapped[datetime | None] = mapped_column(
+        "refreshTokenExpiresAt", UTCDateTime, nullable=True
+    )
+    scope: Mapped[str | None] = mapped_column(Text, nullable=True)
+    password: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(
+        "updatedAt", UTCDateTime, default=_now, onupdate=_now
+    )
+
+
+class SyncStateRow(Base):
+    """`ingestion_sync_state`: the cursor and health of one (user, provider)."""
+
+    __tablename__ = "ingestion_sync_state"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: idle | running | ok | error | reauth_required
+    status: Mapped[str] = mapped_column(String(32), default="idle")
+    last_sync_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_item_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Provider cursor: historyId, syncToken, ETags, since_id, backfill checkpoint.
+    cursor: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    items_fetched: Mapped[int] = mapped_column(Integer, default=0)
+    items_upserted: Mapped[int] = mapped_column(Integer, default=0)
+    items_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    #: When status is reauth_required: fingerprint of the account's tokens at that moment.
+    #: The scheduler skips the account until the fingerprint changes (a reconnect).
+    reauth_fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
+
+
+class SyncRun(Base):
+    """`ingestion_sync_runs`: one row per sync attempt, for status pages and history."""
+
+    __tablename__ = "ingestion_sync_runs"
+    __table_args__ = (Index("ix_ingestion_sync_runs_user_provider", "user_id", "provider"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: running | ok | error | deferred | reauth_required
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    fetched: Mapped[int] = mapped_column(Integer, default=0)
+    upserted: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class MemoryRow(Base):
+    """`ingestion_memories`: the embedded memory store (used when MEMORY_ENGINE_URL is unset)."""
+
+    __tablename__ = "ingestion_memories"
+    __table_args__ = (Index("ix_ingestion_memories_user_source", "user_id", "source"),)
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
+
+
+class SentHash(Base):
+    """`ingestion_sent_hashes`: what the HTTP sink last sent per record, to skip unchanged."""
+
+    __tablename__ = "ingestion_sent_hashes"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)

@@ -1,0 +1,210 @@
+"""Sync state (`ingestion_sync_state`) and run history (`ingestion_sync_runs`).
+
+The cursor of a (user, provider) moves only through `checkpoint`, which the sync engine calls
+after the memory sink accepted a page: the stored cursor never runs ahead of accepted items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from ingestion.storage.db import Database
+from ingestion.storage.models import SyncRun, SyncStateRow
+
+__all__ = ["RunView", "StateView", "SyncStateStore"]
+
+_ERROR_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class StateView:
+    user_id: str
+    provider: str
+    status: str
+    cursor: Mapping[str, Any]
+    last_sync_time: datetime | None
+    last_error: str | None
+    items_fetched: int
+    items_upserted: int
+    items_deleted: int
+    reauth_fingerprint: str | None
+    updated_at: datetime | None
+
+    @classmethod
+    def empty(cls, user_id: str, provider: str) -> StateView:
+        return cls(user_id, provider, "idle", {}, None, None, 0, 0, 0, None, None)
+
+    @classmethod
+    def of(cls, row: SyncStateRow) -> StateView:
+        return cls(
+            row.user_id,
+            row.provider,
+            row.status,
+            dict(row.cursor or {}),
+            row.last_sync_time,
+            row.last_error,
+            row.items_fetched,
+            row.items_upserted,
+            row.items_deleted,
+            row.reauth_fingerprint,
+            row.updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class RunView:
+    id: int
+    job_id: str | None
+    user_id: str
+    provider: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    fetched: int
+    upserted: int
+    deleted: int
+    error: str | None
+
+
+class SyncStateStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self, user_id: str, provider: str) -> StateView:
+        async with self.db.session() as session:
+            row = await session.get(SyncStateRow, (user_id, provider))
+            return StateView.of(row) if row else StateView.empty(user_id, provider)
+
+    async def all(self) -> list[StateView]:
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(SyncStateRow).order_by(SyncStateRow.user_id, SyncStateRow.provider)
+                )
+            ).scalars()
+            return [StateView.of(r) for r in rows]
+
+    async def _row(self, session: Any, user_id: str, provider: str) -> SyncStateRow:
+        row = await session.get(SyncStateRow, (user_id, provider))
+        if row is None:
+            row = SyncStateRow(user_id=user_id, provider=provider, status="idle", cursor={})
+            session.add(row)
+        return row  # type: ignore[no-any-return]
+
+    async def begin(self, user_id: str, provider: str, job_id: str | None) -> int:
+        """Mark the pair running and open a run-history row; returns the run id."""
+        now = datetime.now(UTC)
+        async with self.db.session() as session:
+            row = await self._row(session, user_id, provider)
+            row.status = "running"
+            row.started_at = now
+            run = SyncRun(
+                job_id=job_id,
+                user_id=user_id,
+                provider=provider,
+                started_at=now,
+                status="running",
+                details={},
+            )
+            session.add(run)
+            await session.flush()
+            return run.id
+
+    async def checkpoint(
+        self,
+        user_id: str,
+        provider: str,
+        run_id: int,
+        cursor: Mapping[str, Any],
+        *,
+        fetched: int,
+        upserted: int,
+        deleted: int,
+        last_item_id: str | None = None,
+    ) -> None:
+        """Store the cursor of an accepted page and add its counts (one transaction)."""
+        async with self.db.session() as session:
+            row = await self._row(session, user_id, provider)
+            row.cursor = dict(cursor)
+            row.items_fetched += fetched
+            row.items_upserted += upserted
+            row.items_deleted += deleted
+            if last_item_id:
+                row.last_item_id = last_item_id
+            run = await session.get(SyncRun, run_id)
+            if run is not None:
+                run.fetched += fetched
+                run.upserted += upserted
+                run.deleted += deleted
+
+    async def finish(
+        self,
+        user_id: str,
+        provider: str,
+        run_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Close the run. `status`: ok | error | deferred | reauth_required."""
+        now = datetime.now(UTC)
+        error = error[:_ERROR_LIMIT] if error else None
+        async with self.db.session() as session:
+            row = await self._row(session, user_id, provider)
+            if status == "ok":
+                row.status = "ok"
+                row.last_sync_time = now
+                row.last_error = None
+                row.reauth_fingerprint = None
+            elif status == "deferred":
+                row.status = "ok" if row.last_sync_time else "idle"
+                row.last_error = error
+            else:
+                row.status = status
+                row.last_error = error
+                if status == "reauth_required":
+                    row.reauth_fingerprint = fingerprint
+            run = await session.get(SyncRun, run_id)
+            if run is not None:
+                run.status = status
+                run.finished_at = now
+                run.error = error
+                run.details = dict(details or {})
+
+    async def mark_reauth_required(
+        self, user_id: str, provider: str, message: str, fingerprint: str | None
+    ) -> None:
+        async with self.db.session() as session:
+            row = await self._row(session, user_id, provider)
+            row.status = "reauth_required"
+            row.last_error = message[:_ERROR_LIMIT]
+            row.reauth_fingerprint = fingerprint
+
+    async def recent_runs(self, limit: int = 20) -> list[RunView]:
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(select(SyncRun).order_by(SyncRun.id.desc()).limit(limit))
+            ).scalars()
+            return [
+                RunView(
+                    r.id,
+                    r.job_id,
+                    r.user_id,
+                    r.provider,
+                    r.started_at,
+                    r.finished_at,
+                    r.status,
+                    r.fetched,
+                    r.upserted,
+                    r.deleted,
+                    r.error,
+                )
+                for r in rows
+            ]

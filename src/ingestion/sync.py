@@ -1,0 +1,223 @@
+"""The sync engine: one sync of one (user, provider), from token to committed cursor.
+
+For each page the provider yields, in this order: deletes and upserts go to the memory sink,
+and only when the sink accepted them is the page's cursor stored (`SyncStateStore.checkpoint`).
+A failure at any point leaves the cursor at the last accepted page, so the next attempt resumes
+there; stable record ids make the overlap harmless. Jobs may therefore run more than once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from ingestion import metrics
+from ingestion.clock import Clock
+from ingestion.config import Settings
+from ingestion.errors import IngestionError, PermanentError, RateLimited, ReauthRequired
+from ingestion.memory.base import MemorySink
+from ingestion.memory.record import record_id
+from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
+from ingestion.providers.registry import create_provider
+from ingestion.storage.accounts import find_account, fingerprint
+from ingestion.storage.db import Database
+from ingestion.storage.state import SyncStateStore
+from ingestion.tokens import TokenService
+
+__all__ = ["SyncEngine", "SyncLockFactory", "SyncSummary"]
+
+log = structlog.get_logger("ingestion.sync")
+
+SyncLockFactory = Callable[[str, str], AbstractAsyncContextManager[None]]
+ProgressFn = Callable[["SyncSummary", SyncPage], None]
+
+
+@asynccontextmanager
+async def _no_lock(_provider: str, _user_id: str) -> AsyncIterator[None]:
+    yield
+
+
+@dataclass
+class SyncSummary:
+    provider: str
+    user_id: str
+    status: str = "running"
+    fetched: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    retry_after: float | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        sink: MemorySink,
+        tokens: TokenService,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        lock: SyncLockFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.sink = sink
+        self.tokens = tokens
+        self.http = http
+        self.clock = clock
+        self.lock = lock or _no_lock
+        self.state = SyncStateStore(db)
+
+    async def run(
+        self,
+        provider_name: str,
+        user_id: str,
+        options: FetchOptions | None = None,
+        *,
+        job_id: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> SyncSummary:
+        """Run one sync to completion; raises the `IngestionError` that stopped it.
+
+        The summary's counts are those of this run; on failure the error is re-raised after
+        the state row and the run history say what happened.
+        """
+        options = options or FetchOptions()
+        provider = create_provider(provider_name, self.settings)
+        summary = SyncSummary(provider=provider_name, user_id=user_id)
+        started = time.perf_counter()
+        bound = log.bind(provider=provider_name, user_id=user_id, job_id=job_id)
+        async with self.lock(provider_name, user_id):
+            async with self.db.session() as session:
+                account = await find_account(session, user_id, provider.account_provider)
+                account_print = fingerprint(account) if account else None
+            if account is None:
+                raise PermanentError(
+                    f"user {user_id!r} has no connected {provider.account_provider} account "
+                    f"(add one with `ingestion accounts add` or `ingestion connect`)"
+                )
+            state = await self.state.load(user_id, provider_name)
+            run_id = await self.state.begin(user_id, provider_name, job_id)
+            metrics.JOBS.labels(provider=provider_name, outcome="started").inc()
+            ctx = SyncContext(
+                user_id=user_id,
+                options=options,
+                state={} if options.force_full_sync else dict(state.cursor),
+                last_sync_time=state.last_sync_time,
+                settings=self.settings,
+                http=self.http,
+                tokens=self.tokens.source(user_id, provider.account_provider),
+                clock=self.clock,
+                log=bound,
+            )
+            bound.info("sync started", full=options.force_full_sync or not state.cursor)
+            try:
+                async for page in provider.sync(ctx):
+                    await self._accept(provider_name, user_id, run_id, page, summary, options)
+                    if progress is not None:
+                        progress(summary, page)
+            except IngestionError as exc:
+                summary.seconds = time.perf_counter() - started
+                summary.error = str(exc)
+                if isinstance(exc, RateLimited):
+                    summary.status = "deferred"
+                    summary.retry_after = exc.retry_after
+                elif isinstance(exc, ReauthRequired):
+                    summary.status = "reauth_required"
+                else:
+                    summary.status = "error"
+                await self.state.finish(
+                    user_id,
+                    provider_name,
+                    run_id,
+                    summary.status,
+                    error=str(exc),
+                    details=summary.stats,
+                    fingerprint=account_print,
+                )
+                metrics.SYNC_DURATION.labels(provider=provider_name, status=summary.status).observe(
+                    summary.seconds
+                )
+                bound.warning(
+                    "sync stopped", status=summary.status, error=str(exc), **_counts(summary)
+                )
+                raise
+            except BaseException as exc:
+                summary.status = "error"
+                message = f"unexpected {type(exc).__name__}: {exc}"
+                await self.state.finish(
+                    user_id, provider_name, run_id, "error", error=message, details=summary.stats
+                )
+                bound.error("sync crashed", error=message, exc_info=True)
+                raise
+            summary.status = "ok"
+            summary.seconds = time.perf_counter() - started
+            await self.state.finish(user_id, provider_name, run_id, "ok", details=summary.stats)
+            metrics.SYNC_DURATION.labels(provider=provider_name, status="ok").observe(
+                summary.seconds
+            )
+            bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
+            return summary
+
+    async def _accept(
+        self,
+        provider_name: str,
+        user_id: str,
+        run_id: int,
+        page: SyncPage,
+        summary: SyncSummary,
+        options: FetchOptions,
+    ) -> None:
+        """Sink first, cursor second: the order every guarantee rests on."""
+        delete_ids = [record_id(provider_name, user_id, sid) for sid in page.deletes]
+        if delete_ids:
+            await self.sink.delete(user_id, delete_ids)
+        sent = 0
+        if page.upserts:
+            sent = await self.sink.upsert(user_id, page.upserts, force=options.force_full_sync)
+        last_item = page.upserts[-1].source_id if page.upserts else None
+        await self.state.checkpoint(
+            user_id,
+            provider_name,
+            run_id,
+            page.state,
+            fetched=page.fetched,
+            upserted=len(page.upserts),
+            deleted=len(delete_ids),
+            last_item_id=last_item,
+        )
+        summary.pages += 1
+        summary.fetched += page.fetched
+        summary.upserted += len(page.upserts)
+        summary.deleted += len(delete_ids)
+        for key, value in page.stats.items():
+            summary.stats[key] = summary.stats.get(key, 0) + value
+        metrics.ITEMS.labels(provider=provider_name, action="fetched").inc(page.fetched)
+        metrics.ITEMS.labels(provider=provider_name, action="upserted").inc(sent)
+        metrics.ITEMS.labels(provider=provider_name, action="unchanged").inc(
+            len(page.upserts) - sent
+        )
+        metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids))
+
+
+def _counts(summary: SyncSummary) -> dict[str, int]:
+    return {
+        "fetched": summary.fetched,
+        "upserted": summary.upserted,
+        "deleted": summary.deleted,
+        "pages": summary.pages,
+    }
