@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     twitter_client_secret: SecretStr | None = None
     #: Refresh an access token when it expires within this many seconds.
     token_refresh_margin: int = Field(300, ge=0)
+    #: Seconds one token-endpoint request may take (it runs while the account row is locked).
+    token_request_timeout: float = Field(20.0, gt=0)
     #: Encrypt tokens written by this service (Fernet key); unset = plain, like Better Auth.
     token_encryption_key: SecretStr | None = None
 

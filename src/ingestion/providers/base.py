@@ -108,6 +108,17 @@ class OAuthEndpoints:
     client_secret_setting: str
     scopes: tuple[str, ...]
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    #: How the client authenticates at the token endpoint when it has a secret:
+    #: `client_secret_post` (id and secret in the form) or `client_secret_basic` (HTTP Basic).
+    #: A client without a secret is public and sends only `client_id` in the form.
+    token_endpoint_auth_method: str = "client_secret_post"  # noqa: S105 (a method name)
+    #: Extra headers of every token request (GitHub answers form-encoded without an Accept).
+    token_request_headers: Mapping[str, str] = field(default_factory=dict)
+    #: Each refresh spends the refresh token and returns a new one (GitHub, X). Without
+    #: rotation a refresh answer without `refresh_token` keeps the old one (Google).
+    rotates_refresh_token: bool = False
+    #: The authorization request carries a PKCE S256 challenge.
+    pkce: bool = True
 
 
 class Provider(Protocol):

@@ -10,9 +10,9 @@ import importlib
 from collections.abc import Callable
 
 from ingestion.config import PROVIDER_NAMES, Settings
-from ingestion.providers.base import Provider
+from ingestion.providers.base import OAuthEndpoints, Provider
 
-__all__ = ["REGISTRY", "account_provider_of", "create_provider", "register"]
+__all__ = ["AUTH", "REGISTRY", "account_provider_of", "auth_for", "create_provider", "register"]
 
 ProviderFactory = Callable[[Settings], Provider]
 
@@ -22,6 +22,13 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "calendar": ("google", "ingestion.providers.calendar.provider:CalendarProvider"),
     "github": ("github", "ingestion.providers.github.provider:GitHubProvider"),
     "twitter": ("twitter", "ingestion.providers.twitter.provider:TwitterProvider"),
+}
+
+#: Better Auth providerId -> "module:ATTR" of its `OAuthEndpoints` (the provider's `auth.py`).
+AUTH: dict[str, str] = {
+    "google": "ingestion.providers.gmail.auth:GOOGLE_OAUTH",
+    "github": "ingestion.providers.github.auth:GITHUB_OAUTH",
+    "twitter": "ingestion.providers.twitter.auth:TWITTER_OAUTH",
 }
 
 _overrides: dict[str, ProviderFactory] = {}
@@ -51,3 +58,14 @@ def account_provider_of(name: str) -> str:
     if name not in REGISTRY:
         raise KeyError(f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}")
     return REGISTRY[name][0]
+
+
+def auth_for(account_provider: str) -> OAuthEndpoints:
+    """The OAuth facts (endpoint settings, scopes, client authentication) of an account kind."""
+    if account_provider not in AUTH:
+        raise KeyError(
+            f"unknown account provider {account_provider!r}; expected one of {', '.join(AUTH)}"
+        )
+    module_name, _, attr = AUTH[account_provider].partition(":")
+    endpoints: OAuthEndpoints = getattr(importlib.import_module(module_name), attr)
+    return endpoints
