@@ -1,0 +1,236 @@
+"""Gmail: a resumable backfill, then incremental syncs from the mailbox history.
+
+What a sync promises (the engine stores each page's state only after the sink accepted it):
+
+- **First or forced sync**: the profile's `historyId` is read first and kept in the state, then
+  messages are listed newest first (`q` = `after:` the backfill window or `since`, without Spam
+  and Trash), fetched `gmail_fetch_concurrency` at a time, and sent one list page per
+  `SyncPage`. Each page's state holds the next page token and the count, so a crash or SIGKILL
+  resumes at the page after the last accepted one; `maxResults` caps the backfill. After the
+  last page the state turns incremental at the recorded `historyId`, so changes made during
+  the backfill are replayed by the next sync.
+- **Incremental sync**: every `history.list` page from `historyId`. Added messages are fetched
+  and upserted; deleted ones, and ones that gained TRASH or SPAM, are deleted; ones that left
+  Trash or Spam are ingested again; any other label change re-fetches the message so its
+  labels are current. A message that is gone when fetched (404) is deleted. With no change the
+  sync makes exactly one request and upserts nothing.
+- A 404 on a stale `historyId` starts a full resync by itself (stable ids: no duplicates).
+- One message that cannot be transformed is logged and skipped; a malformed one is ingested
+  as well as possible and logged with its defects. A 403 other than a rate limit (a missing
+  scope) fails the sync with Google's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from ingestion.config import Settings
+from ingestion.memory.record import MemoryRecord
+from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.gmail.client import GmailApi, HistoryExpired, PageTokenRejected
+from ingestion.providers.gmail.sync import BACKFILL, INCREMENTAL, Backfill, GmailCursor
+from ingestion.providers.gmail.transform import transform
+
+__all__ = ["HIDDEN_LABELS", "GmailProvider"]
+
+#: Messages with one of these labels are not mirrored (and are deleted when they gain one).
+HIDDEN_LABELS = frozenset({"SPAM", "TRASH"})
+
+_GONE = "gone"  # messagesDeleted: final
+_HIDE = "hide"  # moved to Trash or Spam
+_FETCH = "fetch"  # added, restored or relabelled: fetch the current message
+
+
+class GmailProvider:
+    name: ClassVar[str] = "gmail"
+    account_provider: ClassVar[str] = "google"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
+        api = GmailApi(
+            http=ctx.http,
+            tokens=ctx.tokens,
+            base_url=self.settings.gmail_api_url,
+            quota_units_per_minute=self.settings.gmail_quota_units_per_minute,
+            concurrency=self.settings.gmail_fetch_concurrency,
+        )
+        cursor = GmailCursor.parse(ctx.state)
+        if cursor is not None and cursor.mode == INCREMENTAL:
+            try:
+                async for page in self._incremental(api, ctx, cursor.history_id):
+                    yield page
+                return
+            except HistoryExpired:
+                ctx.log.info("gmail history expired, starting a full resync")
+                cursor = None
+        if cursor is None:
+            cursor = await self._start_backfill(api, ctx)
+        async for page in self._backfill(api, ctx, cursor):
+            yield page
+
+    # --- backfill ------------------------------------------------------------------------------
+
+    async def _start_backfill(self, api: GmailApi, ctx: SyncContext) -> GmailCursor:
+        profile = await api.profile()
+        after = ctx.clock.now() - timedelta(days=self.settings.backfill_days)
+        since = ctx.options.since
+        if since is not None and since > after:
+            after = since
+        query = f"after:{int(after.timestamp())} -in:spam -in:trash"
+        ctx.log.info("gmail backfill starting", history_id=profile.get("historyId"), query=query)
+        return GmailCursor(
+            BACKFILL,
+            str(profile["historyId"]),
+            Backfill(query=query, limit=ctx.options.max_results),
+        )
+
+    async def _backfill(
+        self, api: GmailApi, ctx: SyncContext, cursor: GmailCursor
+    ) -> AsyncIterator[SyncPage]:
+        assert cursor.backfill is not None
+        backfill = cursor.backfill
+        page_token, count, limit = backfill.page_token, backfill.count, backfill.limit
+        estimate: int | None = None
+        restarted = False
+        while True:
+            requests, units = api.requests, api.units
+            remaining = None if limit is None else max(0, limit - count)
+            page_size = self.settings.gmail_page_size
+            if remaining is not None:
+                page_size = max(1, min(page_size, remaining))
+            try:
+                listing = await api.list_messages(
+                    query=backfill.query, page_size=page_size, page_token=page_token
+                )
+            except PageTokenRejected:
+                if restarted:
+                    raise
+                ctx.log.warning("gmail page token refused, listing again from the first page")
+                restarted, page_token = True, None
+                continue
+            refs: list[dict[str, Any]] = list(listing.get("messages") or [])
+            if remaining is not None:
+                refs = refs[:remaining]
+            if estimate is None:
+                estimate = count + int(listing.get("resultSizeEstimate") or len(refs))
+                if limit is not None:
+                    estimate = min(estimate, limit)
+            upserts, deletes, stats = await self._fetch(api, ctx, [str(r["id"]) for r in refs])
+            count += len(refs)
+            page_token = listing.get("nextPageToken")
+            done = not page_token or (limit is not None and count >= limit)
+            if done:
+                state = GmailCursor(INCREMENTAL, cursor.history_id).to_state()
+            else:
+                state = GmailCursor(
+                    BACKFILL,
+                    cursor.history_id,
+                    Backfill(backfill.query, page_token, count, limit),
+                ).to_state()
+            stats["requests"] = api.requests - requests
+            stats["quotaUnits"] = api.units - units
+            yield SyncPage(
+                state=state,
+                upserts=upserts,
+                deletes=deletes,
+                fetched=len(refs),
+                total_estimate=estimate,
+                stats=stats,
+            )
+            if done:
+                return
+
+    # --- incremental ---------------------------------------------------------------------------
+
+    async def _incremental(
+        self, api: GmailApi, ctx: SyncContext, start: str
+    ) -> AsyncIterator[SyncPage]:
+        requests, units = api.requests, api.units
+        actions: dict[str, str] = {}
+        latest = start
+        page_token: str | None = None
+        while True:
+            answer = await api.history(start_history_id=start, page_token=page_token)
+            for record in answer.get("history") or []:
+                _collect(record, actions)
+            latest = str(answer.get("historyId") or latest)
+            page_token = answer.get("nextPageToken")
+            if not page_token:
+                break
+        deletes = [mid for mid, action in actions.items() if action in (_GONE, _HIDE)]
+        to_fetch = [mid for mid, action in actions.items() if action == _FETCH]
+        chunk = self.settings.gmail_page_size
+        chunks = [to_fetch[i : i + chunk] for i in range(0, len(to_fetch), chunk)] or [[]]
+        for index, ids in enumerate(chunks):
+            upserts, gone, stats = await self._fetch(api, ctx, ids)
+            last = index == len(chunks) - 1
+            stats["requests"] = api.requests - requests
+            stats["quotaUnits"] = api.units - units
+            requests, units = api.requests, api.units
+            yield SyncPage(
+                # Until the last chunk is accepted the cursor stays where it was: a crash
+                # replays the history (idempotent), it never skips a change.
+                state=GmailCursor(INCREMENTAL, latest if last else start).to_state(),
+                upserts=upserts,
+                deletes=[*deletes, *gone] if index == 0 else gone,
+                fetched=len(ids),
+                total_estimate=len(to_fetch),
+                stats=stats,
+            )
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def _fetch(
+        self, api: GmailApi, ctx: SyncContext, ids: Sequence[str]
+    ) -> tuple[list[MemoryRecord], list[str], dict[str, int]]:
+        """Records of the messages still visible; ids of those gone or hidden."""
+        upserts: list[MemoryRecord] = []
+        deletes: list[str] = []
+        stats = {"defective": 0, "skipped": 0}
+        if not ids:
+            return upserts, deletes, stats
+        for message_id, message in zip(ids, await api.get_messages(ids), strict=True):
+            if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
+                deletes.append(message_id)
+                continue
+            try:
+                result = transform(message, ctx.user_id)
+            except Exception as exc:  # never let one message fail the sync
+                stats["skipped"] += 1
+                ctx.log.error(
+                    "gmail message skipped",
+                    message_id=message_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            if result.defects:
+                stats["defective"] += 1
+                ctx.log.warning(
+                    "gmail message ingested with defects",
+                    message_id=message_id,
+                    defects=result.defects[:20],
+                )
+            upserts.append(result.record)
+        return upserts, deletes, stats
+
+
+def _collect(record: dict[str, Any], actions: dict[str, str]) -> None:
+    """Fold one history record into the latest action per message id."""
+
+    def note(item: dict[str, Any], action: str) -> None:
+        message_id = str((item.get("message") or {}).get("id") or "")
+        if message_id and actions.get(message_id) != _GONE:
+            actions[message_id] = action
+
+    for item in record.get("messagesAdded") or []:
+        note(item, _FETCH)
+    for item in record.get("labelsAdded") or []:
+        note(item, _HIDE if HIDDEN_LABELS & set(item.get("labelIds") or ()) else _FETCH)
+    for item in record.get("labelsRemoved") or []:
+        note(item, _FETCH)
+    for item in record.get("messagesDeleted") or []:
+        note(item, _GONE)

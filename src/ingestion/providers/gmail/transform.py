@@ -1,0 +1,364 @@
+"""A Gmail message (`format=full`) becomes one `email` memory record.
+
+The `full` format gives the MIME tree as Gmail parsed it: each part's headers, its body with the
+transfer encoding already removed (base64url `data`, bytes in the part's own charset), and an
+`attachmentId` for attachment parts, whose bytes are never downloaded. Guarantees:
+
+- `title` is the decoded Subject (RFC 2047 encoded words, broken ones kept as text);
+- `content` is readable text: text/plain preferred in a multipart/alternative, else the HTML
+  converted by html2text; parts of a multipart/mixed are joined; a nested message/rfc822 is
+  rendered with its own From/Date/Subject; a trailing quoted reply chain ("On … wrote:" and `>`
+  lines, "-----Original Message-----") and an RFC 3676 signature are trimmed when new text
+  remains above them;
+- a wrong or unknown charset never fails the message: the declared charset, then UTF-8, then
+  Windows-1252 are tried, and what is left is decoded with replacement characters;
+- metadata per design §6: `from` {name, email}, `to`/`cc` lists, `threadId`, `messageId`,
+  `labels`, `attachments` [{filename, mimeType, size, attachmentId}];
+- `occurredAt` is `internalDate` (epoch milliseconds), the time Gmail received the message;
+- everything odd met on the way is listed in `Transformed.defects`; the caller logs them.
+  `transform` itself never raises on the content of a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
+
+import html2text
+
+from ingestion.memory.record import MemoryRecord
+
+__all__ = ["WEB_URL", "Transformed", "decode_base64url", "html_to_text", "transform"]
+
+#: Link to a message in Gmail's web interface (`#all` finds it whatever its labels).
+WEB_URL = "https://mail.google.com/mail/u/0/#all/{id}"
+
+_FALLBACK_CHARSETS = ("utf-8", "windows-1252")
+_ATTRIBUTION = re.compile(r"^\s*(On\b.*\bwrote:|Le\b.*\ba écrit\s*:|Am\b.*\bschrieb\b.*:)\s*$")
+_ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Forwarded message)\s*-{2,}\s*$", re.I)
+_OUTLOOK_FROM = re.compile(r"^\s*From:\s.+$")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+@dataclass
+class Transformed:
+    record: MemoryRecord
+    defects: list[str] = field(default_factory=list)
+
+
+def decode_base64url(data: str | None) -> bytes:
+    """Bytes of a base64url field, tolerating missing padding and stray characters."""
+    if not data:
+        return b""
+    text = data.strip().replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(re.sub(r"[^A-Za-z0-9+/]", "", text) + "==", validate=False)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text of an HTML body (html2text: links kept inline, no images, no wrapping)."""
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.unicode_snob = True
+    converter.protect_links = False
+    try:
+        text: str = converter.handle(html)
+    except Exception:  # a parser crash on hostile HTML: fall back to stripping tags
+        text = re.sub(r"<[^>]+>", " ", html)
+    return text.strip()
+
+
+class _Headers:
+    """Case-insensitive access to a part's `[{name, value}]` headers, decoded."""
+
+    def __init__(self, headers: Sequence[Mapping[str, Any]] | None, defects: list[str]) -> None:
+        self._values: dict[str, list[str]] = {}
+        for header in headers or []:
+            name = str(header.get("name") or "").lower()
+            self._values.setdefault(name, []).append(str(header.get("value") or ""))
+        self._defects = defects
+
+    def raw(self, name: str) -> str | None:
+        values = self._values.get(name.lower())
+        return values[0] if values else None
+
+    def text(self, name: str) -> str | None:
+        """The header's value with RFC 2047 encoded words decoded."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        try:
+            return str(policy.default.header_factory(name, value)).strip()
+        except Exception as exc:
+            self._defects.append(f"{name} header: {type(exc).__name__}")
+        try:
+            return str(make_header(decode_header(value))).strip()
+        except Exception:
+            return value.strip()
+
+    def addresses(self, name: str) -> list[dict[str, str]]:
+        """`[{name, email}]` of an address header; unparsable entries are kept as the name."""
+        values = self._values.get(name.lower())
+        if not values:
+            return []
+        result: list[dict[str, str]] = []
+        for value in values:
+            try:
+                header: Any = policy.default.header_factory(name, value)
+                result.extend(
+                    {"name": str(address.display_name or ""), "email": _email_of(address)}
+                    for address in header.addresses
+                )
+                for defect in getattr(header, "defects", ()):
+                    self._defects.append(f"{name} header: {type(defect).__name__}")
+                continue
+            except Exception as exc:
+                self._defects.append(f"{name} header: {type(exc).__name__}")
+            for display, addr in getaddresses([_decode_words(value)]):
+                if display or addr:
+                    result.append({"name": display, "email": addr})
+        return result
+
+    def param(self, header: str, key: str) -> str | None:
+        value = self.raw(header)
+        if value is None:
+            return None
+        try:
+            parsed: Any = policy.default.header_factory(header, value)
+            found = parsed.params.get(key)
+            return str(found) if found is not None else None
+        except Exception:
+            match = re.search(rf"{key}\s*=\s*\"?([^\";]+)", value, re.I)
+            return match.group(1).strip() if match else None
+
+
+def _email_of(address: Any) -> str:
+    user = str(address.username or "")
+    domain = str(address.domain or "")
+    return f"{user}@{domain}" if domain else user
+
+
+def _decode_words(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:
+        return value
+
+
+def _decode_text(data: bytes, charset: str | None, defects: list[str], where: str) -> str:
+    """Text of a body part: declared charset, then UTF-8, then Windows-1252, never failing."""
+    tried: list[str] = []
+    for candidate in (charset, *_FALLBACK_CHARSETS):
+        if not candidate or candidate in tried:
+            continue
+        tried.append(candidate)
+        try:
+            text = data.decode(candidate)
+        except LookupError:
+            defects.append(f"{where}: unknown charset {candidate!r}")
+            continue
+        except UnicodeDecodeError:
+            if candidate == charset:
+                defects.append(f"{where}: body is not valid {candidate}")
+            continue
+        return text
+    defects.append(f"{where}: undecodable body, invalid bytes replaced")
+    return data.decode("utf-8", errors="replace")
+
+
+@dataclass
+class _Walk:
+    defects: list[str]
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _is_attachment(part: Mapping[str, Any], headers: _Headers) -> bool:
+    disposition = (headers.raw("content-disposition") or "").strip().lower()
+    return bool(part.get("filename")) or disposition.startswith("attachment")
+
+
+def _body(part: Mapping[str, Any], walk: _Walk, depth: int = 0) -> str:
+    """Readable text of a part and its children (attachments are only listed)."""
+    mime = str(part.get("mimeType") or "text/plain").lower()
+    headers = _Headers(part.get("headers"), walk.defects)
+    children: list[Mapping[str, Any]] = list(part.get("parts") or [])
+    where = f"part {part.get('partId') or '0'}"
+    if depth > 20:
+        walk.defects.append(f"{where}: MIME nesting deeper than 20, rest skipped")
+        return ""
+    if mime == "message/rfc822" and children:
+        if part.get("filename") or (part.get("body") or {}).get("attachmentId"):
+            _note_attachment(part, walk)
+        return _forwarded(children[0], walk, depth)
+    if _is_attachment(part, headers) and not mime.startswith("multipart/"):
+        _note_attachment(part, walk)
+        return ""
+    if mime.startswith("multipart/"):
+        if not children:
+            walk.defects.append(f"{where}: {mime} without parts (missing boundary?)")
+            return _leaf_text(part, headers, "text/plain", walk, where)
+        if mime == "multipart/alternative":
+            return _alternative(children, walk, depth)
+        texts = [_body(child, walk, depth + 1) for child in children]
+        return "\n\n".join(text for text in texts if text.strip())
+    if mime.startswith("text/") or mime == "message/rfc822":
+        return _leaf_text(part, headers, mime, walk, where)
+    if (part.get("body") or {}).get("size"):
+        _note_attachment(part, walk)
+    return ""
+
+
+def _alternative(children: list[Mapping[str, Any]], walk: _Walk, depth: int) -> str:
+    """text/plain preferred, else the HTML, else the last (richest) readable alternative."""
+
+    def kind(child: Mapping[str, Any]) -> str:
+        return str(child.get("mimeType") or "").lower()
+
+    for wanted in ("text/plain", "text/html"):
+        for child in children:
+            if kind(child) == wanted:
+                text = _body(child, walk, depth + 1)
+                if text.strip():
+                    return text
+    for child in reversed(children):
+        text = _body(child, walk, depth + 1)
+        if text.strip():
+            return text
+    return ""
+
+
+def _leaf_text(
+    part: Mapping[str, Any], headers: _Headers, mime: str, walk: _Walk, where: str
+) -> str:
+    body = part.get("body") or {}
+    if body.get("attachmentId") and not body.get("data"):
+        walk.defects.append(f"{where}: text body stored as an attachment, not fetched")
+        return ""
+    data = decode_base64url(body.get("data"))
+    text = _decode_text(data, headers.param("content-type", "charset"), walk.defects, where)
+    if mime == "text/html" or (mime != "text/plain" and "<html" in text[:2000].lower()):
+        return html_to_text(text)
+    return text
+
+
+def _forwarded(inner: Mapping[str, Any], walk: _Walk, depth: int) -> str:
+    headers = _Headers(inner.get("headers"), walk.defects)
+    lines = ["---------- Forwarded message ----------"]
+    for name in ("From", "Date", "Subject", "To"):
+        value = headers.text(name)
+        if value:
+            lines.append(f"{name}: {value}")
+    text = _body(inner, walk, depth + 1)
+    return "\n".join(lines) + "\n\n" + text
+
+
+def _note_attachment(part: Mapping[str, Any], walk: _Walk) -> None:
+    body = part.get("body") or {}
+    name = str(part.get("filename") or "")
+    walk.attachments.append(
+        {
+            "filename": _decode_words(name) if "=?" in name else name,
+            "mimeType": str(part.get("mimeType") or "application/octet-stream"),
+            "size": int(body.get("size") or 0),
+            "attachmentId": body.get("attachmentId"),
+        }
+    )
+
+
+def trim_quoted(text: str) -> str:
+    """Drop a trailing quoted reply chain and signature when new text stays above them."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    cut = len(lines)
+    # An "-----Original Message-----" (Outlook) or "On … wrote:" block followed only by quotes.
+    for index, line in enumerate(lines):
+        if _ORIGINAL.match(line) and "Forwarded" not in line:
+            cut = index
+            break
+        if _ATTRIBUTION.match(line) or (
+            line.rstrip().endswith("wrote:") and index + 1 < len(lines)
+        ):
+            rest = [rest for rest in lines[index + 1 :] if rest.strip()]
+            if rest and all(rest_line.lstrip().startswith(">") for rest_line in rest):
+                cut = index
+                break
+    if cut == len(lines):
+        end = len(lines)
+        while end > 0 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
+            end -= 1
+        if end < len(lines) and any(line.lstrip().startswith(">") for line in lines[end:]):
+            cut = end
+    kept = lines[:cut]
+    if "-- " in kept:
+        signature = len(kept) - 1 - kept[::-1].index("-- ")
+        if any(line.strip() for line in kept[:signature]):
+            kept = kept[:signature]
+    if not any(line.strip() for line in kept):
+        return text.strip()
+    return _BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip()
+
+
+def _occurred_at(message: Mapping[str, Any], headers: _Headers) -> datetime:
+    internal = message.get("internalDate")
+    if internal not in (None, ""):
+        try:
+            return datetime.fromtimestamp(int(str(internal)) / 1000, tz=UTC)
+        except (ValueError, OverflowError):
+            pass
+    date = headers.raw("date")
+    if date:
+        try:
+            parsed = parsedate_to_datetime(date)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except (TypeError, ValueError):
+            pass
+    return datetime.fromtimestamp(0, tz=UTC)
+
+
+def transform(message: Mapping[str, Any], user_id: str) -> Transformed:
+    """The memory record of one `format=full` message, and the defects met on the way."""
+    defects: list[str] = []
+    payload: Mapping[str, Any] = message.get("payload") or {}
+    headers = _Headers(payload.get("headers"), defects)
+    walk = _Walk(defects)
+    try:
+        content = trim_quoted(_body(payload, walk))
+    except Exception as exc:  # a structure we did not foresee: keep the message, say why
+        defects.append(f"body: {type(exc).__name__}: {exc}")
+        content = str(message.get("snippet") or "")
+    if not content.strip():
+        content = str(message.get("snippet") or "")
+    senders = headers.addresses("from")
+    metadata: dict[str, Any] = {
+        "from": senders[0] if senders else None,
+        "to": headers.addresses("to"),
+        "cc": headers.addresses("cc"),
+        "threadId": message.get("threadId"),
+        "messageId": headers.raw("message-id"),
+        "labels": list(message.get("labelIds") or []),
+        "attachments": walk.attachments,
+    }
+    record = MemoryRecord.build(
+        source="gmail",
+        user_id=user_id,
+        source_id=str(message["id"]),
+        type="email",
+        title=headers.text("subject") or "",
+        content=content,
+        occurred_at=_occurred_at(message, headers),
+        url=WEB_URL.format(id=message["id"]),
+        metadata=metadata,
+    )
+    return Transformed(record, defects)
