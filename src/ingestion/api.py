@@ -1,26 +1,252 @@
-"""The HTTP API (design §8): health, readiness, metrics, sync trigger, status, status page."""
+"""The HTTP API (design §8): health, readiness, metrics, sync trigger, status, status page.
+
+- `GET /healthz`: 200 while the process runs.
+- `GET /readyz`: 200 when the database and the queue answer; 503 naming what does not.
+- `GET /metrics`: Prometheus text (every process on the host in multiprocess mode).
+- `POST /v1/sync` `{"provider", "userId", "options"?}`: 202 `{"jobId", "coalesced"}`;
+  422 bad input, 404 no such account, 503 no queue in this process.
+- `GET /v1/status`: exactly `ingestion status --json`.
+- `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
+- `POST /v1/dlq/retry` `{"ids"?: [...]}`: `{"retried": n}` (all dead letters without `ids`).
+- `GET /`: the status page for people (`ingestion.web`).
+
+With `INGESTION_API_KEY` set, every `/v1` route needs `Authorization: Bearer <key>` (compared in
+constant time), else 401. `/healthz`, `/readyz` and `/metrics` stay open, as probes and scrapers
+expect; the status page is viewable (the same figures as `/metrics`, no token) and its buttons
+call `/v1` with the key the person typed once (kept in the tab's sessionStorage).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import hmac
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
+import structlog
 import uvicorn
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ingestion import metrics
+from ingestion.app import Services
+from ingestion.config import PROVIDER_NAMES
+from ingestion.errors import MalformedJob
+from ingestion.providers.registry import account_provider_of
+from ingestion.queue.base import JobQueue
+from ingestion.queue.jobs import Job, options_from_json
+from ingestion.status import QueueStatsFn, gather_status
+from ingestion.storage.accounts import find_account
+from ingestion.storage.state import SyncStateStore
+from ingestion.web import STATIC_DIR, render_status_page
 
 __all__ = ["create_app", "serve"]
 
+log = structlog.get_logger("ingestion.api")
 
-async def healthz(_request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+#: How long /readyz waits for the database or the queue before calling it unreachable.
+READY_TIMEOUT = 3.0
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app() -> Starlette:
-    return Starlette(routes=[Route("/healthz", healthz)])
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Api:
+    """The route handlers, bound to one process's services and (optional) queue."""
+
+    def __init__(self, services: Services, queue: JobQueue | None) -> None:
+        self.services = services
+        self.queue = queue
+        key = services.settings.ingestion_api_key
+        self._key = key.get_secret_value().encode() if key else None
+
+    # --- protection ---------------------------------------------------------------------
+    def protected(self, endpoint: Endpoint) -> Endpoint:
+        """Require `Authorization: Bearer <INGESTION_API_KEY>` when a key is configured."""
+
+        async def guarded(request: Request) -> Response:
+            if self._key is not None:
+                scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode(), self._key
+                ):
+                    return JSONResponse(
+                        {"error": "missing or wrong API key (Authorization: Bearer …)"},
+                        status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+            return await endpoint(request)
+
+        return guarded
+
+    @property
+    def queue_stats(self) -> QueueStatsFn | None:
+        return self.queue.stats if self.queue is not None else None
+
+    # --- probes -------------------------------------------------------------------------
+    async def healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        checks: dict[str, str] = {}
+
+        async def database() -> None:
+            async with self.services.db.session() as session:
+                await session.execute(text("SELECT 1"))
+
+        checks["database"] = await _check(database)
+        if self.queue is None:
+            checks["queue"] = "none in this process"
+        else:
+            checks["queue"] = await _check(self.queue.ping)
+        ready = all(v in ("ok", "none in this process") for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", **checks},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics(self, _request: Request) -> Response:
+        stats: dict[str, Any] | None = None
+        if self.queue is not None:
+            try:
+                stats = await asyncio.wait_for(self.queue.stats(), READY_TIMEOUT)
+            except Exception as exc:  # a scrape still answers when Redis is away
+                log.warning("queue figures unavailable for /metrics", error=str(exc))
+        states = await SyncStateStore(self.services.db).all()
+        metrics.refresh_gauges(
+            stats, ((s.provider, s.last_sync_time) for s in states), datetime.now(UTC)
+        )
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    # --- /v1 ----------------------------------------------------------------------------
+    async def sync(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _problem(422, "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return _problem(422, "the body must be a JSON object")
+        provider = body.get("provider")
+        if provider not in PROVIDER_NAMES:
+            return _problem(
+                422, f"provider must be one of {', '.join(PROVIDER_NAMES)} (got {provider!r:.40})"
+            )
+        user_id = body.get("userId")
+        if not isinstance(user_id, str) or not user_id.strip():
+            return _problem(422, "userId must be a non-empty string")
+        try:
+            options = options_from_json(body.get("options"))
+        except MalformedJob as exc:
+            return _problem(422, str(exc))
+        account_provider = account_provider_of(provider)
+        async with self.services.db.session() as session:
+            account = await find_account(session, user_id, account_provider)
+        if account is None:
+            return _problem(
+                404, f"user {user_id!r:.80} has no connected {account_provider} account"
+            )
+        if self.queue is None:
+            return _problem(
+                503,
+                "no job queue runs in this process: set REDIS_URL for `ingestion api`, "
+                "or use `ingestion run`",
+            )
+        try:
+            result = await self.queue.enqueue(
+                Job(provider=provider, user_id=user_id, options=options)
+            )
+        except Exception as exc:
+            log.warning("enqueue failed", provider=provider, error=str(exc))
+            return _problem(503, f"the queue did not accept the job: {type(exc).__name__}")
+        log.info(
+            "sync requested",
+            provider=provider,
+            user_id=user_id,
+            job_id=result.job_id,
+            coalesced=result.coalesced,
+        )
+        return JSONResponse(
+            {"jobId": result.job_id, "coalesced": result.coalesced}, status_code=202
+        )
+
+    async def status(self, _request: Request) -> Response:
+        return JSONResponse(await gather_status(self.services.db, self.queue_stats))
+
+    async def account(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        document = await gather_status(self.services.db, None, runs=0)
+        rows = [r for r in document["accounts"] if r["userId"] == user_id]
+        if not rows:
+            return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
+        return JSONResponse({"userId": user_id, "providers": rows})
+
+    async def dlq_retry(self, request: Request) -> Response:
+        ids: list[str] | None = None
+        raw = await request.body()
+        if raw.strip():
+            try:
+                body = await request.json()
+            except ValueError:
+                return _problem(422, "the body must be a JSON object")
+            given = body.get("ids") if isinstance(body, dict) else None
+            if given is not None:
+                if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
+                    return _problem(422, "ids must be a list of dead-letter ids")
+                ids = given
+        if self.queue is None:
+            return _problem(503, "no job queue runs in this process")
+        retried = await self.queue.retry_dead(ids)
+        log.info("dead letters retried", count=retried)
+        return JSONResponse({"retried": retried})
+
+    # --- the page -----------------------------------------------------------------------
+    async def page(self, _request: Request) -> Response:
+        document = await gather_status(self.services.db, self.queue_stats)
+        html = render_status_page(
+            document,
+            key_required=self._key is not None,
+            queue_available=self.queue is not None,
+            now=datetime.now(UTC),
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+async def _check(probe: Callable[[], Awaitable[Any]]) -> str:
+    try:
+        await asyncio.wait_for(probe(), READY_TIMEOUT)
+    except TimeoutError:
+        return f"error: no answer within {READY_TIMEOUT:g}s"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {str(exc)[:200]}"
+    return "ok"
+
+
+def create_app(services: Services, queue: JobQueue | None) -> Starlette:
+    """The API of one process; `queue` None = no queue here (`POST /v1/sync` answers 503)."""
+    api = _Api(services, queue)
+    guard = api.protected
+    return Starlette(
+        routes=[
+            Route("/", api.page),
+            Route("/healthz", api.healthz),
+            Route("/readyz", api.readyz),
+            Route("/metrics", api.metrics),
+            Route("/v1/sync", guard(api.sync), methods=["POST"]),
+            Route("/v1/status", guard(api.status)),
+            Route("/v1/accounts/{user_id}", guard(api.account)),
+            Route("/v1/dlq/retry", guard(api.dlq_retry), methods=["POST"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ]
+    )
 
 
 class _Server(uvicorn.Server):

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["console", "json"] | None = None
 
+    #: Shared directory for Prometheus multi-process mode (several workers on one host). It must
+    #: be in the process environment (prometheus_client reads it at import) and emptied at start.
+    prometheus_multiproc_dir: Path | None = None
     # --- Gmail ---------------------------------------------------------------------------------
     #: Per-user quota budget in Gmail quota units per minute (6,000 for projects created from
     #: May 2026; older projects had 250 units per second). Requests are paced below it.

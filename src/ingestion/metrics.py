@@ -1,17 +1,44 @@
 """Every Prometheus metric of the service, in one place (names start with `ingestion_`).
 
 Counters and histograms are updated where the event happens (worker, sync engine, API client,
-token service); gauges about the queue are refreshed when `/metrics` is scraped.
+token service); the queue and cursor-age gauges are refreshed when `/metrics` is scraped
+(`refresh_gauges`), so they are as fresh as the scrape.
+
+Several processes on one host (API, scheduler, workers) are summed into one exposition with
+prometheus_client's multiprocess mode: set `PROMETHEUS_MULTIPROC_DIR` to an empty directory
+shared by all of them, in the environment of every process *before it starts* (prometheus_client
+reads it when it is imported). Counters and histograms are then summed over all processes,
+including ones that exited (a SIGKILLed worker's counts stay); the gauges are written by the
+process that serves `/metrics` and read as the most recent value.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import statistics
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from ingestion.config import Settings
+from ingestion.errors import ConfigurationError
 
 __all__ = [
     "API_LATENCY",
     "API_REQUESTS",
     "API_RETRIES",
+    "CONTENT_TYPE",
     "CURSOR_AGE",
     "ITEMS",
     "JOBS",
@@ -19,7 +46,13 @@ __all__ = [
     "RATE_LIMIT_WAIT_SECONDS",
     "SYNC_DURATION",
     "TOKEN_REFRESHES",
+    "check_multiprocess",
+    "exposition",
+    "multiprocess_enabled",
+    "refresh_gauges",
 ]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 JOBS = Counter(
     "ingestion_jobs_total",
@@ -72,7 +105,70 @@ QUEUE = Gauge(
 )
 CURSOR_AGE = Gauge(
     "ingestion_cursor_age_seconds",
-    "Seconds since the oldest last successful sync, per provider.",
-    ["provider"],
+    "Seconds since the last successful sync of the (user, provider) pairs of a provider: "
+    "stat = max (the stalest user), median, min.",
+    ["provider", "stat"],
     multiprocess_mode="mostrecent",
 )
+
+
+def multiprocess_enabled() -> bool:
+    """True when prometheus_client writes its values to `PROMETHEUS_MULTIPROC_DIR` files."""
+    return values.ValueClass is not values.MutexValue
+
+
+def check_multiprocess(settings: Settings) -> None:
+    """Refuse a multiprocess directory that prometheus_client did not pick up.
+
+    `PROMETHEUS_MULTIPROC_DIR` given only in `.env` is seen by the settings but not by
+    prometheus_client (which reads the process environment at import): each process would
+    then count alone and `/metrics` would show one process's share.
+    """
+    directory = settings.prometheus_multiproc_dir
+    if directory is None:
+        return
+    if not multiprocess_enabled():
+        raise ConfigurationError(
+            "PROMETHEUS_MULTIPROC_DIR must be set in the process environment (not only in .env)"
+        )
+    if not directory.is_dir():
+        raise ConfigurationError(f"PROMETHEUS_MULTIPROC_DIR: {directory} is not a directory")
+
+
+def exposition() -> bytes:
+    """The Prometheus text of every metric: all processes' when in multiprocess mode."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def refresh_gauges(
+    queue_stats: Mapping[str, Any] | None,
+    last_syncs: Iterable[tuple[str, datetime | None]],
+    now: datetime,
+) -> None:
+    """Set the scrape-time gauges.
+
+    `queue_stats` is `JobQueue.stats()` (every numeric figure becomes `ingestion_queue{figure}`,
+    e.g. `length`, `pending`, `dead_letters`, `oldest_pending_seconds`); `last_syncs` holds
+    `(provider, last successful sync)` for every (user, provider) pair. Pairs never synced
+    successfully are left out of the cursor age (their status shows on the status page).
+    """
+    if queue_stats:
+        for key, value in queue_stats.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                QUEUE.labels(figure=_snake(key)).set(value)
+    ages: dict[str, list[float]] = {}
+    for provider, last in last_syncs:
+        if last is not None:
+            ages.setdefault(provider, []).append(max(0.0, (now - last).total_seconds()))
+    for provider, found in ages.items():
+        CURSOR_AGE.labels(provider=provider, stat="max").set(max(found))
+        CURSOR_AGE.labels(provider=provider, stat="median").set(statistics.median(found))
+        CURSOR_AGE.labels(provider=provider, stat="min").set(min(found))

@@ -1,0 +1,78 @@
+"""The status page for people (`GET /`): server-rendered HTML, a little CSS and script, no build.
+
+`render_status_page(document, …)` turns the `ingestion status --json` document into one page:
+a table of users and providers (status, last successful sync, items, last error, re-auth needed),
+queue figures and recent runs, with "sync now" and "retry dead letters" buttons that call the
+`/v1` API. Every value is HTML-escaped by Jinja2's autoescaping; no token is ever in the document.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+__all__ = ["REFRESH_SECONDS", "STATIC_DIR", "render_status_page"]
+
+_HERE = Path(__file__).parent
+STATIC_DIR = _HERE / "static"
+#: The page reloads itself this often (paused while a person types the key or an action runs).
+REFRESH_SECONDS = 15
+
+_env = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _ago(value: str | None, now: datetime) -> str:
+    """`3 min ago` for an ISO time; `never` for none."""
+    when = _parse(value)
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _duration(started: str | None, finished: str | None) -> str:
+    start, end = _parse(started), _parse(finished)
+    if start is None or end is None:
+        return "…"
+    return f"{(end - start).total_seconds():.1f} s"
+
+
+def render_status_page(
+    document: dict[str, Any], *, key_required: bool, queue_available: bool, now: datetime
+) -> str:
+    """The page for one status document (see `ingestion.status.gather_status`)."""
+    accounts = document["accounts"]
+    counts: dict[str, int] = {}
+    for row in accounts:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    template = _env.get_template("status.html")
+    return template.render(
+        accounts=accounts,
+        users=sorted({row["userId"] for row in accounts}),
+        status_counts=sorted(counts.items()),
+        queue=document["queue"],
+        runs=document["recentRuns"],
+        key_required=key_required,
+        queue_available=queue_available,
+        refresh_seconds=REFRESH_SECONDS,
+        generated=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        ago=lambda value: _ago(value, now),
+        duration=_duration,
+    )
