@@ -1,0 +1,1 @@
+"""Google Calendar provider: every readable calendar, sync tokens, cancellations, recurrence."""

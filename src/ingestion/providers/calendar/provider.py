@@ -1,0 +1,343 @@
+"""Google Calendar: every calendar the user reads, kept in step with sync tokens.
+
+One sync, in order:
+
+1. **Calendar list.** With the stored list token only changed entries come back (deleted and
+   hidden ones included), so a sync with nothing new costs one request here. Without a token
+   (first sync, or a 410) every page is read. Calendars the user owns or reads
+   (`owner`/`writer`/`reader`) and has not hidden are mirrored; one that leaves that set is
+   queued for removal, one that joins it gets a full sync. These consequences are written into
+   the cursor together with the new list token, so storing that token never loses them.
+2. **Removals.** A removed calendar's events are listed one last time (no time window) and every
+   listed id is deleted. The cursor keeps no event ids (it would grow with the calendar), so
+   a calendar that is *no longer readable* at all (deleted, or its owner stopped sharing it:
+   404) cannot be enumerated: it is dropped with a warning and counted in the run's
+   `calendarsUnreadable` statistic. Unsubscribing, hiding and losing event-detail access keep
+   it readable, and are handled exactly.
+3. **Each calendar.** A full sync lists the window `CALENDAR_PAST_DAYS` back to
+   `CALENDAR_FUTURE_DAYS` ahead with `singleEvents=false` (series stay one master with its
+   RRULE; moved or cancelled occurrences are their own events with `recurringEventId`),
+   2500 per page, checkpointing the page token after every page; the `nextSyncToken` of the
+   last page is stored. Later syncs send only the token: changed events are upserted,
+   cancelled ones deleted. No change costs one request per calendar and upserts nothing.
+   A 410 clears that calendar's token and re-runs its full sync alone, with `showDeleted` so
+   events deleted while the token was dead are deleted here too; ids are stable, so nothing is
+   duplicated.
+
+A cancelled *occurrence* of a series that still exists is kept as a record of its own
+(`Cancelled: …`, status `cancelled`), because the master's RRULE still produces that date and
+only this record tells a reader it will not happen. When the whole series is cancelled, its
+occurrences are deleted with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from ingestion.config import Settings
+from ingestion.errors import PermanentError
+from ingestion.memory.record import MemoryRecord
+from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.calendar.client import CalendarApi, CalendarGone, SyncTokenExpired
+from ingestion.providers.calendar.sync import CalendarCursor, CalendarEntry, is_mirrored
+from ingestion.providers.calendar.transform import event_record, source_id
+
+__all__ = ["CalendarProvider"]
+
+#: Series masters looked up (for cancelled occurrences) are remembered up to this many per run.
+_SERIES_CACHE = 512
+
+
+class CalendarProvider:
+    """Mirrors every readable, visible Google Calendar of the user (see the module docstring)."""
+
+    name: ClassVar[str] = "calendar"
+    account_provider: ClassVar[str] = "google"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
+        run = _CalendarRun(self.settings, ctx)
+        async for page in run.pages():
+            yield page
+
+
+class _CalendarRun:
+    def __init__(self, settings: Settings, ctx: SyncContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.cursor = CalendarCursor.of(ctx.state)
+        self.api = CalendarApi(
+            base_url=settings.calendar_api_url,
+            http=ctx.http,
+            tokens=ctx.tokens,
+            requests_per_minute=settings.calendar_quota_requests_per_minute,
+        )
+        self.upserted = 0
+        self._counted_requests = 0
+        self._series: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+
+    # --- pages ---------------------------------------------------------------------------
+    async def pages(self) -> AsyncIterator[SyncPage]:
+        stats = await self._refresh_list()
+        if stats:
+            yield self._page(stats=stats)
+        for calendar_id in list(self.cursor.removing):
+            async for page in self._drain(calendar_id):
+                yield page
+        for calendar_id in sorted(self.cursor.calendars):
+            entry = self.cursor.calendars[calendar_id]
+            listing = (
+                self._incremental(calendar_id, entry)
+                if entry.sync_token
+                else self._full(calendar_id, entry)
+            )
+            async for page in listing:
+                yield page
+                if self._enough():
+                    return
+
+    def _page(
+        self,
+        *,
+        upserts: list[MemoryRecord] | None = None,
+        deletes: list[str] | None = None,
+        fetched: int = 0,
+        stats: Mapping[str, int] | None = None,
+    ) -> SyncPage:
+        requests = self.api.requests - self._counted_requests
+        self._counted_requests = self.api.requests
+        self.upserted += len(upserts or [])
+        return SyncPage(
+            state=self.cursor.to_json(),
+            upserts=upserts or [],
+            deletes=deletes or [],
+            fetched=fetched,
+            stats={"requests": requests, **(stats or {})},
+        )
+
+    def _enough(self) -> bool:
+        limit = self.ctx.options.max_results
+        return limit is not None and self.upserted >= limit
+
+    # --- calendar list -------------------------------------------------------------------
+    async def _refresh_list(self) -> dict[str, int]:
+        """Bring the set of mirrored calendars up to date; returns what changed."""
+        include_hidden = self.settings.calendar_include_hidden
+        token = self.cursor.list_sync_token
+        if self.cursor.include_hidden != include_hidden:
+            token = None
+        entries: list[dict[str, Any]] = []
+        try:
+            next_token = await self._read_list(token, entries)
+        except SyncTokenExpired:
+            self.ctx.log.info("calendar list token expired; listing every calendar")
+            token = None
+            entries.clear()
+            next_token = await self._read_list(None, entries)
+        added = removed = 0
+        seen: set[str] = set()
+        for entry in entries:
+            calendar_id = entry.get("id")
+            if not isinstance(calendar_id, str) or not calendar_id:
+                continue
+            seen.add(calendar_id)
+            if is_mirrored(entry, include_hidden=include_hidden):
+                added += self.cursor.add(calendar_id, entry)
+            else:
+                removed += self.cursor.remove(calendar_id)
+        if token is None:
+            # A complete list: whatever is not on it any more has left it.
+            for calendar_id in [c for c in self.cursor.calendars if c not in seen]:
+                removed += self.cursor.remove(calendar_id)
+        self.cursor.list_sync_token = next_token
+        self.cursor.include_hidden = include_hidden
+        if added or removed:
+            self.ctx.log.info("calendar list changed", added=added, removed=removed)
+        return {"calendarsAdded": added, "calendarsRemoved": removed} if added or removed else {}
+
+    async def _read_list(self, sync_token: str | None, into: list[dict[str, Any]]) -> str | None:
+        page_token: str | None = None
+        while True:
+            page = await self.api.calendar_list(sync_token=sync_token, page_token=page_token)
+            into.extend(page.items)
+            if not page.next_page_token:
+                return page.next_sync_token
+            page_token = page.next_page_token
+
+    # --- removed calendars ---------------------------------------------------------------
+    async def _drain(self, calendar_id: str) -> AsyncIterator[SyncPage]:
+        """Delete a removed calendar's records, from one last listing of its events."""
+        while calendar_id in self.cursor.removing:
+            page_token = self.cursor.removing[calendar_id] or None
+            try:
+                page = await self.api.events(calendar_id, page_token=page_token)
+            except SyncTokenExpired:
+                self.cursor.removing[calendar_id] = ""
+                if page_token is None:
+                    raise
+                continue
+            except (CalendarGone, PermanentError) as exc:
+                self.ctx.log.warning(
+                    "removed calendar is not readable; its records cannot be listed",
+                    calendar_id=calendar_id,
+                    error=str(exc),
+                )
+                del self.cursor.removing[calendar_id]
+                yield self._page(stats={"calendarsUnreadable": 1})
+                return
+            deletes = [source_id(calendar_id, str(e["id"])) for e in page.items if e.get("id")]
+            if page.next_page_token:
+                self.cursor.removing[calendar_id] = page.next_page_token
+            else:
+                del self.cursor.removing[calendar_id]
+            yield self._page(deletes=deletes, fetched=len(page.items))
+
+    # --- one calendar's events -----------------------------------------------------------
+    async def _full(self, calendar_id: str, entry: CalendarEntry) -> AsyncIterator[SyncPage]:
+        if entry.window is None:
+            now = self.ctx.clock.now()
+            start = now - timedelta(days=self.settings.calendar_past_days)
+            if self.ctx.options.since is not None:
+                start = self.ctx.options.since
+            end = now + timedelta(days=self.settings.calendar_future_days)
+            entry.window = (_rfc3339(start), _rfc3339(end))
+        time_min, time_max = entry.window
+        restarted = False
+        while True:
+            try:
+                page = await self.api.events(
+                    calendar_id,
+                    page_token=entry.page_token,
+                    time_min=time_min,
+                    time_max=time_max,
+                    show_deleted=entry.show_deleted,
+                )
+            except SyncTokenExpired:
+                if entry.page_token is None or restarted:
+                    raise PermanentError(
+                        f"calendar events.list of {calendar_id!r}: HTTP 410 on a full listing"
+                    ) from None
+                restarted, entry.page_token = True, None
+                continue
+            except CalendarGone:
+                yield self._vanished(calendar_id)
+                return
+            entry.time_zone = page.time_zone or entry.time_zone
+            upserts, deletes = await self._records(calendar_id, entry, page.items)
+            if page.next_page_token:
+                entry.page_token = page.next_page_token
+            else:
+                entry.page_token, entry.window, entry.show_deleted = None, None, False
+                entry.sync_token = page.next_sync_token
+            yield self._page(upserts=upserts, deletes=deletes, fetched=len(page.items))
+            if entry.page_token is None or self._enough():
+                return
+
+    async def _incremental(self, calendar_id: str, entry: CalendarEntry) -> AsyncIterator[SyncPage]:
+        while True:
+            try:
+                page = await self.api.events(
+                    calendar_id, sync_token=entry.sync_token, page_token=entry.page_token
+                )
+            except SyncTokenExpired:
+                self.ctx.log.info(
+                    "calendar sync token expired; full sync of this calendar",
+                    calendar_id=calendar_id,
+                )
+                entry.restart_full(show_deleted=True)
+                first = True
+                async for resync_page in self._full(calendar_id, entry):
+                    if first:
+                        first = False
+                        resync_page = _with_stat(resync_page, "fullResyncs", 1)
+                    yield resync_page
+                return
+            except CalendarGone:
+                yield self._vanished(calendar_id)
+                return
+            entry.time_zone = page.time_zone or entry.time_zone
+            upserts, deletes = await self._records(calendar_id, entry, page.items)
+            if page.next_page_token:
+                entry.page_token = page.next_page_token
+            else:
+                entry.page_token = None
+                entry.sync_token = page.next_sync_token or entry.sync_token
+            yield self._page(upserts=upserts, deletes=deletes, fetched=len(page.items))
+            if entry.page_token is None or self._enough():
+                return
+
+    def _vanished(self, calendar_id: str) -> SyncPage:
+        """A listed calendar answered 404: drop it and re-read the whole list next time."""
+        self.ctx.log.warning("calendar is no longer readable", calendar_id=calendar_id)
+        self.cursor.calendars.pop(calendar_id, None)
+        self.cursor.list_sync_token = None
+        return self._page(stats={"calendarsUnreadable": 1})
+
+    # --- events → records ----------------------------------------------------------------
+    async def _records(
+        self, calendar_id: str, entry: CalendarEntry, items: list[dict[str, Any]]
+    ) -> tuple[list[MemoryRecord], list[str]]:
+        masters = {e["id"]: e for e in items if e.get("id") and e.get("recurrence")}
+        upserts: list[MemoryRecord] = []
+        deletes: list[str] = []
+        for event in items:
+            event_id = event.get("id")
+            if not event_id:
+                continue
+            if event.get("status") == "cancelled":
+                series_id = event.get("recurringEventId")
+                series = None
+                if series_id:
+                    series = masters.get(series_id) or await self._series_of(calendar_id, series_id)
+                if series is None or series.get("status") == "cancelled":
+                    deletes.append(source_id(calendar_id, str(event_id)))
+                    continue
+                upserts.append(self._record(calendar_id, entry, event, series))
+                continue
+            upserts.append(self._record(calendar_id, entry, event, None))
+        return upserts, deletes
+
+    def _record(
+        self,
+        calendar_id: str,
+        entry: CalendarEntry,
+        event: Mapping[str, Any],
+        series: Mapping[str, Any] | None,
+    ) -> MemoryRecord:
+        return event_record(
+            self.ctx.user_id,
+            calendar_id,
+            event,
+            calendar_name=entry.name,
+            calendar_zone=entry.time_zone,
+            series=series,
+        )
+
+    async def _series_of(self, calendar_id: str, series_id: str) -> Mapping[str, Any] | None:
+        key = (calendar_id, series_id)
+        if key not in self._series:
+            if len(self._series) >= _SERIES_CACHE:
+                self._series.pop(next(iter(self._series)))
+            try:
+                self._series[key] = await self.api.event(calendar_id, series_id)
+            except CalendarGone:
+                self._series[key] = None
+        return self._series[key]
+
+
+def _with_stat(page: SyncPage, key: str, value: int) -> SyncPage:
+    stats = dict(page.stats)
+    stats[key] = stats.get(key, 0) + value
+    return replace(page, stats=stats)
+
+
+def _rfc3339(value: datetime) -> str:
+    """RFC 3339 in UTC, as `timeMin`/`timeMax` want it (a naive time is taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

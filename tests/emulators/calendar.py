@@ -1,0 +1,747 @@
+"""A faithful local emulator of the Google Calendar API v3 (the parts the provider calls).
+
+Built from the API reference and Google's discovery document (`calendar.v3`). What it does
+like www.googleapis.com/calendar/v3:
+
+- `GET /users/me/calendarList`: `maxResults` (default 100, max 250), `pageToken`, `syncToken`,
+  `showHidden`, `showDeleted`, `minAccessRole`. With a sync token only entries changed since
+  come back, deleted (`deleted: true`) and hidden ones always included; `minAccessRole` with a
+  sync token is a 400.
+- `GET /calendars/{id}/events`: `maxResults` (default 250, max 2500), `pageToken`, `syncToken`,
+  `showDeleted`, `singleEvents=false`, `timeMin`, `timeMax`, `updatedMin`. A sync token with
+  `timeMin`/`timeMax`/`updatedMin`/`q`/`orderBy`/`iCalUID` is a 400; with a sync token cancelled
+  events are always included; without one they are included with `showDeleted`, and cancelled
+  occurrences of a series are included when `showDeleted` and `singleEvents` are both false.
+  Recurring series stay a master with its `recurrence` plus exception events
+  (`{masterId}_{YYYYMMDDTHHMMSSZ}`, `recurringEventId`, `originalStartTime`).
+- `nextPageToken` and `nextSyncToken` are exclusive; the sync token comes on the last page
+  only. Listings are snapshots: a change during paging is reported by the next sync token.
+- An expired (or foreign) sync token → 410 `fullSyncRequired` with Google's exact body.
+- `GET /calendars/{id}/events/{eventId}`; unknown → 404 `notFound`.
+- Bearer check against `state.tokens` (token → user) → 401 in Google's error shape; a token
+  whose `state.scopes` lacks a Calendar scope → 403 `insufficientPermissions`.
+- A calendar the user cannot see (deleted, not shared) → 404 `notFound`; a `freeBusyReader`
+  sees only the busy blocks.
+- Fault injection (`inject`) and a per-user requests-per-minute quota (`quota_per_minute`)
+  answering 403 `rateLimitExceeded`; every request is logged in `state.requests`.
+
+Not emulated: `singleEvents=true` (expansion of series) answers 400, `q`, `orderBy`, watch
+channels.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dateutil.rrule import rrulestr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+__all__ = [
+    "CALENDAR_SCOPE",
+    "CalendarState",
+    "Fault",
+    "LoggedRequest",
+    "create_app",
+    "html_link",
+    "instance_id",
+]
+
+CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar.readonly"
+_CALENDAR_SCOPES = (
+    "https://www.googleapis.com/auth/calendar",
+    "https://www.googleapis.com/auth/calendar.readonly",
+    "https://www.googleapis.com/auth/calendar.events",
+    "https://www.googleapis.com/auth/calendar.events.readonly",
+)
+_ROLES = ("freeBusyReader", "reader", "writer", "owner")
+_SYNC_FORBIDDEN = ("timeMin", "timeMax", "updatedMin", "q", "orderBy", "iCalUID")
+
+AUTH_ERROR = {
+    "error": {
+        "code": 401,
+        "message": "Request had invalid authentication credentials. Expected OAuth 2 access "
+        "token, login cookie or other valid authentication credential. See "
+        "https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        "errors": [
+            {
+                "message": "Invalid Credentials",
+                "domain": "global",
+                "reason": "authError",
+                "location": "Authorization",
+                "locationType": "header",
+            }
+        ],
+        "status": "UNAUTHENTICATED",
+    }
+}
+GONE_ERROR = {
+    "error": {
+        "errors": [
+            {
+                "domain": "global",
+                "reason": "fullSyncRequired",
+                "message": "Sync token is no longer valid, a full sync is required.",
+            }
+        ],
+        "code": 410,
+        "message": "Sync token is no longer valid, a full sync is required.",
+    }
+}
+_THROTTLE_MESSAGES = {
+    "rateLimitExceeded": "Rate Limit Exceeded",
+    "userRateLimitExceeded": "User Rate Limit Exceeded",
+    "quotaExceeded": "Calendar usage limits exceeded.",
+}
+
+
+def _error(code: int, reason: str, message: str, domain: str = "global") -> dict[str, Any]:
+    return {
+        "error": {
+            "errors": [{"domain": domain, "reason": reason, "message": message}],
+            "code": code,
+            "message": message,
+        }
+    }
+
+
+def _scope_error(method: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": 403,
+            "message": "Request had insufficient authentication scopes.",
+            "errors": [
+                {
+                    "message": "Insufficient Permission",
+                    "domain": "global",
+                    "reason": "insufficientPermissions",
+                }
+            ],
+            "status": "PERMISSION_DENIED",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "calendar-json.googleapis.com", "method": method},
+                }
+            ],
+        }
+    }
+
+
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + "000Z"
+
+
+def html_link(event_id: str, calendar_id: str) -> str:
+    """Google's `htmlLink`: `eid` = base64url("{eventId} {calendarId}") without padding."""
+    eid = base64.urlsafe_b64encode(f"{event_id} {calendar_id}".encode()).decode().rstrip("=")
+    return f"https://www.google.com/calendar/event?eid={eid}"
+
+
+def instance_id(master_id: str, original_start: Mapping[str, Any]) -> str:
+    """Google's id of one occurrence of a series: `{masterId}_{YYYYMMDD[THHMMSSZ]}`."""
+    if "date" in original_start:
+        return f"{master_id}_{original_start['date'].replace('-', '')}"
+    moment = _instant(original_start)
+    return f"{master_id}_{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def _instant(when: Mapping[str, Any]) -> datetime:
+    if "date" in when:
+        return datetime.combine(date.fromisoformat(when["date"]), datetime.min.time(), UTC)
+    parsed = datetime.fromisoformat(str(when["dateTime"]).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(when.get("timeZone") or "UTC"))
+    return parsed
+
+
+def _encode(value: Mapping[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode()
+
+
+def _decode(token: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _new_id() -> str:
+    alphabet = "0123456789abcdefghijklmnopqrstuv"  # base32hex, like Google's event ids
+    return "".join(secrets.choice(alphabet) for _ in range(26))
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` matching requests with `status` (and a Google error body)."""
+
+    status: int
+    reason: str = "backendError"
+    times: int = 1
+    path_contains: str | None = None
+    retry_after: str | None = None
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    params: dict[str, str]
+    user: str | None
+    status: int
+
+
+@dataclass
+class _Event:
+    body: dict[str, Any]
+    seq: int
+
+    @property
+    def cancelled(self) -> bool:
+        return self.body.get("status") == "cancelled"
+
+
+@dataclass
+class _Calendar:
+    id: str
+    summary: str
+    time_zone: str
+    events: dict[str, _Event] = field(default_factory=dict)
+    deleted: bool = False
+    epoch: int = 0
+
+
+@dataclass
+class _Entry:
+    calendar_id: str
+    access_role: str
+    seq: int
+    primary: bool = False
+    hidden: bool = False
+    deleted: bool = False
+    summary_override: str | None = None
+
+
+@dataclass
+class CalendarState:
+    """Everything the emulated API knows; mutate it through the helpers (thread-safe)."""
+
+    #: access token → user key
+    tokens: dict[str, str] = field(default_factory=dict)
+    #: access token → granted scopes (space separated); a token not listed has Calendar scope
+    scopes: dict[str, str] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    requests: list[LoggedRequest] = field(default_factory=list)
+    #: Requests per user per rolling minute before 403 `rateLimitExceeded` (None = no limit).
+    quota_per_minute: int | None = None
+    calendars: dict[str, _Calendar] = field(default_factory=dict)
+    lists: dict[str, dict[str, _Entry]] = field(default_factory=dict)
+    #: who may read which calendar: calendar id → user → role
+    acl: dict[str, dict[str, str]] = field(default_factory=dict)
+    list_epoch: int = 0
+    _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _last_seq: int = 0
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _recent: dict[str, list[float]] = field(default_factory=dict)
+
+    # --- scripting ---------------------------------------------------------------------
+    def next_seq(self) -> int:
+        self._last_seq = next(self._seq)
+        return self._last_seq
+
+    def inject(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def count(self, path_contains: str = "", *, status: int | None = None) -> int:
+        """Requests logged whose path contains `path_contains` (and with `status`)."""
+        with self._lock:
+            return sum(
+                1
+                for r in self.requests
+                if path_contains in r.path and (status is None or r.status == status)
+            )
+
+    def add_calendar(
+        self,
+        user: str,
+        calendar_id: str,
+        summary: str,
+        *,
+        time_zone: str = "UTC",
+        access_role: str = "owner",
+        primary: bool = False,
+        hidden: bool = False,
+    ) -> None:
+        """Create (or share) a calendar and put it in the user's calendar list."""
+        with self._lock:
+            if calendar_id not in self.calendars or self.calendars[calendar_id].deleted:
+                self.calendars[calendar_id] = _Calendar(calendar_id, summary, time_zone)
+            self.acl.setdefault(calendar_id, {})[user] = access_role
+            self.lists.setdefault(user, {})[calendar_id] = _Entry(
+                calendar_id, access_role, self.next_seq(), primary=primary, hidden=hidden
+            )
+
+    def _touch_entry(self, user: str, calendar_id: str, **changes: Any) -> None:
+        entry = self.lists[user][calendar_id]
+        for key, value in changes.items():
+            setattr(entry, key, value)
+        entry.seq = self.next_seq()
+
+    def unsubscribe(self, user: str, calendar_id: str) -> None:
+        """Remove from the user's list; the calendar stays readable (the ACL is kept)."""
+        with self._lock:
+            self._touch_entry(user, calendar_id, deleted=True)
+
+    def set_hidden(self, user: str, calendar_id: str, hidden: bool = True) -> None:
+        with self._lock:
+            self._touch_entry(user, calendar_id, hidden=hidden)
+
+    def set_role(self, user: str, calendar_id: str, role: str) -> None:
+        with self._lock:
+            self.acl.setdefault(calendar_id, {})[user] = role
+            self._touch_entry(user, calendar_id, access_role=role)
+
+    def revoke(self, user: str, calendar_id: str) -> None:
+        """The owner stops sharing: gone from the list and unreadable (404)."""
+        with self._lock:
+            self.acl.get(calendar_id, {}).pop(user, None)
+            self._touch_entry(user, calendar_id, deleted=True)
+
+    def delete_calendar(self, calendar_id: str) -> None:
+        """Delete a calendar: unreadable (404) and deleted from every list."""
+        with self._lock:
+            self.calendars[calendar_id].deleted = True
+            for user, entries in self.lists.items():
+                if calendar_id in entries and not entries[calendar_id].deleted:
+                    self._touch_entry(user, calendar_id, deleted=True)
+
+    def expire_sync_tokens(self, calendar_id: str | None = None) -> None:
+        """Invalidate the sync tokens of one calendar's events (or of the calendar lists)."""
+        with self._lock:
+            if calendar_id is None:
+                self.list_epoch += 1
+            else:
+                self.calendars[calendar_id].epoch += 1
+
+    def insert_event(self, calendar_id: str, **fields: Any) -> dict[str, Any]:
+        """Add an event (API field names); fills id, etag, iCalUID, htmlLink, timestamps."""
+        with self._lock:
+            calendar = self.calendars[calendar_id]
+            now = rfc3339(datetime.now(UTC))
+            event_id = fields.pop("id", None) or _new_id()
+            body: dict[str, Any] = {
+                "kind": "calendar#event",
+                "id": event_id,
+                "status": "confirmed",
+                "htmlLink": html_link(event_id, calendar_id),
+                "created": now,
+                "updated": now,
+                "creator": {"email": calendar_id},
+                "organizer": {"email": calendar_id, "displayName": calendar.summary},
+                "iCalUID": f"{fields.get('recurringEventId') or event_id}@google.com",
+                "sequence": 0,
+                "reminders": {"useDefault": True},
+                "eventType": "default",
+            }
+            body.update(fields)
+            self._store(calendar, body)
+            return dict(body)
+
+    def _store(self, calendar: _Calendar, body: dict[str, Any]) -> None:
+        seq = self.next_seq()
+        body["etag"] = f'"{3_000_000_000_000_000 + seq}"'
+        calendar.events[body["id"]] = _Event(body, seq)
+
+    def update_event(self, calendar_id: str, event_id: str, **changes: Any) -> dict[str, Any]:
+        with self._lock:
+            calendar = self.calendars[calendar_id]
+            body = dict(calendar.events[event_id].body)
+            body.update(changes)
+            body["updated"] = rfc3339(datetime.now(UTC))
+            body["sequence"] = int(body.get("sequence", 0)) + 1
+            self._store(calendar, body)
+            return dict(body)
+
+    def delete_event(self, calendar_id: str, event_id: str) -> None:
+        """Delete an event; deleting a series cancels its exceptions too."""
+        with self._lock:
+            calendar = self.calendars[calendar_id]
+            ids = [event_id] + [
+                e.body["id"]
+                for e in calendar.events.values()
+                if e.body.get("recurringEventId") == event_id
+            ]
+            for one in ids:
+                body = dict(calendar.events[one].body)
+                body["status"] = "cancelled"
+                body["updated"] = rfc3339(datetime.now(UTC))
+                self._store(calendar, body)
+
+    def move_instance(
+        self,
+        calendar_id: str,
+        master_id: str,
+        original_start: Mapping[str, Any],
+        *,
+        start: Mapping[str, Any],
+        end: Mapping[str, Any],
+        **changes: Any,
+    ) -> dict[str, Any]:
+        """Change one occurrence of a series: an exception event of its own."""
+        with self._lock:
+            master = self.calendars[calendar_id].events[master_id].body
+            inherited = {
+                k: v
+                for k, v in master.items()
+                if k not in ("id", "recurrence", "etag", "htmlLink", "created", "updated")
+            }
+            return self.insert_event(
+                calendar_id,
+                **{
+                    **inherited,
+                    "id": instance_id(master_id, original_start),
+                    "recurringEventId": master_id,
+                    "originalStartTime": dict(original_start),
+                    "start": dict(start),
+                    "end": dict(end),
+                    **changes,
+                },
+            )
+
+    def cancel_instance(
+        self, calendar_id: str, master_id: str, original_start: Mapping[str, Any]
+    ) -> str:
+        """Cancel one occurrence of a series; returns the occurrence's id."""
+        with self._lock:
+            calendar = self.calendars[calendar_id]
+            event_id = instance_id(master_id, original_start)
+            body = {
+                "kind": "calendar#event",
+                "id": event_id,
+                "status": "cancelled",
+                "recurringEventId": master_id,
+                "originalStartTime": dict(original_start),
+            }
+            self._store(calendar, body)
+            return event_id
+
+    def bulk_insert(self, calendar_id: str, bodies: Iterable[dict[str, Any]]) -> int:
+        """Fast insert of complete event bodies (benchmarks); returns how many."""
+        with self._lock:
+            calendar = self.calendars[calendar_id]
+            count = 0
+            for body in bodies:
+                body.setdefault("htmlLink", html_link(body["id"], calendar_id))
+                self._store(calendar, body)
+                count += 1
+            return count
+
+    # --- request handling --------------------------------------------------------------
+    def _fault_for(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.path_contains is None or fault.path_contains in path:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def _over_quota(self, user: str) -> bool:
+        if self.quota_per_minute is None:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._recent.get(user, []) if now - t < 60]
+        recent.append(now)
+        self._recent[user] = recent
+        return len(recent) > self.quota_per_minute
+
+    def _role(self, user: str, calendar_id: str) -> str | None:
+        calendar = self.calendars.get(calendar_id)
+        if calendar is None or calendar.deleted:
+            return None
+        return self.acl.get(calendar_id, {}).get(user)
+
+    def _list_body(self, user: str, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        entries = self.lists.get(user, {})
+        sync = params.get("syncToken")
+        if sync and "minAccessRole" in params:
+            return 400, _error(400, "invalid", "Invalid Value")
+        page = _decode(params["pageToken"]) if params.get("pageToken") else None
+        if params.get("pageToken") and page is None:
+            return 400, _error(400, "invalid", "Invalid Value")
+        since = 0
+        if sync:
+            token = _decode(sync)
+            if not token or token.get("u") != user or token.get("e") != self.list_epoch:
+                return 410, GONE_ERROR
+            since = int(token["s"])
+        snapshot = int(page["snap"]) if page else self._last_seq
+        after = tuple(page["after"]) if page else (0, "")
+        show_hidden = params.get("showHidden") == "true" or bool(sync)
+        show_deleted = params.get("showDeleted") == "true" or bool(sync)
+        min_role = params.get("minAccessRole")
+        selected = sorted(
+            (e for e in entries.values() if since < e.seq <= snapshot),
+            key=lambda e: (e.seq, e.calendar_id),
+        )
+        items = [
+            e
+            for e in selected
+            if (show_deleted or not e.deleted)
+            and (show_hidden or not e.hidden)
+            and (not min_role or _ROLES.index(e.access_role) >= _ROLES.index(min_role))
+            and (e.seq, e.calendar_id) > after
+        ]
+        size = max(1, min(int(params.get("maxResults", 100)), 250))
+        chunk, rest = items[:size], items[size:]
+        body: dict[str, Any] = {
+            "kind": "calendar#calendarList",
+            "etag": f'"p{snapshot}"',
+            "items": [self._entry_json(e) for e in chunk],
+        }
+        if rest:
+            body["nextPageToken"] = _encode(
+                {"snap": snapshot, "after": [chunk[-1].seq, chunk[-1].calendar_id]}
+            )
+        else:
+            body["nextSyncToken"] = _encode({"u": user, "s": snapshot, "e": self.list_epoch})
+        return 200, body
+
+    def _entry_json(self, entry: _Entry) -> dict[str, Any]:
+        etag = f'"{1_600_000_000_000_000 + entry.seq}"'
+        if entry.deleted:
+            return {
+                "kind": "calendar#calendarListEntry",
+                "etag": etag,
+                "id": entry.calendar_id,
+                "deleted": True,
+            }
+        calendar = self.calendars[entry.calendar_id]
+        body: dict[str, Any] = {
+            "kind": "calendar#calendarListEntry",
+            "etag": etag,
+            "id": entry.calendar_id,
+            "summary": calendar.summary,
+            "timeZone": calendar.time_zone,
+            "colorId": "14",
+            "backgroundColor": "#9fe1e7",
+            "foregroundColor": "#000000",
+            "selected": True,
+            "accessRole": entry.access_role,
+            "defaultReminders": [],
+        }
+        if entry.summary_override:
+            body["summaryOverride"] = entry.summary_override
+        if entry.primary:
+            body["primary"] = True
+        if entry.hidden:
+            body["hidden"] = True
+        return body
+
+    def _events_body(
+        self, user: str, calendar_id: str, params: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        role = self._role(user, calendar_id)
+        if role is None:
+            return 404, _error(404, "notFound", "Not Found")
+        calendar = self.calendars[calendar_id]
+        sync = params.get("syncToken")
+        if sync and any(name in params for name in _SYNC_FORBIDDEN):
+            return 400, _error(400, "invalid", "Invalid Value")
+        if params.get("singleEvents") == "true":
+            return 400, _error(400, "invalid", "singleEvents=true is not emulated")
+        page = _decode(params["pageToken"]) if params.get("pageToken") else None
+        if params.get("pageToken") and (page is None or page.get("c") != calendar_id):
+            return 400, _error(400, "invalid", "Invalid Value")
+        since = 0
+        if sync:
+            token = _decode(sync)
+            if not token or token.get("c") != calendar_id or token.get("e") != calendar.epoch:
+                return 410, GONE_ERROR
+            since = int(token["s"])
+        snapshot = int(page["snap"]) if page else self._last_seq
+        after = tuple(page["after"]) if page else (0, "")
+        show_deleted = params.get("showDeleted") == "true" or bool(sync)
+        time_min = _parse_bound(params.get("timeMin"))
+        time_max = _parse_bound(params.get("timeMax"))
+        updated_min = _parse_bound(params.get("updatedMin"))
+        candidates = sorted(
+            (e for e in calendar.events.values() if since < e.seq <= snapshot),
+            key=lambda e: (e.seq, e.body["id"]),
+        )
+        items: list[_Event] = []
+        for event in candidates:
+            if (event.seq, event.body["id"]) <= after:
+                continue
+            if event.cancelled and not show_deleted and not event.body.get("recurringEventId"):
+                continue
+            if not sync and not _in_window(event.body, time_min, time_max):
+                continue
+            updated = event.body.get("updated")
+            if updated_min and updated and _instant({"dateTime": updated}) < updated_min:
+                continue
+            items.append(event)
+        size = max(1, min(int(params.get("maxResults", 250)), 2500))
+        chunk, rest = items[:size], items[size:]
+        body: dict[str, Any] = {
+            "kind": "calendar#events",
+            "etag": f'"p{snapshot}"',
+            "summary": calendar.summary,
+            "updated": rfc3339(datetime.now(UTC)),
+            "timeZone": calendar.time_zone,
+            "accessRole": role,
+            "defaultReminders": [],
+            "items": [_event_json(e, role) for e in chunk],
+        }
+        if rest:
+            body["nextPageToken"] = _encode(
+                {"c": calendar_id, "snap": snapshot, "after": [chunk[-1].seq, chunk[-1].body["id"]]}
+            )
+        else:
+            body["nextSyncToken"] = _encode({"c": calendar_id, "s": snapshot, "e": calendar.epoch})
+        return 200, body
+
+    def _event_get(self, user: str, calendar_id: str, event_id: str) -> tuple[int, dict[str, Any]]:
+        role = self._role(user, calendar_id)
+        event = self.calendars[calendar_id].events.get(event_id) if role else None
+        if role is None or event is None:
+            return 404, _error(404, "notFound", "Not Found")
+        return 200, _event_json(event, role)
+
+
+def _parse_bound(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _event_json(event: _Event, role: str) -> dict[str, Any]:
+    body = event.body
+    if event.cancelled:
+        keep = ("kind", "etag", "id", "status", "recurringEventId", "originalStartTime")
+        return {k: body[k] for k in keep if k in body}
+    if role == "freeBusyReader":
+        keep = ("kind", "etag", "id", "status", "start", "end", "recurringEventId")
+        return {k: body[k] for k in keep if k in body}
+    return dict(body)
+
+
+def _in_window(
+    body: Mapping[str, Any], time_min: datetime | None, time_max: datetime | None
+) -> bool:
+    """Whether an event (or, for a master, any occurrence of its series) overlaps the window."""
+    start_field = body.get("start") or body.get("originalStartTime")
+    if not start_field:
+        return True
+    start = _instant(start_field)
+    end = _instant(body["end"]) if body.get("end") else start + timedelta(hours=1)
+    if time_max is not None and start >= time_max:
+        return False
+    if time_min is None:
+        return True
+    if body.get("recurrence") and body.get("status") != "cancelled":
+        last = _series_end(body, start)
+        return last is None or last + (end - start) > time_min
+    return end > time_min
+
+
+def _series_end(body: Mapping[str, Any], start: datetime) -> datetime | None:
+    """The start of the last occurrence of a series; `None` when it never ends."""
+    rules = [line for line in body.get("recurrence", []) if line.startswith("RRULE:")]
+    if not rules or any("COUNT=" not in r and "UNTIL=" not in r for r in rules):
+        return None
+    rule = rrulestr("\n".join(rules), dtstart=start, forceset=True)
+    last: datetime | None = None
+    for occurrence in rule:
+        last = occurrence
+    return last
+
+
+def create_app(state: CalendarState) -> Starlette:
+    """The emulated API at the root (set `CALENDAR_API_URL` to the server's URL)."""
+
+    def answer(request: Request, user: str | None, status: int, body: Any) -> JSONResponse:
+        state.requests.append(
+            LoggedRequest(
+                request.method, request.url.path, dict(request.query_params), user, status
+            )
+        )
+        return JSONResponse(body, status_code=status)
+
+    def guard(request: Request, method: str) -> tuple[str | None, JSONResponse | None]:
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        user = state.tokens.get(token)
+        if user is None:
+            return None, answer(request, None, 401, AUTH_ERROR)
+        granted = state.scopes.get(token)
+        if granted is not None and not set(granted.split()) & set(_CALENDAR_SCOPES):
+            return user, answer(request, user, 403, _scope_error(method))
+        fault = state._fault_for(request.url.path)
+        if fault is not None:
+            message = _THROTTLE_MESSAGES.get(fault.reason, "Backend Error")
+            domain = "usageLimits" if fault.reason in _THROTTLE_MESSAGES else "global"
+            response = answer(
+                request, user, fault.status, _error(fault.status, fault.reason, message, domain)
+            )
+            if fault.retry_after is not None:
+                response.headers["Retry-After"] = fault.retry_after
+            return user, response
+        if state._over_quota(user):
+            body = _error(403, "rateLimitExceeded", "Rate Limit Exceeded", "usageLimits")
+            return user, answer(request, user, 403, body)
+        return user, None
+
+    async def calendar_list(request: Request) -> JSONResponse:
+        with state._lock:
+            user, refused = guard(request, "calendar.v3.CalendarList.List")
+            if refused is not None or user is None:
+                assert refused is not None
+                return refused
+            status, body = state._list_body(user, request.query_params)
+            return answer(request, user, status, body)
+
+    async def events(request: Request) -> JSONResponse:
+        with state._lock:
+            user, refused = guard(request, "calendar.v3.Events.List")
+            if refused is not None or user is None:
+                assert refused is not None
+                return refused
+            calendar_id = request.path_params["calendar_id"]
+            status, body = state._events_body(user, calendar_id, request.query_params)
+            return answer(request, user, status, body)
+
+    async def event(request: Request) -> JSONResponse:
+        with state._lock:
+            user, refused = guard(request, "calendar.v3.Events.Get")
+            if refused is not None or user is None:
+                assert refused is not None
+                return refused
+            status, body = state._event_get(
+                user, request.path_params["calendar_id"], request.path_params["event_id"]
+            )
+            return answer(request, user, status, body)
+
+    return Starlette(
+        routes=[
+            Route("/users/me/calendarList", calendar_list),
+            Route("/calendars/{calendar_id:str}/events", events),
+            Route("/calendars/{calendar_id:str}/events/{event_id:str}", event),
+        ]
+    )
