@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from ingestion import metrics
 from ingestion.app import Services
-from ingestion.config import PROVIDER_NAMES
+from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import MalformedJob
 from ingestion.providers.registry import account_provider_of
 from ingestion.queue.base import JobQueue
@@ -46,7 +46,7 @@ from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
 from ingestion.web import STATIC_DIR, render_status_page
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "run_api", "serve"]
 
 log = structlog.get_logger("ingestion.api")
 
@@ -90,7 +90,18 @@ class _Api:
 
     @property
     def queue_stats(self) -> QueueStatsFn | None:
-        return self.queue.stats if self.queue is not None else None
+        """The queue figures for the status document; an unreachable queue says so in them."""
+        queue = self.queue
+        if queue is None:
+            return None
+
+        async def stats() -> dict[str, Any]:
+            try:
+                return await asyncio.wait_for(queue.stats(), READY_TIMEOUT)
+            except Exception as exc:
+                return {"kind": queue.kind, "error": f"queue unreachable: {type(exc).__name__}"}
+
+        return stats
 
     # --- probes -------------------------------------------------------------------------
     async def healthz(self, _request: Request) -> Response:
@@ -115,12 +126,7 @@ class _Api:
         )
 
     async def metrics(self, _request: Request) -> Response:
-        stats: dict[str, Any] | None = None
-        if self.queue is not None:
-            try:
-                stats = await asyncio.wait_for(self.queue.stats(), READY_TIMEOUT)
-            except Exception as exc:  # a scrape still answers when Redis is away
-                log.warning("queue figures unavailable for /metrics", error=str(exc))
+        stats = await self.queue_stats() if self.queue_stats else None
         states = await SyncStateStore(self.services.db).all()
         metrics.refresh_gauges(
             stats, ((s.provider, s.last_sync_time) for s in states), datetime.now(UTC)
@@ -255,6 +261,36 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+async def run_api(settings: Settings) -> None:
+    """`ingestion api`: the HTTP API alone, until SIGINT/SIGTERM.
+
+    With REDIS_URL the API enqueues on the Redis queue that the deployment's workers consume;
+    without it there is no queue in this process and `POST /v1/sync` answers 503.
+    """
+    from ingestion.app import install_stop_signals
+    from ingestion.queue import RedisJobQueue
+
+    metrics.check_multiprocess(settings)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    queue = RedisJobQueue(settings) if settings.redis_url else None
+    services = await Services.open(settings)
+    try:
+        log.info(
+            "ingestion api starting",
+            database=settings.database_kind,
+            queue=queue.kind if queue else "none",
+            api=f"http://{settings.api_host}:{settings.api_port}",
+            api_key=settings.ingestion_api_key is not None,
+        )
+        await serve(create_app(services, queue), settings.api_host, settings.api_port, stop)
+        log.info("ingestion api stopped")
+    finally:
+        await services.aclose()
+        if queue is not None:
+            await queue.aclose()
 
 
 async def serve(app: Starlette, host: str, port: int, stop: asyncio.Event) -> None:

@@ -347,3 +347,153 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+# --- queue: worker, scheduler, enqueue, dead letters ---------------------------------------------
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, max=256, help="Jobs in flight")
+    ] = None,
+) -> None:
+    """Consume jobs from the Redis queue (needs REDIS_URL) until SIGINT/SIGTERM."""
+    from ingestion.worker import serve_worker
+
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("REDIS_URL is not set: `ingestion worker` consumes the Redis job queue")
+    run_async(lambda: serve_worker(settings, concurrency))
+
+
+@app.command()
+def scheduler() -> None:
+    """Enqueue sync jobs on each provider's cron schedule (needs REDIS_URL)."""
+    from ingestion.scheduler import serve_scheduler
+
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("REDIS_URL is not set: `ingestion scheduler` enqueues on the Redis job queue")
+    run_async(lambda: serve_scheduler(settings))
+
+
+def _queue_settings() -> Settings:
+    settings = load_settings()
+    if not settings.redis_url:
+        fail("REDIS_URL is not set: the job queue lives in Redis")
+    return settings
+
+
+async def _with_queue(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
+    from ingestion.queue import redis_queue
+
+    queue = redis_queue(settings)
+    try:
+        return await body(queue)
+    finally:
+        await queue.aclose()
+
+
+@app.command()
+def enqueue(
+    provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    full: Annotated[bool, typer.Option("--full", help="Ignore the cursor: full sync")] = False,
+) -> None:
+    """Put one sync job on the queue (merged into one already queued or running)."""
+    from ingestion.providers.base import FetchOptions
+    from ingestion.queue.jobs import Job
+
+    check_provider(provider)
+    settings = _queue_settings()
+    job = Job(provider, user, FetchOptions(force_full_sync=full))
+    result = run_async(lambda: _with_queue(settings, lambda q: q.enqueue(job)))
+    verb = "coalesced into queued job" if result.coalesced else "enqueued job"
+    out.print(f"{verb} {result.job_id}", markup=False, highlight=False)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most N entries")] = 100,
+) -> None:
+    """Dead-lettered jobs, oldest first."""
+    settings = _queue_settings()
+    dead = run_async(lambda: _with_queue(settings, lambda q: q.dead_letters(limit)))
+    rows = [
+        {
+            "id": d.id,
+            "type": d.type,
+            "payload": d.payload,
+            "error": d.error,
+            "failedAt": d.failed_at,
+            "attempts": d.attempts,
+        }
+        for d in dead
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="dead letters", show_header=True)
+    for column in ("id", "type", "payload", "attempts", "failed at", "error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["type"],
+            row["payload"][:60],
+            str(row["attempts"]),
+            row["failedAt"],
+            row["error"][:100],
+        )
+    out.print(table)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    entry_id: Annotated[str | None, typer.Argument(help="Dead letter id")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every dead letter")] = False,
+) -> None:
+    """Put a dead job (or all of them) back on the queue as a fresh job."""
+    if (entry_id is None) == (not all_):
+        fail("give a dead letter ID or --all (not both)")
+    settings = _queue_settings()
+    ids = None if all_ else [str(entry_id)]
+    moved = run_async(lambda: _with_queue(settings, lambda q: q.retry_dead(ids)))
+    if not all_ and moved == 0:
+        fail(f"no dead letter with id {entry_id!r}")
+    out.print(f"requeued {moved} job(s)", markup=False, highlight=False)
+
+
+@dlq_app.command("purge")
+def dlq_purge() -> None:
+    """Delete every dead letter."""
+    settings = _queue_settings()
+    purged = run_async(lambda: _with_queue(settings, lambda q: q.purge_dead()))
+    out.print(f"purged {purged} dead letter(s)", markup=False, highlight=False)
+
+
+# --- api ---------------------------------------------------------------------------------------
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (API_HOST)")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="Port (API_PORT)")
+    ] = None,
+) -> None:
+    """The HTTP API alone: health, readiness, metrics, sync trigger, status page."""
+    from ingestion.api import run_api
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["api_host"] = host
+    if port is not None:
+        overrides["api_port"] = port
+    settings = load_settings(**overrides)
+    try:
+        run_async(lambda: run_api(settings))
+    except OSError as exc:
+        fail(str(exc))
+
+
