@@ -1,7 +1,9 @@
 """The embedded memory store: records kept in the service's own database.
 
 Used when MEMORY_ENGINE_URL is unset, so a laptop needs no memory engine. Upserts by id are
-idempotent; `upsert` returns once the rows are committed.
+idempotent; `upsert` returns once the rows are committed, and a record whose content hash is
+unchanged is not rewritten (unless `force`). Every row is in the full-text index as soon as it
+is committed (`search`, see `ingestion.memory.search`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select
 
 from ingestion.memory.record import MemoryRecord
+from ingestion.memory.search import SearchHit, search_key, search_memories
 from ingestion.storage.db import Database
 from ingestion.storage.models import MemoryRow
 
@@ -43,7 +46,7 @@ class LocalMemoryStore:
                     continue
                 changed += 1
                 if row is None:
-                    row = MemoryRow(id=record.id)
+                    row = MemoryRow(id=record.id, search_key=search_key(record.id))
                     session.add(row)
                     existing[record.id] = row
                 row.user_id = record.user_id
@@ -67,6 +70,17 @@ class LocalMemoryStore:
                     MemoryRow.user_id == user_id, MemoryRow.id.in_(list(record_ids))
                 )
             )
+
+    async def search(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        source: str | None = None,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        """Full-text search; see `ingestion.memory.search.search_memories`."""
+        return await search_memories(self.db, query, user_id=user_id, source=source, limit=limit)
 
     async def aclose(self) -> None:
         return None

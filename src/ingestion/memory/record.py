@@ -4,9 +4,14 @@ Guarantees kept here, for every provider:
 
 - `id` is `{source}:{userId}:{sourceId}`: the same item always gets the same id, so a resend
   after a retry or a crash is an idempotent upsert, never a duplicate.
-- `content` is plain UTF-8 text: invalid bytes replaced, NUL and other control characters
-  (except newline and tab) removed, at most `CONTENT_MAX_CHARS` characters; a cut body ends with
-  a marker saying how much was left out.
+- `content` is plain UTF-8 text: invalid bytes and lone surrogates replaced by U+FFFD, line
+  ends normalised to `\n`, NUL and every other control character (C0, DEL, C1; newline and tab
+  kept) and the noncharacters U+FFFE/U+FFFF removed, and at most `CONTENT_MAX_CHARS` (100,000)
+  characters *including* the marker `[… N more characters not stored]` that ends a cut body.
+- `title` is one line (whitespace runs collapsed) of at most `TITLE_MAX_CHARS` characters.
+- `metadata` holds plain JSON values only (datetimes as ISO-8601 UTC, strings cleaned of
+  surrogates and control characters, NaN/infinity as null), so it always serialises and hashes
+  the same way.
 - `contentHash` is sha256 over a canonical JSON of title, content and metadata, so the engine
   (and our own sink) can skip unchanged re-sends.
 """
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -24,22 +31,33 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONTENT_MAX_CHARS",
+    "TITLE_MAX_CHARS",
     "MemoryRecord",
     "RecordType",
     "Source",
     "clean_text",
+    "clean_title",
+    "content_hash",
     "record_id",
 ]
 
-#: Upper bound of `content`, in characters (about 100 KB of text: a long email thread or a
-#: commit with its bounded diff fits; a whole mailbox export does not).
+#: Upper bound of `content`, in characters, marker included (about 100 KB of text: a long email
+#: thread or a commit with its bounded diff fits; a whole mailbox export does not). At most
+#: 400 KB of UTF-8, so one record always fits a request to the memory engine.
 CONTENT_MAX_CHARS = 100_000
+#: Upper bound of `title`, in characters.
+TITLE_MAX_CHARS = 1_000
 
 Source = Literal["gmail", "calendar", "github", "twitter"]
 RecordType = Literal["email", "event", "commit", "issue", "pull_request", "tweet"]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+# C0 controls except tab and newline (carriage returns are normalised first), DEL, C1 controls,
+# and the noncharacters U+FFFE/U+FFFF.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s+")
+#: Room kept for the cut marker, so a cut body stays within the limit.
+_MARKER_ROOM = 48
 
 
 def record_id(source: str, user_id: str, source_id: str) -> str:
@@ -48,7 +66,11 @@ def record_id(source: str, user_id: str, source_id: str) -> str:
 
 
 def clean_text(value: str | bytes | None, *, limit: int = CONTENT_MAX_CHARS) -> str:
-    """Plain, valid UTF-8 text without control characters, cut at `limit` with a marker."""
+    """Plain, valid UTF-8 text without control characters, at most `limit` characters.
+
+    A longer text is cut and ends with `[… N more characters not stored]`; the marker counts
+    towards `limit`.
+    """
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -57,9 +79,20 @@ def clean_text(value: str | bytes | None, *, limit: int = CONTENT_MAX_CHARS) -> 
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     value = _CONTROL.sub("", value)
     if len(value) > limit:
-        dropped = len(value) - limit
-        value = f"{value[:limit]}\n[… {dropped} more characters not stored]"
+        keep = max(0, limit - _MARKER_ROOM)
+        marker = f"\n[… {len(value) - keep} more characters not stored]"
+        value = f"{value[:keep]}{marker}"[:limit]
     return value
+
+
+def clean_title(value: str | bytes | None) -> str | None:
+    """One line of clean text (whitespace runs collapsed), at most `TITLE_MAX_CHARS`."""
+    if value is None:
+        return None
+    text = _WHITESPACE.sub(" ", clean_text(value, limit=10 * TITLE_MAX_CHARS)).strip()
+    if len(text) > TITLE_MAX_CHARS:
+        text = text[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+    return text
 
 
 def _iso_utc(value: datetime) -> str:
@@ -105,9 +138,16 @@ class MemoryRecord(BaseModel):
         content: str | bytes | None,
         occurred_at: datetime,
         url: str | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> MemoryRecord:
-        clean_title = clean_text(title, limit=1000) if title is not None else None
+        """A record with its derived fields; `content` may be text or raw bytes (any encoding
+        errors are replaced). A naive `occurred_at` is taken as UTC.
+
+        Raises `ValueError` for an empty `user_id` or `source_id` (they make up the id).
+        """
+        if not user_id or not source_id:
+            raise ValueError("a memory record needs a non-empty user_id and source_id")
+        title_text = clean_title(title)
         body = clean_text(content)
         meta = _jsonable(metadata or {})
         if occurred_at.tzinfo is None:
@@ -118,12 +158,12 @@ class MemoryRecord(BaseModel):
             source=source,
             source_id=source_id,
             type=type,
-            title=clean_title,
+            title=title_text,
             content=body,
-            url=url,
+            url=(url or "").strip() or None,
             occurred_at=occurred_at.astimezone(UTC),
             metadata=meta,
-            content_hash=content_hash(clean_title, body, meta),
+            content_hash=content_hash(title_text, body, meta),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -131,7 +171,8 @@ class MemoryRecord(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def content_hash(title: str | None, content: str, metadata: dict[str, Any]) -> str:
+def content_hash(title: str | None, content: str, metadata: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON (sorted keys, no spaces) of title, content, metadata."""
     canonical = json.dumps(
         {"title": title, "content": content, "metadata": metadata},
         sort_keys=True,
@@ -142,17 +183,30 @@ def content_hash(title: str | None, content: str, metadata: dict[str, Any]) -> s
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata as plain JSON values (datetimes as ISO-8601 UTC), so hashes are stable."""
-    result: dict[str, Any] = json.loads(json.dumps(metadata, default=_json_default))
+def _jsonable(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata as plain JSON values, so it always serialises and hashes the same way."""
+    result: dict[str, Any] = _plain(dict(metadata))
     return result
 
 
-def _json_default(value: object) -> object:
+def _plain(value: object) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))
     if isinstance(value, datetime):
         return _iso_utc(value)
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
+        return _plain(value.decode("utf-8", errors="replace"))
+    if isinstance(value, Mapping):
+        return {str(_plain(str(k))): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(mode="json", by_alias=True))
     raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")

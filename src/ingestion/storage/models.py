@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -156,7 +157,10 @@ class MemoryRow(Base):
     """`ingestion_memories`: the embedded memory store (used when MEMORY_ENGINE_URL is unset)."""
 
     __tablename__ = "ingestion_memories"
-    __table_args__ = (Index("ix_ingestion_memories_user_source", "user_id", "source"),)
+    __table_args__ = (
+        Index("ix_ingestion_memories_user_source", "user_id", "source"),
+        Index("ix_ingestion_memories_search_key", "search_key", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(512), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(255))
@@ -170,6 +174,9 @@ class MemoryRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     content_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
+    #: Stable integer key of the row in the SQLite full-text index (migration 0002); set by
+    #: the embedded store from the id (`ingestion.memory.search.search_key`).
+    search_key: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class SentHash(Base):
