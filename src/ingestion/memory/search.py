@@ -32,8 +32,48 @@ _FTS = table("ingestion_memories_fts", column("rowid"))
 #: English words too common to narrow a search; PostgreSQL's `english` configuration drops
 #: these (and more) itself, SQLite's tokenizer does not.
 _STOP_WORDS = frozenset(
-    "a an and are as at be but by for from has have he her his i in is it its of on or our she "
-    "that the their them they this to was we were will with you your".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "that",
+        "the",
+        "their",
+        "them",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
 )
 
 
