@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -101,8 +100,9 @@ def print_json(value: Any) -> None:
 async def with_services(
     settings: Settings, body: Callable[[Any], Awaitable[T]], *, migrate: bool | None = None
 ) -> T:
-    from ingestion.app import Services
+    from ingestion.app import Services, load_plugins
 
+    load_plugins(settings)
     services = await Services.open(settings, migrate=migrate)
     try:
         return await body(services)
@@ -267,6 +267,72 @@ def accounts_list(
     out.print(table)
 
 
+# --- connect -------------------------------------------------------------------------------------
+
+
+@app.command()
+def connect(
+    provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Loopback port of the redirect URI http://127.0.0.1:PORT/callback "
+            "(0 = any free port; use the port registered for the OAuth app where required)",
+        ),
+    ] = 0,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the consent URL")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for consent")
+    ] = 300.0,
+) -> None:
+    """OAuth authorization-code flow (PKCE) on a loopback redirect; stores the tokens."""
+    from ingestion.connect import connect_account
+
+    check_provider(provider)
+    settings = load_settings()
+
+    def announce(url: str) -> None:
+        out.print("Open this URL to grant access:", markup=False, highlight=False)
+        out.print(url, markup=False, highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    async def body(services: Any) -> Any:
+        try:
+            return await connect_account(
+                settings,
+                services.db,
+                provider=provider,
+                user_id=user,
+                port=port,
+                open_browser=not no_browser,
+                timeout=timeout,
+                announce=announce,
+            )
+        except ConfigurationError:
+            raise
+        except IngestionError as exc:
+            return exc
+
+    result = run_async(lambda: with_services(settings, body))
+    if isinstance(result, IngestionError):
+        err.print(f"connect failed: {result}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    expires = _json_default(result.expires_at) if result.expires_at else "never"
+    out.print(
+        f"connected {result.account_provider} account {result.account_id} for user {user} "
+        f"(scope: {result.scope or 'none'}; refresh token: "
+        f"{'yes' if result.has_refresh_token else 'no'}; expires: {expires})",
+        markup=False,
+        highlight=False,
+    )
+
+
 # --- status --------------------------------------------------------------------------------------
 
 
@@ -322,31 +388,6 @@ def db_upgrade() -> None:
     )
 
 
-def main() -> None:
-    """Entry point: turns usage and configuration errors into one line and exit status 2."""
-    try:
-        app(standalone_mode=False)
-    except UsageFailure as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        sys.exit(2)
-    except MalformedJob as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.UsageError as exc:
-        message = exc.format_message().replace("\n", " ")
-        err.print(f"error: {message}", markup=False, highlight=False)
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()
 # --- queue: worker, scheduler, enqueue, dead letters ---------------------------------------------
 
 
@@ -497,3 +538,27 @@ def api_command(
         fail(str(exc))
 
 
+def main() -> None:
+    """Entry point: turns usage and configuration errors into one line and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except UsageFailure as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except MalformedJob as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.exceptions.TyperException as exc:
+        # Usage errors of the CLI parser (missing option, bad value): one line, exit 2.
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if callable(format_message) else str(exc)
+        err.print(f"error: {' '.join(str(message).split())}", markup=False, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+
+
+if __name__ == "__main__":
+    main()
