@@ -8,12 +8,15 @@ its error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ingestion.errors import MalformedJob
 from ingestion.queue.jobs import Job
+from ingestion.sync import SyncLockFactory
 
-__all__ = ["DeadLetter", "EnqueueResult", "JobQueue"]
+__all__ = ["Consumer", "DeadLetter", "Delivery", "EnqueueResult", "JobQueue"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,77 @@ class JobQueue(Protocol):
     async def purge_dead(self) -> int: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass
+class Delivery:
+    """One entry handed to a worker: the parsed job, or why it could not be parsed."""
+
+    entry_id: str
+    fields: dict[str, str]
+    job: Job | None = None
+    #: Set when the entry is not a valid job (it is dead-lettered at once with this error).
+    error: str | None = None
+    #: Times this entry was delivered (1 on first read; more after a reclaim).
+    deliveries: int = 1
+    #: A pending entry whose stream entry was deleted or trimmed: acknowledged and logged.
+    gone: bool = False
+
+    @classmethod
+    def parse(cls, entry_id: str, fields: Mapping[str, str]) -> Delivery:
+        data = dict(fields)
+        try:
+            job = Job.from_fields(data, entry_id=entry_id)
+            return cls(entry_id, data, job=job)
+        except MalformedJob as exc:
+            return cls(entry_id, data, error=str(exc))
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id if self.job else ""
+
+
+class Consumer(Protocol):
+    """What a worker needs from a queue: read, settle and look after its deliveries.
+
+    Every settling call (`complete`, `reschedule`, `dead_letter`) acknowledges the entry in the
+    same atomic step as its other effect, so a job is never both re-queued and lost or doubled.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Create what is missing (the consumer group); safe to call again after a reconnect."""
+        ...
+
+    async def own_pending(self, count: int) -> list[Delivery]:
+        """Entries already delivered to this consumer and not acknowledged (after a restart)."""
+        ...
+
+    async def fetch(self, count: int, timeout: float) -> list[Delivery]:
+        """Up to `count` new entries, waiting at most `timeout` seconds for the first."""
+        ...
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """Entries left pending by another consumer longer than the visibility timeout."""
+        ...
+
+    async def complete(self, delivery: Delivery) -> None: ...
+
+    async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
+        """Acknowledge and put `job` back, runnable at epoch `due` (None: now)."""
+        ...
+
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None: ...
+
+    async def keep_alive(self, deliveries: list[Delivery]) -> None:
+        """Tell the queue these running entries are still being worked on."""
+        ...
+
+    async def housekeeping(self) -> None:
+        """Promote due delayed jobs; trim what nobody needs any more."""
+        ...
+
+    def sync_lock(self) -> SyncLockFactory:
+        """One sync per (provider, user) at a time across every worker of this queue."""
+        ...

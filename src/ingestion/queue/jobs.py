@@ -78,6 +78,10 @@ class Job:
     attempt: int = 1
     #: Stream entry id once read from the queue (or an in-process id).
     id: str = ""
+    #: Stable id across retries (`jobId` field); the first entry id for entries without one.
+    job_id: str = ""
+    #: Times the job was deferred by a rate limit or a busy sync lock (not failed attempts).
+    deferrals: int = 0
 
     @property
     def type(self) -> str:
@@ -90,15 +94,25 @@ class Job:
         )
 
     def to_fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "type": self.type,
             "payload": self.payload(),
             "attempt": str(self.attempt),
             "enqueuedAt": datetime.now(UTC).isoformat(),
         }
+        if self.job_id:
+            fields["jobId"] = self.job_id
+        if self.deferrals:
+            fields["deferrals"] = str(self.deferrals)
+        return fields
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str | bytes, str | bytes], *, entry_id: str = "") -> Job:
+    def from_fields(
+        cls,
+        fields: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes],
+        *,
+        entry_id: str = "",
+    ) -> Job:
         """Parse a stream entry; raise `MalformedJob` naming what is wrong."""
         data = {_text(k): _text(v) for k, v in fields.items()}
         job_type = data.get("type")
@@ -127,6 +141,16 @@ class Job:
             attempt = max(1, int(data.get("attempt", "1")))
         except ValueError:
             attempt = 1
+        try:
+            deferrals = max(0, int(data.get("deferrals", "0")))
+        except ValueError:
+            deferrals = 0
         return cls(
-            provider=provider, user_id=user_id, options=options, attempt=attempt, id=entry_id
+            provider=provider,
+            user_id=user_id,
+            options=options,
+            attempt=attempt,
+            id=entry_id,
+            job_id=data.get("jobId") or entry_id,
+            deferrals=deferrals,
         )

@@ -1,0 +1,200 @@
+"""The in-process queue of embedded mode (`ingestion run` with REDIS_URL unset).
+
+Same job model, same retry, dead-letter and coalescing behaviour as the Redis queue, held in
+memory by one process. Jobs do not survive a restart: the next scheduler tick re-enqueues them
+and the sync state (the cursor) is durable in the database. There is no other consumer, so
+nothing is ever reclaimed and `keep_alive` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult
+from ingestion.queue.jobs import Job
+from ingestion.queue.locks import LocalSyncLock
+from ingestion.sync import SyncLockFactory
+
+__all__ = ["LocalJobQueue"]
+
+
+class LocalJobQueue:
+    """A `JobQueue` and a `Consumer` in one object, for a single process."""
+
+    kind = "in-process"
+    name = "in-process"
+
+    def __init__(self) -> None:
+        self._ready: deque[tuple[str, dict[str, str]]] = deque()
+        self._pending: dict[str, tuple[float, dict[str, str]]] = {}
+        self._delayed: list[tuple[float, int, dict[str, str]]] = []
+        self._active: dict[tuple[str, str], str] = {}
+        self._ticks: set[tuple[str, str, int]] = set()
+        self._dead: list[tuple[str, dict[str, str]]] = []
+        self._seq = itertools.count(1)
+        self._wakeup = asyncio.Event()
+        self._lock = LocalSyncLock()
+
+    def _new_id(self) -> str:
+        return f"{int(time.time() * 1000)}-{next(self._seq)}"
+
+    def _push(self, fields: dict[str, str], due: float) -> None:
+        if due > time.time():
+            heapq.heappush(self._delayed, (due, next(self._seq), fields))
+        else:
+            self._ready.append((self._new_id(), fields))
+        self._wakeup.set()
+
+    # --- producer side ---------------------------------------------------------------------------
+    def _add(self, job: Job, due: float, tick: int | None) -> tuple[str, str]:
+        pair = (job.provider, job.user_id)
+        if tick is not None:
+            if (*pair, tick) in self._ticks:
+                return "duplicate", ""
+            self._ticks.add((*pair, tick))
+        if pair in self._active:
+            return "coalesced", self._active[pair]
+        job_id = job.job_id or uuid.uuid4().hex
+        self._active[pair] = job_id
+        fields = Job(job.provider, job.user_id, job.options, job_id=job_id).to_fields()
+        self._push(fields, due)
+        return "enqueued", job_id
+
+    async def enqueue(self, job: Job) -> EnqueueResult:
+        outcome, job_id = self._add(job, 0.0, None)
+        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced")
+
+    async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
+        return self._add(job, due, tick_epoch)[0]
+
+    async def stats(self) -> dict[str, Any]:
+        oldest = min((t for t, _ in self._pending.values()), default=None)
+        return {
+            "kind": self.kind,
+            "length": len(self._ready) + len(self._pending),
+            "waiting": len(self._ready),
+            "pending": len(self._pending),
+            "delayed": len(self._delayed),
+            "deadLetters": len(self._dead),
+            "oldestPendingSeconds": round(time.monotonic() - oldest, 1) if oldest else None,
+        }
+
+    async def ping(self) -> None:
+        return None
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                id=entry_id,
+                type=fields.get("type", ""),
+                payload=fields.get("payload", ""),
+                error=fields.get("error", ""),
+                failed_at=fields.get("failedAt", ""),
+                attempts=int(fields.get("attempts", "0") or 0),
+            )
+            for entry_id, fields in self._dead[:limit]
+        ]
+
+    async def retry_dead(self, ids: list[str] | None) -> int:
+        chosen = [d for d in self._dead if ids is None or d[0] in ids]
+        for entry in chosen:
+            self._dead.remove(entry)
+            fields = {
+                k: v
+                for k, v in entry[1].items()
+                if k not in ("error", "failedAt", "attempts", "deferrals")
+            }
+            fields["attempt"] = "1"
+            delivery = Delivery.parse(entry[0], fields)
+            if delivery.job:
+                self._active.setdefault(
+                    (delivery.job.provider, delivery.job.user_id), delivery.job.job_id
+                )
+            self._push(fields, 0.0)
+        return len(chosen)
+
+    async def purge_dead(self) -> int:
+        count = len(self._dead)
+        self._dead.clear()
+        return count
+
+    async def aclose(self) -> None:
+        return None
+
+    # --- consumer side ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        return None
+
+    async def own_pending(self, count: int) -> list[Delivery]:
+        return []
+
+    def _promote(self) -> None:
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append((self._new_id(), heapq.heappop(self._delayed)[2]))
+
+    async def fetch(self, count: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._promote()
+            if self._ready:
+                break
+            wait = deadline - time.monotonic()
+            if self._delayed:
+                wait = min(wait, self._delayed[0][0] - time.time())
+            if deadline - time.monotonic() <= 0:
+                return []
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.001, wait))
+        result: list[Delivery] = []
+        while self._ready and len(result) < count:
+            entry_id, fields = self._ready.popleft()
+            self._pending[entry_id] = (time.monotonic(), fields)
+            result.append(Delivery.parse(entry_id, fields))
+        return result
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        return []
+
+    def _settle(self, delivery: Delivery, *, clear: bool) -> None:
+        self._pending.pop(delivery.entry_id, None)
+        job = delivery.job
+        if clear and job and self._active.get((job.provider, job.user_id)) == job.job_id:
+            del self._active[(job.provider, job.user_id)]
+
+    async def complete(self, delivery: Delivery) -> None:
+        self._settle(delivery, clear=True)
+
+    async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
+        self._settle(delivery, clear=False)
+        self._push(job.to_fields(), due or 0.0)
+
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        self._settle(delivery, clear=True)
+        fields = dict(delivery.fields)
+        fields.update(
+            error=error[:2000],
+            failedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            attempts=str(attempts),
+        )
+        self._dead.append((self._new_id(), fields))
+
+    async def keep_alive(self, deliveries: list[Delivery]) -> None:
+        return None
+
+    async def housekeeping(self) -> None:
+        self._promote()
+        if self._ready:
+            self._wakeup.set()
+
+    def sync_lock(self) -> SyncLockFactory:
+        return self._lock

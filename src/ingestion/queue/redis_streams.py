@@ -1,0 +1,383 @@
+"""The job queue on Redis Streams (design §5).
+
+Guarantees:
+
+- **At-least-once.** An entry is acknowledged only after its job's sync committed, or in the
+  same Lua step that re-queues or dead-letters it. Entries left pending by a consumer that died
+  are reclaimed with XAUTOCLAIM after `JOB_VISIBILITY_TIMEOUT`; a running job's worker calls
+  `keep_alive` so a healthy long job is not reclaimed. Jobs may therefore run more than once.
+- **Coalescing.** `enqueue` sets a per-(provider, user) marker in the same step as the XADD; a
+  second job while one is queued, delayed or running is merged into it. The marker is cleared
+  when the job is acknowledged or dead-lettered, and expires on its own as a safety net.
+- **Delayed jobs wait in Redis** (a sorted set scored by due time), never in a sleeping worker;
+  any worker moves due ones onto the stream.
+- **Trimming** never passes the oldest pending entry nor an undelivered one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from ingestion.config import Settings
+from ingestion.queue import scripts
+from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult
+from ingestion.queue.jobs import Job
+from ingestion.queue.keys import Keys
+from ingestion.queue.locks import RedisSyncLock
+from ingestion.sync import SyncLockFactory
+
+__all__ = ["RedisConsumer", "RedisJobQueue", "consumer_name"]
+
+log = structlog.get_logger("ingestion.queue")
+
+#: How long a tick key lives: longer than any cron interval anyone would use for a sync.
+_TICK_TTL_SECONDS = 2 * 86400
+_DEAD_FIELDS = ("error", "failedAt", "attempts")
+
+
+def consumer_name() -> str:
+    """Unique per process: host, pid and a random suffix (design §5)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """XRANGE/XAUTOCLAIM entries as (id, fields); a deleted entry has empty fields."""
+    return [(str(entry_id), dict(fields or {})) for entry_id, fields in raw or []]
+
+
+def _entry_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+class RedisJobQueue:
+    """Producer side and operator side: enqueue, figures, dead letters."""
+
+    kind = "redis"
+
+    def __init__(self, settings: Settings, client: Redis | None = None) -> None:
+        if not settings.redis_url and client is None:
+            raise ValueError("RedisJobQueue needs REDIS_URL")
+        self.settings = settings
+        self.keys = Keys(settings.redis_namespace)
+        self.redis: Redis = client or Redis.from_url(
+            settings.redis_url or "",
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+        self._enqueue = self.redis.register_script(scripts.ENQUEUE)
+        self._requeue_dead = self.redis.register_script(scripts.REQUEUE_DEAD)
+
+    @property
+    def active_ttl(self) -> int:
+        """Safety expiry of a coalescing marker: longer than any wait a live job goes through."""
+        s = self.settings
+        return int(s.job_retry_max_seconds + 3 * s.job_visibility_timeout + 600)
+
+    async def enqueue(self, job: Job) -> EnqueueResult:
+        """Add `job` unless one for the same (provider, user) is queued or running."""
+        outcome, job_id = await self._add(job, due=0.0, tick_epoch=None)
+        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced")
+
+    async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
+        """Scheduler enqueue: once per (provider, user, tick) across every scheduler.
+
+        Returns `enqueued`, `coalesced` (a job for the pair is queued or running) or
+        `duplicate` (another scheduler already handled this tick).
+        """
+        outcome, _ = await self._add(job, due=due, tick_epoch=tick_epoch)
+        return outcome
+
+    async def _add(self, job: Job, *, due: float, tick_epoch: int | None) -> tuple[str, str]:
+        job_id = job.job_id or uuid.uuid4().hex
+        fields = Job(job.provider, job.user_id, job.options, attempt=1, job_id=job_id).to_fields()
+        if tick_epoch is not None:
+            fields["scheduledFor"] = str(tick_epoch)
+        tick_key = (
+            self.keys.tick(job.provider, job.user_id, tick_epoch)
+            if tick_epoch is not None
+            else self.keys.stream
+        )
+        result = await self._enqueue(
+            keys=[
+                self.keys.active(job.provider, job.user_id),
+                self.keys.stream,
+                self.keys.delayed,
+                tick_key,
+            ],
+            args=[
+                job_id,
+                self.active_ttl,
+                f"{due:.3f}" if due > time.time() else "0",
+                _TICK_TTL_SECONDS if tick_epoch is not None else 0,
+                *_flat(fields),
+            ],
+        )
+        return str(result[0]), str(result[1])
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) when missing; BUSYGROUP is fine."""
+        try:
+            await self.redis.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def stats(self) -> dict[str, Any]:
+        keys = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.stream)
+            pipe.xlen(keys.dead)
+            pipe.zcard(keys.delayed)
+            length, dead, delayed = await pipe.execute()
+        pending = 0
+        lag: int | None = None
+        oldest: float | None = None
+        with contextlib.suppress(ResponseError):  # no stream or group yet
+            for group in await self.redis.xinfo_groups(keys.stream):
+                if group["name"] == keys.group:
+                    pending = int(group["pending"])
+                    lag = group.get("lag")
+            if pending:
+                summary = await self.redis.xpending(keys.stream, keys.group)
+                if summary and summary.get("min"):
+                    oldest = max(0.0, time.time() - _entry_ms(summary["min"]) / 1000)
+        return {
+            "kind": self.kind,
+            "length": int(length),
+            "waiting": lag,
+            "pending": pending,
+            "delayed": int(delayed),
+            "deadLetters": int(dead),
+            "oldestPendingSeconds": round(oldest, 1) if oldest is not None else None,
+        }
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        entries = _entries(await self.redis.xrange(self.keys.dead, count=limit))
+        return [
+            DeadLetter(
+                id=entry_id,
+                type=fields.get("type", ""),
+                payload=fields.get("payload", ""),
+                error=fields.get("error", ""),
+                failed_at=fields.get("failedAt", ""),
+                attempts=int(fields.get("attempts", "0") or 0),
+            )
+            for entry_id, fields in entries
+        ]
+
+    async def retry_dead(self, ids: list[str] | None) -> int:
+        """Put dead letters back as fresh jobs (attempt 1); unknown ids are skipped."""
+        if ids is None:
+            entries = _entries(await self.redis.xrange(self.keys.dead))
+        else:
+            entries = []
+            for entry_id in ids:
+                entries.extend(
+                    _entries(await self.redis.xrange(self.keys.dead, entry_id, entry_id))
+                )
+        moved = 0
+        for entry_id, fields in entries:
+            fresh = {k: v for k, v in fields.items() if k not in _DEAD_FIELDS}
+            fresh.pop("deferrals", None)
+            fresh["attempt"] = "1"
+            fresh["enqueuedAt"] = datetime.now(UTC).isoformat()
+            job_id = fresh.setdefault("jobId", uuid.uuid4().hex)
+            delivery = Delivery.parse(entry_id, fresh)
+            active = (
+                self.keys.active(delivery.job.provider, delivery.job.user_id)
+                if delivery.job
+                else self.keys.dead
+            )
+            moved += int(
+                await self._requeue_dead(
+                    keys=[self.keys.dead, self.keys.stream, active],
+                    args=[entry_id, job_id, self.active_ttl, *_flat(fresh)],
+                )
+            )
+        return moved
+
+    async def purge_dead(self) -> int:
+        count = int(await self.redis.xlen(self.keys.dead))
+        await self.redis.delete(self.keys.dead)
+        return count
+
+    def consumer(self, name: str | None = None) -> RedisConsumer:
+        return RedisConsumer(self, name or consumer_name())
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+class RedisConsumer:
+    """A worker's view of the stream: one consumer of the group."""
+
+    def __init__(self, queue: RedisJobQueue, name: str) -> None:
+        self.queue = queue
+        self.name = name
+        self.keys = queue.keys
+        self.redis = queue.redis
+        settings = queue.settings
+        self.visibility_ms = settings.job_visibility_timeout * 1000
+        self._claim_cursor = "0-0"
+        self._last_trim = 0.0
+        self._ack = self.redis.register_script(scripts.ACK)
+        self._reschedule = self.redis.register_script(scripts.RESCHEDULE)
+        self._dead = self.redis.register_script(scripts.DEAD_LETTER)
+        self._promote = self.redis.register_script(scripts.PROMOTE)
+        self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
+
+    async def start(self) -> None:
+        await self.queue.ensure_group()
+
+    def _deliveries(self, response: Any) -> list[Delivery]:
+        result: list[Delivery] = []
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                result.append(self._delivery(entry_id, fields))
+        return result
+
+    def _delivery(self, entry_id: str, fields: dict[str, str] | None) -> Delivery:
+        if not fields:
+            # A pending entry whose stream entry was deleted or trimmed.
+            return Delivery(entry_id, {}, gone=True)
+        return Delivery.parse(entry_id, fields)
+
+    async def own_pending(self, count: int) -> list[Delivery]:
+        response = await self.redis.xreadgroup(
+            self.keys.group, self.name, {self.keys.stream: "0"}, count=count
+        )
+        return self._deliveries(response)
+
+    async def fetch(self, count: int, timeout: float) -> list[Delivery]:
+        response = await self.redis.xreadgroup(
+            self.keys.group,
+            self.name,
+            {self.keys.stream: ">"},
+            count=count,
+            block=max(1, int(timeout * 1000)),
+        )
+        return self._deliveries(response)
+
+    async def reclaim(self, count: int) -> list[Delivery]:
+        """XAUTOCLAIM, following its cursor across calls; deleted entries are logged."""
+        response = await self.redis.xautoclaim(
+            self.keys.stream,
+            self.keys.group,
+            self.name,
+            min_idle_time=self.visibility_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        self._claim_cursor = response[0]
+        claimed = [self._delivery(entry_id, fields) for entry_id, fields in response[1]]
+        deleted = response[2] if len(response) > 2 else []
+        if deleted:
+            # XAUTOCLAIM already dropped them from the pending list: nothing left to run.
+            log.warning("pending entries were deleted before they ran", entries=deleted)
+        for delivery in claimed:
+            delivery.deliveries = 2
+        if claimed:
+            log.info("reclaimed stalled jobs", entries=[d.entry_id for d in claimed])
+        return claimed
+
+    async def complete(self, delivery: Delivery) -> None:
+        job = delivery.job
+        active = self.keys.active(job.provider, job.user_id) if job else self.keys.stream
+        await self._ack(
+            keys=[self.keys.stream, active],
+            args=[self.keys.group, delivery.entry_id, delivery.job_id],
+        )
+
+    async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
+        fields = job.to_fields()
+        await self._reschedule(
+            keys=[self.keys.stream, self.keys.delayed, self.keys.active(job.provider, job.user_id)],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                f"{due:.3f}" if due and due > time.time() else "0",
+                job.job_id,
+                self.queue.active_ttl,
+                *_flat(fields),
+            ],
+        )
+
+    async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        fields = dict(delivery.fields)
+        fields.update(
+            error=error[:2000],
+            failedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            attempts=str(attempts),
+        )
+        job = delivery.job
+        active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
+        await self._dead(
+            keys=[self.keys.stream, self.keys.dead, active],
+            args=[self.keys.group, delivery.entry_id, delivery.job_id, *_flat(fields)],
+        )
+
+    async def keep_alive(self, deliveries: list[Delivery]) -> None:
+        """Reset the idle time of running entries (XCLAIM … JUSTID) and refresh their markers."""
+        if not deliveries:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xclaim(
+                self.keys.stream,
+                self.keys.group,
+                self.name,
+                min_idle_time=0,
+                message_ids=[d.entry_id for d in deliveries],
+                justid=True,
+            )
+            for delivery in deliveries:
+                if delivery.job:
+                    key = self.keys.active(delivery.job.provider, delivery.job.user_id)
+                    pipe.expire(key, self.queue.active_ttl, xx=True)
+            await pipe.execute()
+
+    async def housekeeping(self) -> None:
+        await self._promote(keys=[self.keys.delayed, self.keys.stream], args=[time.time(), 100])
+        now = time.monotonic()
+        if now - self._last_trim >= 5.0:
+            self._last_trim = now
+            await self.trim()
+
+    async def trim(self) -> int:
+        """Drop acknowledged entries: everything below the oldest pending or undelivered one."""
+        keys = self.keys
+        last_delivered: str | None = None
+        for group in await self.redis.xinfo_groups(keys.stream):
+            if group["name"] == keys.group:
+                last_delivered = group["last-delivered-id"]
+        if not last_delivered:
+            return 0
+        summary = await self.redis.xpending(keys.stream, keys.group)
+        if summary and summary.get("pending"):
+            min_id = str(summary["min"])
+        else:
+            ms, _, seq = last_delivered.partition("-")
+            min_id = f"{ms}-{int(seq or 0) + 1}"
+        return int(await self.redis.xtrim(keys.stream, minid=min_id, approximate=False))
+
+    def sync_lock(self) -> SyncLockFactory:
+        return self._lock

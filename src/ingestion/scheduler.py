@@ -1,0 +1,170 @@
+"""The scheduler: on each provider's cron tick, one sync job per connected account.
+
+Guarantees:
+
+- Every registered provider runs on `settings.cron_for(name)`; a tick enqueues one job per user
+  with a connected account of that provider, except accounts whose sync state is
+  `reauth_required` and whose tokens have not changed since (a reconnect changes the account's
+  fingerprint, and the user is scheduled again).
+- **Exactly once per (provider, user, tick) across any number of schedulers**: the queue checks
+  a key named after the scheduled tick time (not `now()`) and adds the job in one atomic step.
+  A job for a pair that is still queued or running is coalesced.
+- Jobs of one tick are spread over `SCHEDULE_JITTER_SECONDS`; they wait in the queue's delayed
+  set, not in this process. A tick missed while the process was down is not replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import structlog
+from croniter import croniter
+
+from ingestion.clock import Clock, SystemClock
+from ingestion.config import Settings
+from ingestion.providers.registry import REGISTRY, account_provider_of
+from ingestion.queue.jobs import Job
+from ingestion.storage.accounts import find_account, fingerprint, list_accounts
+from ingestion.storage.db import Database
+from ingestion.storage.state import SyncStateStore
+
+__all__ = ["Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
+
+log = structlog.get_logger("ingestion.scheduler")
+
+
+class TickQueue(Protocol):
+    async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
+        """`enqueued`, `coalesced` or `duplicate` (another scheduler took this tick)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TickReport:
+    provider: str
+    tick: datetime
+    outcomes: dict[str, int]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: TickQueue,
+        db: Database,
+        *,
+        clock: Clock | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.db = db
+        self.clock = clock or SystemClock()
+        self.providers = providers or list(REGISTRY)
+        self.states = SyncStateStore(db)
+
+    def next_tick(self, provider: str, after: datetime) -> datetime:
+        result: datetime = croniter(self.settings.cron_for(provider), after).get_next(datetime)
+        return result
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Enqueue on every tick until `stop` is set."""
+        now = self.clock.now()
+        upcoming = {name: self.next_tick(name, now) for name in self.providers}
+        log.info(
+            "scheduler started",
+            schedules={name: self.settings.cron_for(name) for name in self.providers},
+        )
+        while not stop.is_set():
+            when = min(upcoming.values())
+            wait = (when - self.clock.now()).total_seconds()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                continue
+            for name, tick in list(upcoming.items()):
+                if tick <= self.clock.now():
+                    await self._tick_with_retry(name, tick, stop)
+                    upcoming[name] = self.next_tick(name, max(tick, self.clock.now()))
+        log.info("scheduler stopped")
+
+    async def _tick_with_retry(self, provider: str, tick: datetime, stop: asyncio.Event) -> None:
+        """A tick that fails (queue or database unreachable) is retried until the next one."""
+        deadline = self.next_tick(provider, tick)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await self.enqueue_tick(provider, tick)
+                return
+            except Exception as exc:
+                if self.clock.now() + timedelta(seconds=delay) >= deadline:
+                    log.error("schedule tick skipped", provider=provider, error=str(exc))
+                    return
+                log.warning("schedule tick failed; retrying", provider=provider, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, 30.0)
+
+    async def enqueue_tick(self, provider: str, tick: datetime) -> TickReport:
+        """Enqueue the jobs of one tick; safe to call from several schedulers at once."""
+        users = await self.due_users(provider)
+        tick_epoch = int(tick.timestamp())
+        jitter = self.settings.schedule_jitter_seconds
+        outcomes: Counter[str] = Counter()
+        for user_id in users:
+            due = time.time() + random.uniform(0, jitter) if jitter > 0 else 0.0
+            outcome = await self.queue.enqueue_tick(Job(provider, user_id), tick_epoch, due)
+            outcomes[outcome] += 1
+        report = TickReport(provider, tick, dict(outcomes))
+        log.info(
+            "schedule tick",
+            provider=provider,
+            tick=tick.isoformat(),
+            users=len(users),
+            enqueued=outcomes["enqueued"],
+            coalesced=outcomes["coalesced"],
+            duplicate=outcomes["duplicate"],
+        )
+        return report
+
+    async def due_users(self, provider: str) -> list[str]:
+        """Users with a connected account for `provider` who do not wait on a reconnect."""
+        account_provider = account_provider_of(provider)
+        states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
+        users: list[str] = []
+        async with self.db.session() as session:
+            for account in await list_accounts(session, account_provider):
+                if account.user_id in users:
+                    continue
+                state = states.get(account.user_id)
+                if state is not None and state.status == "reauth_required":
+                    current = await find_account(session, account.user_id, account_provider)
+                    if current is None or fingerprint(current) == state.reauth_fingerprint:
+                        continue
+                users.append(account.user_id)
+        return users
+
+
+async def serve_scheduler(settings: Settings) -> None:
+    """`ingestion scheduler`: enqueue on the Redis queue until SIGINT/SIGTERM."""
+    from ingestion.app import install_stop_signals, load_plugins
+    from ingestion.queue import redis_queue
+    from ingestion.storage.db import open_database
+
+    load_plugins(settings)
+    queue = redis_queue(settings)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    db = await open_database(settings)
+    try:
+        await Scheduler(settings, queue, db).run(stop)
+    finally:
+        await db.dispose()
+        await queue.aclose()

@@ -1,0 +1,262 @@
+"""The worker against a real Redis, in this process: retries, dead letters, malformed entries,
+deferrals, re-authentication, coalescing, deleted pending entries and trimming."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from ingestion.app import Services
+from ingestion.config import Settings
+from ingestion.providers import registry
+from ingestion.providers.base import FetchOptions
+from ingestion.queue import Keys, RedisJobQueue
+from ingestion.queue.jobs import Job
+from ingestion.queue.redis_streams import RedisConsumer
+from ingestion.storage.state import SyncStateStore
+from tests.queue_helpers import add_accounts, running_worker, wait_for
+from tests.queue_scripted_provider import PROVIDER, ScriptedProvider
+
+
+@dataclass
+class Env:
+    settings: Settings
+    queue: RedisJobQueue
+    consumer: RedisConsumer
+    services: Services
+    redis: Redis
+    keys: Keys
+
+    async def dead(self) -> list[tuple[str, dict[str, str]]]:
+        return [(i, dict(f)) for i, f in await self.redis.xrange(self.keys.dead)]
+
+    async def pending(self) -> int:
+        summary: Any = await self.redis.xpending(self.keys.stream, self.keys.group)
+        return int(summary["pending"])
+
+    async def runs(self, status: str) -> list[Any]:
+        runs = await SyncStateStore(self.services.db).recent_runs(500)
+        return [r for r in runs if r.status == status]
+
+
+@pytest.fixture
+async def env(
+    namespace: str, redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Env]:
+    monkeypatch.setitem(registry._overrides, PROVIDER, ScriptedProvider)
+    settings = Settings(
+        redis_url=redis_url,
+        redis_namespace=namespace,
+        database_url=sqlite_url,
+        job_retry_base_seconds=0.02,
+        job_retry_max_seconds=0.1,
+        job_max_attempts=3,
+        job_max_deferrals=2,
+        job_visibility_timeout=1,
+        shutdown_grace_period=5,
+        worker_concurrency=4,
+    )
+    queue = RedisJobQueue(settings)
+    consumer = queue.consumer()
+    await consumer.start()
+    services = await Services.open(settings, lock=consumer.sync_lock())
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield Env(settings, queue, consumer, services, redis, Keys(namespace))
+    finally:
+        await services.aclose()
+        await queue.aclose()
+        await redis.aclose()
+
+
+async def test_poison_job_is_dead_lettered_after_max_attempts_while_others_flow(env: Env) -> None:
+    users = ["poison-1", *[f"ok-{i}" for i in range(6)]]
+    await add_accounts(env.services, users)
+    for user in users:
+        assert not (await env.queue.enqueue(Job(PROVIDER, user))).coalesced
+
+    async with running_worker(env.settings, env.consumer, env.services):
+
+        async def settled() -> bool:
+            return len(await env.dead()) == 1 and len(await env.runs("ok")) == 6
+
+        await wait_for(settled)
+
+    [(_, dead)] = await env.dead()
+    assert dead["type"] == "github:fetch"
+    assert json.loads(dead["payload"])["userId"] == "poison-1"
+    assert dead["error"] == "failed after 3 attempts: upstream keeps answering 503"
+    assert dead["attempts"] == "3"
+    assert dead["failedAt"].endswith("Z")
+    assert len(await env.runs("error")) == 3  # tried exactly N times
+    assert await env.pending() == 0
+    assert await env.redis.zcard(env.keys.delayed) == 0
+    assert await env.redis.exists(env.keys.active(PROVIDER, "poison-1")) == 0
+
+
+MALFORMED: list[tuple[dict[str, str], str]] = [
+    ({"payload": '{"userId": "u"}'}, "entry has no 'type' field"),
+    ({"type": "myspace:fetch", "payload": '{"userId": "u"}'}, "unknown job type 'myspace:fetch'"),
+    ({"type": "github:fetch"}, "entry has no 'payload' field"),
+    ({"type": "github:fetch", "payload": "{not json"}, "payload is not valid JSON"),
+    ({"type": "github:fetch", "payload": '{"options": {}}'}, "payload has no 'userId'"),
+    (
+        {"type": "github:fetch", "payload": '{"userId": "u", "options": {"maxResults": "ten"}}'},
+        "options.maxResults must be a positive integer",
+    ),
+    (
+        {"type": "github:fetch", "payload": '{"userId": "u", "options": {"forceFullSync": 1}}'},
+        "options.forceFullSync must be true or false",
+    ),
+    (
+        {"type": "github:fetch", "payload": '{"userId": "u", "options": {"since": "yesterday"}}'},
+        "options.since is not ISO-8601",
+    ),
+]
+
+
+async def test_each_malformed_entry_is_dead_lettered_with_its_error(env: Env) -> None:
+    await add_accounts(env.services, ["ok-after"])
+    for fields, _ in MALFORMED:
+        await env.redis.xadd(env.keys.stream, fields)  # type: ignore[arg-type]
+    # An entry with only the two contract fields is a valid job.
+    await env.redis.xadd(
+        env.keys.stream, {"type": "github:fetch", "payload": '{"userId": "ok-after"}'}
+    )
+
+    async with running_worker(env.settings, env.consumer, env.services):
+
+        async def settled() -> bool:
+            return len(await env.dead()) == len(MALFORMED) and len(await env.runs("ok")) == 1
+
+        await wait_for(settled)
+
+    dead = [fields for _, fields in await env.dead()]
+    for original, error in MALFORMED:
+        [fields] = [f for f in dead if _without_dead_fields(f) == original]
+        assert fields["error"].startswith(error), fields["error"]
+        assert fields["attempts"] == "0"
+    assert await env.pending() == 0
+
+
+def _without_dead_fields(fields: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in fields.items() if k not in ("error", "failedAt", "attempts")}
+
+
+async def test_permanent_reauth_and_rate_limited_jobs(env: Env) -> None:
+    await add_accounts(env.services, ["permanent-1", "reauth-1", "limited-1"])
+    for user in ("permanent-1", "reauth-1", "limited-1"):
+        await env.queue.enqueue(Job(PROVIDER, user))
+    # A user without a connected account fails permanently, not retried.
+    await env.queue.enqueue(Job(PROVIDER, "nobody"))
+
+    async with running_worker(env.settings, env.consumer, env.services):
+
+        async def settled() -> bool:
+            return len(await env.dead()) == 3 and await env.pending() == 0
+
+        await wait_for(settled)
+
+    errors = {json.loads(f["payload"])["userId"]: f for _, f in await env.dead()}
+    assert errors["permanent-1"]["error"] == "repository was deleted"
+    assert errors["permanent-1"]["attempts"] == "1"
+    assert "has no connected github account" in errors["nobody"]["error"]
+    # Rate limits are deferrals, not failed attempts, and they are bounded.
+    assert errors["limited-1"]["error"] == "deferred 2 times; last: rate window exhausted"
+    assert errors["limited-1"]["attempts"] == "1"
+    state = await SyncStateStore(env.services.db).load("reauth-1", PROVIDER)
+    assert state.status == "reauth_required"
+    assert "reauth-1" not in errors
+
+
+async def test_flaky_job_retries_and_succeeds(env: Env) -> None:
+    await add_accounts(env.services, ["flaky-1"])
+    await env.queue.enqueue(Job(PROVIDER, "flaky-1"))
+    async with running_worker(env.settings, env.consumer, env.services):
+        await wait_for(lambda: env.runs("ok"))
+    assert len(await env.runs("error")) == 1
+    assert await env.dead() == []
+    assert await env.pending() == 0
+
+
+async def test_second_job_for_a_queued_or_running_pair_is_coalesced(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUEUE_TEST_PAGES", "2")
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.3")
+    await add_accounts(env.services, ["slow-1"])
+    first = await env.queue.enqueue(Job(PROVIDER, "slow-1"))
+    second = await env.queue.enqueue(Job(PROVIDER, "slow-1", FetchOptions(force_full_sync=True)))
+    assert not first.coalesced
+    assert second.coalesced
+    assert second.job_id == first.job_id
+    assert await env.redis.xlen(env.keys.stream) == 1
+
+    async with running_worker(env.settings, env.consumer, env.services):
+        await wait_for(lambda: env.runs("running"))
+        assert (await env.queue.enqueue(Job(PROVIDER, "slow-1"))).coalesced
+        await wait_for(lambda: env.runs("ok"), timeout=30)
+        # Once it finished, the pair can be enqueued again.
+        third = await env.queue.enqueue(Job(PROVIDER, "slow-1"))
+        assert not third.coalesced
+        await wait_for(lambda: _count(env.runs("ok"), 2), timeout=30)
+
+    runs = await SyncStateStore(env.services.db).recent_runs(10)
+    assert sorted(r.job_id or "" for r in runs) == sorted([first.job_id, third.job_id])
+
+
+async def _count(runs: Any, n: int) -> bool:
+    return len(await runs) == n
+
+
+async def test_deleted_pending_entry_is_acknowledged_not_crashed_on(env: Env) -> None:
+    await add_accounts(env.services, ["ok-1", "ok-2"])
+    await env.queue.enqueue(Job(PROVIDER, "ok-1"))
+    # A consumer that died holding the entry, which was then deleted from the stream.
+    [[_, [(entry_id, _)]]] = await env.redis.xreadgroup(
+        env.keys.group, "dead-consumer", {env.keys.stream: ">"}, count=1
+    )
+    await env.redis.xdel(env.keys.stream, entry_id)
+    await env.queue.enqueue(Job(PROVIDER, "ok-2"))
+
+    async with running_worker(env.settings, env.consumer, env.services):
+
+        async def settled() -> bool:
+            return await env.pending() == 0 and len(await env.runs("ok")) == 1
+
+        await wait_for(settled)
+    assert await env.dead() == []
+
+
+async def test_trim_keeps_pending_and_undelivered_entries(env: Env) -> None:
+    for i in range(5):
+        await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": f"{i}"})
+    response: Any = await env.redis.xreadgroup(
+        env.keys.group, "c1", {env.keys.stream: ">"}, count=3
+    )
+    ids = [entry_id for entry_id, _ in response[0][1]]
+    await env.redis.xack(env.keys.stream, env.keys.group, ids[0], ids[2])
+    await env.consumer.trim()
+    remaining = [entry_id for entry_id, _ in await env.redis.xrange(env.keys.stream)]
+    assert remaining[0] == ids[1]  # the oldest pending entry stays, and all after it
+    assert len(remaining) == 4
+    await env.redis.xack(env.keys.stream, env.keys.group, ids[1])
+    await env.consumer.trim()
+    assert await env.redis.xlen(env.keys.stream) == 2  # the two never delivered
+
+
+async def test_queue_figures_for_status(env: Env) -> None:
+    await env.queue.enqueue(Job(PROVIDER, "ok-1"))
+    await env.redis.xadd(env.keys.dead, {"type": "github:fetch", "error": "x"})
+    await env.redis.xreadgroup(env.keys.group, "c1", {env.keys.stream: ">"}, count=1)
+    stats = await env.queue.stats()
+    assert stats["kind"] == "redis"
+    assert stats["length"] == 1
+    assert stats["pending"] == 1
+    assert stats["deadLetters"] == 1
+    assert stats["oldestPendingSeconds"] is not None
