@@ -538,6 +538,60 @@ def api_command(
         fail(str(exc))
 
 
+# --- search --------------------------------------------------------------------------------------
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Words to look for (all must match)")],
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's memories")] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="gmail | calendar | github | twitter")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most N hits")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
+) -> None:
+    """Look inside the embedded memory store: best matches with date, source and a snippet."""
+    from ingestion.memory.search import query_terms, search_memories
+
+    if source is not None:
+        check_provider(source)
+    if not query_terms(query):
+        fail("search: QUERY has no words to look for")
+    settings = load_settings()
+    if settings.memory_engine_url:
+        fail(
+            "search looks inside the embedded memory store, but MEMORY_ENGINE_URL is set: "
+            "memories go to the memory engine"
+        )
+
+    async def body(services: Any) -> Any:
+        return await search_memories(services.db, query, user_id=user, source=source, limit=limit)
+
+    hits = run_async(lambda: with_services(settings, body))
+    if as_json:
+        print_json([hit.as_json() for hit in hits])
+        return
+    if not hits:
+        out.print(f"no memories match {query!r}", markup=False, highlight=False)
+        return
+    from rich.text import Text
+
+    table = Table(show_header=True, show_lines=True)
+    for column in ("date", "source", "title", "snippet"):
+        table.add_column(column, overflow="fold")
+    for hit in hits:
+        snippet = Text(hit.snippet)
+        snippet.highlight_words(query_terms(query), style="bold", case_sensitive=False)
+        title = Text(hit.title or "(no title)")
+        if hit.url:
+            title.append(f"\n{hit.url}", style="dim")
+        table.add_row(
+            hit.occurred_at.strftime("%Y-%m-%d %H:%M"), f"{hit.source}/{hit.type}", title, snippet
+        )
+    out.print(table)
+
+
 def main() -> None:
     """Entry point: turns usage and configuration errors into one line and exit status 2."""
     try:
