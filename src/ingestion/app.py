@@ -78,24 +78,80 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def load_plugins(settings: Settings) -> None:
+    """Import the modules named in INGESTION_PLUGINS (comma-separated).
+
+    A plugin module registers extra or replacement providers at import time with
+    `ingestion.providers.registry.register(name, factory)`. A module that cannot be imported
+    stops the process with a `ConfigurationError` naming it.
+    """
+    import importlib
+
+    from ingestion.errors import ConfigurationError
+
+    for name in (n.strip() for n in settings.plugins.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(f"INGESTION_PLUGINS: cannot import {name!r}: {exc}") from None
+
+
 async def run_service(settings: Settings) -> None:
-    """`ingestion run`: scheduler + worker + HTTP API in one process, until SIGINT/SIGTERM."""
+    """`ingestion run`: scheduler + worker + HTTP API in one process, until SIGINT/SIGTERM.
+
+    With REDIS_URL set the worker and scheduler use the Redis queue (other processes may share
+    it); without it, the in-process queue. SIGINT/SIGTERM stop all three: the worker lets
+    running jobs finish within SHUTDOWN_GRACE_PERIOD. If one part fails, the others stop too
+    and the failure is raised.
+    """
     from ingestion.api import create_app, serve
+    from ingestion.queue import LocalJobQueue, RedisJobQueue
+    from ingestion.queue.base import Consumer
+    from ingestion.scheduler import Scheduler
+    from ingestion.worker import Worker, engine_runner
 
     log = structlog.get_logger("ingestion.run")
+    load_plugins(settings)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    services = await Services.open(settings)
+    queue: RedisJobQueue | LocalJobQueue
+    consumer: Consumer
+    if settings.redis_url:
+        queue = RedisJobQueue(settings)
+        consumer = queue.consumer()
+    else:
+        queue = LocalJobQueue()
+        consumer = queue
+    services = await Services.open(settings, lock=consumer.sync_lock())
     try:
         log.info(
             "ingestion service starting",
             database=settings.database_kind,
-            queue="redis" if settings.redis_url else "in-process",
+            queue=queue.kind,
             sink=services.sink.kind,
             api=f"http://{settings.api_host}:{settings.api_port}",
             schedules={name: settings.cron_for(name) for name in PROVIDER_NAMES},
         )
-        await serve(create_app(), settings.api_host, settings.api_port, stop)
+        worker = Worker(settings, consumer, engine_runner(services.engine))
+        scheduler = Scheduler(settings, queue, services.db, clock=services.clock)
+        app = create_app(services, queue)
+        tasks = [
+            asyncio.create_task(serve(app, settings.api_host, settings.api_port, stop)),
+            asyncio.create_task(worker.run(stop)),
+            asyncio.create_task(scheduler.run(stop)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
         log.info("ingestion service stopped")
     finally:
         await services.aclose()
+        await queue.aclose()
