@@ -16,7 +16,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["PROVIDER_NAMES", "Settings", "describe_error", "normalize_database_url"]
@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     job_retry_base_seconds: float = Field(5.0, ge=0)
     job_retry_max_seconds: float = Field(3600.0, ge=0)
     backfill_days: int = Field(365, ge=1)
+    #: A rate-limited job is deferred (not counted as a failed attempt) at most this many times.
+    job_max_deferrals: int = Field(50, ge=0)
+    #: Comma-separated module names imported at start-up by `worker`, `scheduler` and `run`:
+    #: the way to add or replace providers through `providers.registry.register`.
+    plugins: str = Field("", validation_alias=AliasChoices("INGESTION_PLUGINS", "plugins"))
     http_timeout: float = Field(30.0, gt=0)
 
     # --- HTTP API ------------------------------------------------------------------------------
