@@ -1,0 +1,261 @@
+"""`ingestion connect`: the OAuth authorization-code flow for a person at a terminal.
+
+1. A one-shot HTTP listener opens on `127.0.0.1:PORT` (any free port unless given: X needs the
+   exact callback URL registered for the app, Google and GitHub accept any loopback port);
+   the redirect URI is `http://127.0.0.1:PORT/callback`.
+2. The consent URL (Authlib builds it: `state`, PKCE S256 challenge where the provider takes
+   one, the provider's read scopes and extra parameters such as Google's
+   `access_type=offline&prompt=consent`) is announced, and opened in a browser when asked.
+3. The redirect brings `code` and `state`; a wrong `state` or an `error` ends the flow.
+4. Authlib exchanges the code (with the PKCE verifier and the provider's client
+   authentication); the tokens are stored in the `"account"` row, creating the user row when
+   needed. Storing new tokens changes the account's fingerprint, which is what lets the
+   scheduler sync an account again after `reauth_required`.
+
+Tokens and the client secret are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+from authlib.common.security import generate_token
+from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+
+from ingestion.clock import Clock, SystemClock
+from ingestion.config import Settings
+from ingestion.errors import PermanentError, RetryableError
+from ingestion.providers.base import OAuthEndpoints
+from ingestion.providers.registry import account_provider_of, auth_for
+from ingestion.storage.accounts import save_account
+from ingestion.storage.db import Database
+from ingestion.token_endpoint import TokenGrant, client_credentials, token_url
+
+__all__ = ["CallbackListener", "ConnectResult", "connect_account"]
+
+CALLBACK_PATH = "/callback"
+_PAGE = (
+    "<!doctype html><meta charset=utf-8><title>ingestion</title>"
+    "<p>{message}</p><p>You can close this window and return to the terminal.</p>"
+)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """What was stored (no tokens)."""
+
+    account_provider: str
+    account_id: str
+    scope: str | None
+    has_refresh_token: bool
+    expires_at: datetime | None
+
+
+class CallbackListener:
+    """A loopback HTTP server that waits for one request to `/callback` and keeps its query."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._result: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def start(cls, port: int = 0, host: str = "127.0.0.1") -> CallbackListener:
+        listener = cls()
+        try:
+            listener._server = await asyncio.start_server(listener._handle, host, port)
+        except OSError as exc:
+            raise PermanentError(
+                f"cannot listen on {host}:{port} for the OAuth redirect: {exc.strerror}"
+            ) from None
+        listener.port = listener._server.sockets[0].getsockname()[1]
+        return listener
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}{CALLBACK_PATH}"
+
+    async def wait(self, timeout: float) -> dict[str, str]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._result), timeout)
+        except TimeoutError:
+            raise PermanentError(
+                f"no authorization arrived within {timeout:g}s; run `ingestion connect` again"
+            ) from None
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = (await asyncio.wait_for(reader.readline(), 10)).decode("latin-1")
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.split()
+            target = urlsplit(parts[1]) if len(parts) >= 2 else None
+            if target is None or parts[0] != "GET" or target.path != CALLBACK_PATH:
+                self._respond(writer, 404, "Not found.")
+            elif self._result.done():
+                self._respond(writer, 409, "This sign-in was already completed.")
+            else:
+                params = dict(parse_qsl(target.query))
+                ok = "code" in params and "error" not in params
+                message = "Authorization received." if ok else "Authorization was not granted."
+                self._respond(writer, 200, message)
+                self._result.set_result(params)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
+        body = _PAGE.format(message=message).encode()
+        reason = {200: "OK", 404: "Not Found", 409: "Conflict"}[status]
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+
+def _account_id_from(id_token: str | None) -> str | None:
+    """The OpenID subject of an ID token the token endpoint returned to us directly over TLS
+    (OpenID Connect Core §3.1.3.7 lets a client skip signature checks in that case)."""
+    if not id_token or id_token.count(".") != 2:
+        return None
+    payload = id_token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return str(sub) if sub else None
+
+
+async def connect_account(
+    settings: Settings,
+    db: Database,
+    *,
+    provider: str,
+    user_id: str,
+    port: int = 0,
+    open_browser: bool = True,
+    timeout: float = 300.0,
+    announce: Callable[[str], None] = print,
+    clock: Clock | None = None,
+) -> ConnectResult:
+    """Run the flow for `provider` (gmail | calendar | github | twitter) and store the tokens.
+
+    Raises `ConfigurationError` without a client id, `PermanentError` when consent is refused,
+    the state does not match, no redirect arrives in `timeout` seconds or the token endpoint
+    refuses the code, `RetryableError` when the token endpoint is unreachable.
+    """
+    clock = clock or SystemClock()
+    account_provider = account_provider_of(provider)
+    endpoints = auth_for(account_provider)
+    client_id, secret = client_credentials(settings, endpoints)
+    auth_method = endpoints.token_endpoint_auth_method if secret else "none"
+    listener = await CallbackListener.start(port)
+    try:
+        async with AsyncOAuth2Client(
+            client_id=client_id,
+            client_secret=secret,
+            scope=" ".join(endpoints.scopes),
+            redirect_uri=listener.redirect_uri,
+            code_challenge_method="S256" if endpoints.pkce else None,
+            token_endpoint_auth_method=auth_method,
+            timeout=settings.token_request_timeout,
+        ) as client:
+            verifier = generate_token(64) if endpoints.pkce else None
+            url, state = client.create_authorization_url(
+                str(getattr(settings, endpoints.auth_url_setting)),
+                code_verifier=verifier,
+                **dict(endpoints.extra_authorize_params),
+            )
+            announce(url)
+            if open_browser:
+                await asyncio.to_thread(webbrowser.open, url)
+            params = await listener.wait(timeout)
+            if params.get("error"):
+                detail = params.get("error_description") or params["error"]
+                raise PermanentError(f"{account_provider} authorization was not granted: {detail}")
+            if params.get("state") != state:
+                raise PermanentError(
+                    "the redirect's state does not match this sign-in (a stale or forged "
+                    "redirect); run `ingestion connect` again"
+                )
+            if not params.get("code"):
+                raise PermanentError("the redirect carried no authorization code")
+            token = await _exchange(
+                client, token_url(settings, endpoints), params["code"], verifier, endpoints
+            )
+    finally:
+        await listener.close()
+    grant = TokenGrant.from_answer(token, clock.now())
+    async with db.session() as session:
+        account = await save_account(
+            session,
+            user_id=user_id,
+            provider_id=account_provider,
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            expires_at=grant.expires_at,
+            refresh_token_expires_at=grant.refresh_token_expires_at,
+            scope=grant.scope or " ".join(endpoints.scopes),
+            account_id=_account_id_from(grant.id_token),
+        )
+        return ConnectResult(
+            account_provider=account_provider,
+            account_id=account.account_id,
+            scope=account.scope,
+            has_refresh_token=bool(account.refresh_token),
+            expires_at=account.access_token_expires_at,
+        )
+
+
+async def _exchange(
+    client: AsyncOAuth2Client,
+    url: str,
+    code: str,
+    verifier: str | None,
+    endpoints: OAuthEndpoints,
+) -> dict[str, Any]:
+    headers = {"Accept": "application/json", **endpoints.token_request_headers}
+    kwargs: dict[str, Any] = {"code": code, "headers": headers}
+    if verifier is not None:
+        kwargs["code_verifier"] = verifier
+    try:
+        token = await client.fetch_token(url, grant_type="authorization_code", **kwargs)
+    except OAuthError as exc:
+        description = f": {exc.description}" if exc.description else ""
+        raise PermanentError(
+            f"the {endpoints.account_provider} token endpoint refused the authorization code "
+            f"({exc.error}{description}); run `ingestion connect` again"
+        ) from None
+    except httpx.HTTPStatusError as exc:
+        raise RetryableError(
+            f"the {endpoints.account_provider} token endpoint answered HTTP "
+            f"{exc.response.status_code}; try `ingestion connect` again later"
+        ) from None
+    except httpx.TransportError as exc:
+        raise RetryableError(
+            f"the {endpoints.account_provider} token endpoint could not be reached "
+            f"({type(exc).__name__})"
+        ) from None
+    if not isinstance(token, dict) or not token.get("access_token"):
+        raise PermanentError(f"the {endpoints.account_provider} token endpoint sent no token")
+    return dict(token)

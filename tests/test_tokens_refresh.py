@@ -1,0 +1,363 @@
+"""Token refresh against the emulated token endpoints of Google, GitHub and X (in-process).
+
+What is proved here: refresh before expiry (margin), once on a 401, Google keeps its refresh
+token, GitHub/X rotate theirs and the rotated one is stored, X client authentication
+(confidential Basic, public client_id), transient 503s retried, a lost answer after rotation
+ends in `reauth_required` with a clear message, tokens that cannot refresh are used as they
+are, a refused client is a configuration error, concurrent refreshes in one process make one
+call on both databases, and no token or secret appears in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingestion.app import Services
+from ingestion.config import Settings
+from ingestion.errors import ConfigurationError, ReauthRequired, RetryableError
+from ingestion.providers import registry
+from ingestion.storage.accounts import find_account, save_account
+from ingestion.storage.db import upgrade
+from ingestion.storage.state import SyncStateStore
+from tests.emulators.oauth import OAuthState, create_app
+from tests.emulators.server import serve
+from tests.tokens_probe import ProbeApi, ProbeProvider, create_probe_app
+
+USER = "u1"
+
+
+@pytest.fixture
+def oauth() -> Iterator[tuple[OAuthState, str]]:
+    state = OAuthState()
+    server = serve(create_app(state))
+    yield state, server.url
+    state.release()
+    server.stop()
+
+
+@pytest.fixture
+def probe() -> Iterator[tuple[ProbeApi, str]]:
+    api = ProbeApi()
+    server = serve(create_probe_app(api))
+    yield api, server.url
+    server.stop()
+
+
+def make_settings(database_url: str, state: OAuthState, oauth_url: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {k.lower(): v for k, v in state.settings_env(oauth_url).items()}
+    values.update(database_url=database_url, log_format="json", **extra)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied per test (migrating costs a second on this machine)."""
+    path = tmp_path_factory.mktemp("template") / "ingestion.db"
+    upgrade(Settings(database_url=f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "ingestion.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+async def services(
+    sqlite_url: str,
+    oauth: tuple[OAuthState, str],
+    probe: tuple[ProbeApi, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Services]:
+    monkeypatch.setitem(registry._overrides, "github", ProbeProvider)
+    state, url = oauth
+    settings = make_settings(sqlite_url, state, url, github_api_url=probe[1])
+    opened = await Services.open(settings)
+    yield opened
+    await opened.aclose()
+
+
+async def store(
+    services: Services,
+    provider_id: str,
+    access: str,
+    refresh: str | None,
+    expires_in: float | None,
+    user: str = USER,
+) -> None:
+    expires = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in is not None else None
+    async with services.db.session() as session:
+        await save_account(
+            session,
+            user_id=user,
+            provider_id=provider_id,
+            access_token=access,
+            refresh_token=refresh,
+            expires_at=expires,
+        )
+
+
+async def row(services: Services, provider_id: str, user: str = USER) -> Any:
+    async with services.db.session() as session:
+        return await find_account(session, user, provider_id)
+
+
+async def test_refresh_happens_within_the_margin_and_not_before(
+    services: Services, oauth: tuple[OAuthState, str], probe: tuple[ProbeApi, str]
+) -> None:
+    state, _ = oauth
+    api, _ = probe
+    state.on_token = api.link("octo")
+    grant = state.issue("github", "octo")
+    api.tokens[grant.access_token] = "octo"
+    await store(services, "github", grant.access_token, grant.refresh_token, expires_in=600)
+
+    tokens = services.tokens.source(USER, "github")
+    assert await tokens.access_token() == grant.access_token  # 10 min left > 5 min margin
+    assert state.token_calls("github") == 0
+
+    old_access, old_refresh = grant.access_token, grant.refresh_token
+    await store(services, "github", old_access, old_refresh, expires_in=240)
+    tokens = services.tokens.source(USER, "github")
+    new_access = await tokens.access_token()  # 4 min left < 5 min margin
+    assert state.token_calls("github") == 1
+    assert new_access != old_access
+    assert new_access == grant.access_token  # what the emulator issued
+    stored = await row(services, "github")
+    assert stored.access_token == new_access
+    assert stored.refresh_token == grant.refresh_token != old_refresh  # rotated and stored
+    assert stored.access_token_expires_at > datetime.now(UTC) + timedelta(hours=7)
+    assert stored.refresh_token_expires_at is not None
+    assert await tokens.access_token() == new_access  # cached, no second call
+    assert state.token_calls("github") == 1
+
+    summary = await services.engine.run("github", USER)
+    assert summary.status == "ok"
+    assert api.unauthorized == 0
+
+
+async def test_401_refreshes_once_and_retries_the_request(
+    services: Services, oauth: tuple[OAuthState, str], probe: tuple[ProbeApi, str]
+) -> None:
+    state, _ = oauth
+    api, _ = probe
+    state.on_token = api.link("octo")
+    grant = state.issue("github", "octo")
+    # The stored access token looks valid for hours but the API refuses it (revoked session).
+    await store(services, "github", "gho_refused", grant.refresh_token, expires_in=3 * 3600)
+
+    summary = await services.engine.run("github", USER)
+
+    assert summary.status == "ok"
+    assert api.unauthorized == 1
+    assert state.token_calls("github") == 1
+    assert (await row(services, "github")).access_token == grant.access_token
+
+
+async def test_401_after_another_worker_refreshed_uses_the_stored_token(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    grant = state.issue("github", "octo")
+    await store(services, "github", grant.access_token, grant.refresh_token, expires_in=3600)
+    tokens = services.tokens.source(USER, "github")
+    assert await tokens.refresh_after_unauthorized("gho_older_token") == grant.access_token
+    assert state.token_calls("github") == 0
+
+
+async def test_google_refresh_keeps_the_refresh_token(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    grant = state.issue("google", "ann", scope="https://www.googleapis.com/auth/gmail.readonly")
+    await store(services, "google", grant.access_token, grant.refresh_token, expires_in=-60)
+
+    new_access = await services.tokens.source(USER, "google").access_token()
+
+    stored = await row(services, "google")
+    assert state.token_calls("google") == 1
+    assert new_access == stored.access_token == grant.access_token
+    assert stored.refresh_token == grant.refresh_token  # Google sent none: the old one is kept
+    assert stored.scope == "https://www.googleapis.com/auth/gmail.readonly"
+    expires_in = (stored.access_token_expires_at - datetime.now(UTC)).total_seconds()
+    assert 3500 < expires_in <= 3600
+
+
+@pytest.mark.parametrize("confidential", [True, False], ids=["confidential", "public"])
+async def test_x_client_authentication_and_rotation(
+    sqlite_url: str, oauth: tuple[OAuthState, str], confidential: bool
+) -> None:
+    state, url = oauth
+    if not confidential:
+        state.clients["twitter"] = ("twitter-public", None)
+    settings = make_settings(sqlite_url, state, url)
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("twitter", "xuser")
+        first_refresh = grant.refresh_token
+        await store(services, "twitter", grant.access_token, grant.refresh_token, expires_in=30)
+        await services.tokens.source(USER, "twitter").access_token()
+        stored = await row(services, "twitter")
+        assert stored.refresh_token == grant.refresh_token != first_refresh
+        assert first_refresh in state.spent
+        assert state.token_calls("twitter") == 1
+    finally:
+        await services.aclose()
+
+
+async def test_token_endpoint_503_twice_then_success(
+    services: Services, oauth: tuple[OAuthState, str], probe: tuple[ProbeApi, str]
+) -> None:
+    state, _ = oauth
+    api, _ = probe
+    state.on_token = api.link("octo")
+    grant = state.issue("github", "octo")
+    await store(services, "github", grant.access_token, grant.refresh_token, expires_in=-1)
+    state.fail_next("github", 503, times=2, body={"message": "Service Unavailable"})
+
+    summary = await services.engine.run("github", USER)
+
+    assert summary.status == "ok"
+    assert state.token_calls("github") == 3
+    assert (await row(services, "github")).access_token == grant.access_token
+
+
+async def test_token_endpoint_down_is_retryable_not_reauth(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    grant = state.issue("github", "octo")
+    first_refresh = grant.refresh_token
+    await store(services, "github", grant.access_token, first_refresh, expires_in=-1)
+    state.fail_next("github", 503, times=10)
+    with pytest.raises(RetryableError, match="retries exhausted"):
+        await services.tokens.source(USER, "github").access_token()
+    # the refresh token was not spent: the next attempt works
+    assert (await row(services, "github")).refresh_token == first_refresh
+    state._faults.clear()
+    await services.tokens.source(USER, "github").access_token()
+    assert (await row(services, "github")).refresh_token == grant.refresh_token != first_refresh
+
+
+async def test_lost_answer_after_rotation_ends_in_reauth_required(
+    sqlite_url: str,
+    oauth: tuple[OAuthState, str],
+    probe: tuple[ProbeApi, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(registry._overrides, "github", ProbeProvider)
+    state, url = oauth
+    settings = make_settings(
+        sqlite_url, state, url, github_api_url=probe[1], token_request_timeout=0.5
+    )
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("github", "octo")
+        spent = grant.refresh_token
+        await store(services, "github", grant.access_token, spent, expires_in=-1)
+        state.lose_next_answer("github")
+
+        with pytest.raises(ReauthRequired) as caught:
+            await services.engine.run("github", USER)
+
+        message = str(caught.value)
+        assert "bad_refresh_token" in message
+        assert "no answer" in message
+        assert "rotated" in message
+        assert "ingestion connect" in message
+        assert spent not in message
+        assert grant.refresh_token not in message
+        # one lost call, one definitive refusal: no silent loop
+        assert state.token_calls("github") == 2
+        view = await SyncStateStore(services.db).load(USER, "github")
+        assert view.status == "reauth_required"
+        assert view.last_error == message
+        assert view.reauth_fingerprint
+        # A second attempt fails at once the same way (one call), it does not spin.
+        with pytest.raises(ReauthRequired):
+            await services.engine.run("github", USER)
+        assert state.token_calls("github") == 3
+    finally:
+        state.release()
+        await services.aclose()
+
+
+async def test_token_without_expiry_or_refresh_is_used_as_is(
+    services: Services, oauth: tuple[OAuthState, str], probe: tuple[ProbeApi, str]
+) -> None:
+    state, _ = oauth
+    api, _ = probe
+    api.tokens["ghp_personal"] = "octo"
+    await store(services, "github", "ghp_personal", None, expires_in=None)
+    assert (await services.engine.run("github", USER)).status == "ok"
+    assert state.token_calls("github") == 0
+
+    api.tokens.clear()  # the personal access token was revoked
+    with pytest.raises(ReauthRequired, match="no refresh token") as caught:
+        await services.engine.run("github", USER)
+    assert "ghp_personal" not in str(caught.value)
+
+
+async def test_refused_client_is_a_configuration_error(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    state, url = oauth
+    settings = make_settings(sqlite_url, state, url, google_client_secret="wrong-secret")
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("google", "ann")
+        await store(services, "google", grant.access_token, grant.refresh_token, expires_in=-1)
+        with pytest.raises(ConfigurationError, match="invalid_client") as caught:
+            await services.tokens.source(USER, "google").access_token()
+        assert "wrong-secret" not in str(caught.value)
+        # a wrong app does not kill the user's grant
+        assert (await row(services, "google")).refresh_token == grant.refresh_token
+    finally:
+        await services.aclose()
+
+
+async def test_missing_client_id_names_the_variable(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    state, url = oauth
+    settings = Settings(database_url=sqlite_url, twitter_token_url=url + "/twitter/2/oauth2/token")
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("twitter", "xuser")
+        await store(services, "twitter", grant.access_token, grant.refresh_token, expires_in=-1)
+        with pytest.raises(ConfigurationError, match="TWITTER_CLIENT_ID is not set"):
+            await services.tokens.source(USER, "twitter").access_token()
+    finally:
+        await services.aclose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_concurrent_refreshes_in_one_process_make_one_call(
+    database: str, request: pytest.FixtureRequest, oauth: tuple[OAuthState, str]
+) -> None:
+    state, url = oauth
+    state.delay = 0.2
+    db_url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url")
+    settings = make_settings(db_url, state, url)
+    if database == "postgresql":
+        await asyncio.to_thread(upgrade, settings)
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("twitter", "xuser")
+        await store(services, "twitter", grant.access_token, grant.refresh_token, expires_in=-1)
+        sources = [services.tokens.source(USER, "twitter") for _ in range(6)]
+        results = await asyncio.gather(*(s.access_token() for s in sources))
+        assert set(results) == {grant.access_token}
+        assert state.token_calls("twitter") == 1
+        assert (await row(services, "twitter")).refresh_token == grant.refresh_token
+    finally:
+        await services.aclose()
