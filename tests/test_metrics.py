@@ -1,0 +1,126 @@
+"""Prometheus metrics: names, scrape-time gauges, and multi-process mode across real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ingestion import metrics
+from ingestion.config import Settings
+from ingestion.errors import ConfigurationError
+from tests.conftest import run_cli
+
+METRIC_NAMES = (
+    "ingestion_jobs_total",
+    "ingestion_items_total",
+    "ingestion_api_requests_total",
+    "ingestion_api_request_seconds",
+    "ingestion_api_retries_total",
+    "ingestion_rate_limit_wait_seconds_total",
+    "ingestion_token_refreshes_total",
+    "ingestion_sync_duration_seconds",
+    "ingestion_queue",
+    "ingestion_cursor_age_seconds",
+)
+
+
+def test_every_metric_is_in_the_exposition() -> None:
+    text = metrics.exposition().decode()
+    for name in METRIC_NAMES:
+        help_name = name.removesuffix("_total")
+        assert f"# HELP {help_name}" in text, name
+
+
+def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    metrics.refresh_gauges(
+        {
+            "kind": "redis",
+            "length": 7,
+            "pending": 2,
+            "waiting": None,
+            "deadLetters": 1,
+            "oldestPendingSeconds": 12.5,
+        },
+        [
+            ("twitter", now - timedelta(seconds=60)),
+            ("twitter", now - timedelta(seconds=600)),
+            ("twitter", now - timedelta(seconds=120)),
+            ("twitter", None),
+        ],
+        now,
+    )
+    text = metrics.exposition().decode()
+    assert 'ingestion_queue{figure="length"} 7.0' in text
+    assert 'ingestion_queue{figure="pending"} 2.0' in text
+    assert 'ingestion_queue{figure="dead_letters"} 1.0' in text
+    assert 'ingestion_queue{figure="oldest_pending_seconds"} 12.5' in text
+    assert 'figure="waiting"' not in text
+    assert 'figure="kind"' not in text
+    assert 'ingestion_cursor_age_seconds{provider="twitter",stat="max"} 600.0' in text
+    assert 'ingestion_cursor_age_seconds{provider="twitter",stat="median"} 120.0' in text
+    assert 'ingestion_cursor_age_seconds{provider="twitter",stat="min"} 60.0' in text
+
+
+def test_multiproc_dir_only_in_settings_is_refused(tmp_path: Path) -> None:
+    # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR.
+    assert not metrics.multiprocess_enabled()
+    with pytest.raises(ConfigurationError, match="process environment"):
+        metrics.check_multiprocess(Settings(prometheus_multiproc_dir=tmp_path))
+    metrics.check_multiprocess(Settings())
+
+
+WRITER = """
+import sys
+from ingestion import metrics
+assert metrics.multiprocess_enabled()
+metrics.JOBS.labels(provider="github", outcome="succeeded").inc(int(sys.argv[1]))
+metrics.ITEMS.labels(provider="github", action="upserted").inc(10)
+metrics.SYNC_DURATION.labels(provider="github", status="ok").observe(0.3)
+"""
+
+READER = """
+import sys
+from ingestion import metrics
+sys.stdout.write(metrics.exposition().decode())
+"""
+
+
+def _python(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_counts_of_several_processes_are_summed(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count in ("2", "3"):
+        writer = _python(WRITER, count, env=env)
+        assert writer.returncode == 0, writer.stderr
+    reader = _python(READER, env=env)
+    assert reader.returncode == 0, reader.stderr
+    text = reader.stdout
+    assert 'ingestion_jobs_total{outcome="succeeded",provider="github"} 5.0' in text
+    assert 'ingestion_items_total{action="upserted",provider="github"} 20.0' in text
+    assert 'ingestion_sync_duration_seconds_count{provider="github",status="ok"} 2.0' in text
+
+
+def test_api_command_refuses_a_missing_multiproc_dir(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    result = run_cli("api", "--port", "0", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: PROMETHEUS_MULTIPROC_DIR: {tmp_path / 'missing'} is not a directory"
+    ]
