@@ -1,0 +1,90 @@
+"""The X provider: the user's own posts, mentions and likes, each on its own cursor.
+
+One sync: resolve the user id once with `/users/me` (kept in the state), then walk the enabled
+timelines (`TWITTER_TIMELINES`) in order, each with a fair share of the per-sync page budget
+(`TWITTER_PAGE_BUDGET`; what one timeline leaves unused goes to the next). A budget that runs out
+ends the sync normally with every pass's checkpoint stored; the next sync continues it. A rate
+window about to run out (or a 429) raises `RateLimited` with the reset time: the job is
+deferred, and the pages already yielded keep their cursor (see `sync.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, timedelta
+from typing import ClassVar
+
+from ingestion.config import Settings
+from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.twitter.client import TwitterClient
+from ingestion.providers.twitter.sync import (
+    TIMELINES,
+    Budget,
+    TimelineWalk,
+    TwitterCursor,
+    walk_timeline,
+)
+
+__all__ = ["TwitterProvider"]
+
+
+class TwitterProvider:
+    name: ClassVar[str] = "twitter"
+    account_provider: ClassVar[str] = "twitter"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        enabled = {t.strip() for t in settings.twitter_timelines.split(",") if t.strip()}
+        self.timelines = [t for t in TIMELINES if t in enabled]
+
+    async def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
+        client = TwitterClient(ctx, reserve=self.settings.twitter_rate_limit_reserve)
+        cursor = TwitterCursor.of(ctx.state)
+        if not cursor.user_id:
+            me = await client.me()
+            cursor.user_id = str(me["id"])
+            cursor.username = me.get("username")
+        sent = 0
+
+        def requests_delta() -> int:
+            nonlocal sent
+            delta = client.requests - sent
+            sent = client.requests
+            return delta
+
+        start = ctx.options.since or (ctx.clock.now() - timedelta(days=self.settings.backfill_days))
+        walk_budget = Budget(pages=self.settings.twitter_page_budget, items=ctx.options.max_results)
+        walk = TimelineWalk(
+            client=client,
+            cursor=cursor,
+            user_id=ctx.user_id,
+            backfill_start=start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            budget=walk_budget,
+            requests_delta=requests_delta,
+        )
+        yielded = False
+        exhausted: list[str] = []
+        for index, kind in enumerate(self.timelines):
+            left = len(self.timelines) - index
+            share = math.ceil(walk_budget.pages / left) if walk_budget.pages > 0 else 0
+            walk.budget = Budget(pages=share, items=walk_budget.items)
+            async for page in walk_timeline(walk, kind):
+                yielded = True
+                yield page
+            used = share - walk.budget.pages
+            walk_budget.pages -= used
+            walk_budget.items = walk.budget.items
+            if walk.budget.exhausted:
+                exhausted.append(kind)
+        if exhausted:
+            ctx.log.info(
+                "twitter page budget used up; the next sync continues",
+                timelines=exhausted,
+                budget=self.settings.twitter_page_budget,
+            )
+        if not yielded or exhausted:
+            yield SyncPage(
+                state=cursor.as_state(),
+                stats={"requests": requests_delta(), "budgetExhausted": int(bool(exhausted))},
+            )
