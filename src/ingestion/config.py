@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     #: Comma-separated subset of `tweets,mentions,likes`.
     twitter_timelines: str = "tweets,mentions,likes"
     twitter_page_budget: int = Field(50, ge=1)
+    #: Requests left unused in each X rate window: the sync defers itself to the window's reset
+    #: when only this many remain (0 = stop just before X would answer 429).
+    twitter_rate_limit_reserve: int = Field(0, ge=0)
 
     @field_validator(
         "gmail_api_url",
