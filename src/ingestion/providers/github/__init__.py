@@ -1,0 +1,1 @@
+"""GitHub: commits, issues and pull requests of the connected account (see `provider.py`)."""

@@ -1,0 +1,1245 @@
+"""A faithful local emulator of the GitHub REST API (the parts the GitHub provider calls).
+
+Shapes follow GitHub's OpenAPI description (npm `@octokit/openapi`, `components/examples`) and
+recorded traffic (npm `@octokit/fixtures`); `tests/test_github_emulator.py` checks the keys.
+
+What it does like github.com (and GitHub Enterprise Server under `path_prefix="/api/v3"`):
+
+- `Authorization: Bearer T` or `token T`; a token not in `state.tokens` → 401
+  `{"message": "Bad credentials", "documentation_url": …}`.
+- `Link` pagination with `per_page` (default 30, max 100) and `page`; "next" links of
+  repository listings point at `/repositories/{id}/…` like the real service.
+- strong `ETag`s over the body; `If-None-Match` with a current ETag → 304 with no body, which
+  does not count against the rate limit (`x-ratelimit-remaining` unchanged).
+- `x-ratelimit-limit/-remaining/-used/-reset/-resource` per user; at zero → 403 "API rate limit
+  exceeded" with `x-ratelimit-remaining: 0` until `reset`.
+- secondary limits on demand (`secondary_limit_requests`): 403 "You have exceeded a secondary
+  rate limit…" with `retry-after` when `secondary_retry_after` is set.
+- repositories that are deleted (404), blocked (403) or empty (409 on commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = [
+    "GhComment",
+    "GhCommit",
+    "GhFile",
+    "GhIssue",
+    "GhRepo",
+    "GitHubState",
+    "LoggedRequest",
+    "create_app",
+    "seed_activity",
+]
+
+API = "https://api.github.com"
+DOCS = "https://docs.github.com/rest"
+_ids = itertools.count(1000)
+SECONDARY_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
+    "If you reach out to GitHub Support for help, please include the request ID "
+    "0000:0000:0000000:0000000:00000000."
+)
+PRIMARY_MESSAGE = (
+    "API rate limit exceeded for user ID {id}. If you reach out to GitHub Support for help, "
+    "please include the request ID 0000:0000:0000000:0000000:00000000."
+)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass
+class GhFile:
+    filename: str
+    status: str = "modified"
+    additions: int = 1
+    deletions: int = 0
+    #: None for binary files (GitHub omits `patch`).
+    patch: str | None = "@@ -1 +1 @@\n-old\n+new"
+
+
+@dataclass
+class GhCommit:
+    sha: str
+    message: str
+    author_login: str | None
+    date: datetime
+    author_name: str = "Mona Lisa"
+    author_email: str = "mona@example.com"
+    files: list[GhFile] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GhComment:
+    id: int
+    user: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+    #: Review comments only: file and line.
+    path: str | None = None
+    line: int | None = None
+
+
+@dataclass
+class GhIssue:
+    number: int
+    title: str
+    body: str | None
+    user: str
+    created_at: datetime
+    updated_at: datetime
+    state: str = "open"
+    closed_at: datetime | None = None
+    labels: list[str] = field(default_factory=list)
+    assignees: list[str] = field(default_factory=list)
+    comments: list[GhComment] = field(default_factory=list)
+    #: Pull requests only.
+    is_pull: bool = False
+    draft: bool = False
+    merged_at: datetime | None = None
+    base_ref: str = "main"
+    head_ref: str = "feature"
+    review_comments: list[GhComment] = field(default_factory=list)
+
+
+@dataclass
+class GhRepo:
+    owner: str
+    name: str
+    id: int = field(default_factory=lambda: next(_ids))
+    private: bool = False
+    default_branch: str = "main"
+    created_at: datetime = field(default_factory=lambda: datetime(2020, 1, 1, tzinfo=UTC))
+    pushed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    collaborators: set[str] = field(default_factory=set)
+    #: Organisation members who see the repository through the organisation.
+    org_members: set[str] = field(default_factory=set)
+    #: Newest first, as the default branch's history.
+    commits: list[GhCommit] = field(default_factory=list)
+    issues: dict[int, GhIssue] = field(default_factory=dict)
+    deleted: bool = False
+    blocked: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    def visible_to(self, login: str) -> bool:
+        return login == self.owner or login in self.collaborators or login in self.org_members
+
+    def affiliation_of(self, login: str) -> str | None:
+        if login == self.owner:
+            return "owner"
+        if login in self.collaborators:
+            return "collaborator"
+        if login in self.org_members:
+            return "organization_member"
+        return None
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    query: str
+    status: int
+    user: str | None
+    if_none_match: str | None
+
+
+@dataclass
+class RateWindow:
+    limit: int
+    remaining: int
+    reset: int
+
+    @property
+    def used(self) -> int:
+        return self.limit - self.remaining
+
+
+class GitHubState:
+    """Everything the emulator serves; tests script it directly (it is shared with the server
+    thread: mutate it between requests, not during)."""
+
+    def __init__(
+        self,
+        *,
+        path_prefix: str = "",
+        html_base: str = "https://github.com",
+        rate_limit: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path_prefix = path_prefix.rstrip("/")
+        self.html_base = html_base
+        self.rate_limit = rate_limit
+        self.clock = clock
+        self.users: dict[str, dict[str, Any]] = {}
+        self.repos: dict[str, GhRepo] = {}
+        #: access token → user login.
+        self.tokens: dict[str, str] = {}
+        self.windows: dict[str, RateWindow] = {}
+        self.log: list[LoggedRequest] = []
+        #: The next N requests get a secondary rate limit answer.
+        self.secondary_limit_requests = 0
+        self.secondary_retry_after: int | None = 1
+        self.commit_files_per_page = 300
+
+    # --- scripting ---------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def add_user(self, login: str, *, token: str | None = None, name: str | None = None) -> str:
+        uid = next(_ids)
+        self.users[login] = {"login": login, "id": uid, "name": name or login.title()}
+        if token:
+            self.tokens[token] = login
+        return login
+
+    def add_repo(self, owner: str, name: str, **kwargs: Any) -> GhRepo:
+        repo = GhRepo(owner=owner, name=name, **kwargs)
+        self.repos[repo.full_name] = repo
+        return repo
+
+    def add_commit(self, repo: GhRepo, message: str, *, author: str | None, **kw: Any) -> GhCommit:
+        date = kw.pop("date", None) or self.now()
+        sha = _sha(f"{repo.full_name}{message}{date}{len(repo.commits)}")
+        parents = [repo.commits[0].sha] if repo.commits else []
+        commit = GhCommit(
+            sha=sha, message=message, author_login=author, date=date, parents=parents, **kw
+        )
+        repo.commits.insert(0, commit)
+        repo.commits.sort(key=lambda c: c.date, reverse=True)
+        repo.pushed_at = max(repo.pushed_at, self.now())
+        return commit
+
+    def add_issue(self, repo: GhRepo, title: str, *, user: str, **kw: Any) -> GhIssue:
+        number = max(repo.issues, default=0) + 1
+        created = kw.pop("created_at", None) or self.now()
+        issue = GhIssue(
+            number=number,
+            title=title,
+            body=kw.pop("body", f"Body of {title}"),
+            user=user,
+            created_at=created,
+            updated_at=kw.pop("updated_at", created),
+            **kw,
+        )
+        repo.issues[number] = issue
+        return issue
+
+    def touch(self, issue: GhIssue) -> None:
+        issue.updated_at = max(self.now(), issue.updated_at + timedelta(seconds=1))
+
+    def add_comment(
+        self,
+        issue: GhIssue,
+        user: str,
+        body: str,
+        *,
+        review: bool = False,
+        path: str | None = None,
+        line: int | None = None,
+    ) -> GhComment:
+        now = self.now()
+        comment = GhComment(
+            id=next(_ids),
+            user=user,
+            body=body,
+            created_at=now,
+            updated_at=now,
+            path=path,
+            line=line,
+        )
+        (issue.review_comments if review else issue.comments).append(comment)
+        self.touch(issue)
+        return comment
+
+    def merge_pull(self, issue: GhIssue) -> None:
+        self.touch(issue)
+        issue.state = "closed"
+        issue.merged_at = issue.closed_at = issue.updated_at
+
+    def window(self, login: str) -> RateWindow:
+        now = int(self.clock())
+        window = self.windows.get(login)
+        if window is None or now >= window.reset:
+            window = RateWindow(self.rate_limit, self.rate_limit, now + 3600)
+            self.windows[login] = window
+        return window
+
+    def exhaust(self, login: str, *, reset_in: int = 3600, remaining: int = 0) -> None:
+        self.windows[login] = RateWindow(self.rate_limit, remaining, int(self.clock()) + reset_in)
+
+    # --- counters ------------------------------------------------------------------------------
+    def count(self, *, status: int | None = None, path: str | None = None) -> int:
+        return sum(
+            1
+            for r in self.log
+            if (status is None or r.status == status) and (path is None or re.search(path, r.path))
+        )
+
+    @property
+    def units_used(self) -> int:
+        """Requests that counted against a rate limit (everything but 304s and 401s)."""
+        return sum(1 for r in self.log if r.status not in (304, 401) and r.user is not None)
+
+
+# --- payloads (keys as in GitHub's OpenAPI examples) ----------------------------------------------
+
+
+_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _cached(key: tuple[Any, ...], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Payloads are pure functions of their key; building them is most of a request's cost."""
+    if key not in _CACHE:
+        if len(_CACHE) > 50_000:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def simple_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
+    return _cached(("user", id(state), login, api), lambda: _simple_user(state, login, api))
+
+
+def _simple_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
+    user = state.users.get(login) or {"id": abs(hash(login)) % 10**7, "login": login}
+    u = f"{api}/users/{login}"
+    return {
+        "login": login,
+        "id": user["id"],
+        "node_id": f"MDQ6VXNlcj{user['id']}",
+        "avatar_url": f"https://avatars.githubusercontent.com/u/{user['id']}?v=4",
+        "gravatar_id": "",
+        "url": u,
+        "html_url": f"{state.html_base}/{login}",
+        "followers_url": f"{u}/followers",
+        "following_url": f"{u}/following{{/other_user}}",
+        "gists_url": f"{u}/gists{{/gist_id}}",
+        "starred_url": f"{u}/starred{{/owner}}{{/repo}}",
+        "subscriptions_url": f"{u}/subscriptions",
+        "organizations_url": f"{u}/orgs",
+        "repos_url": f"{u}/repos",
+        "events_url": f"{u}/events{{/privacy}}",
+        "received_events_url": f"{u}/received_events",
+        "type": "User",
+        "site_admin": False,
+    }
+
+
+def private_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
+    user = state.users[login]
+    owned = [r for r in state.repos.values() if r.owner == login and not r.deleted]
+    return {
+        **simple_user(state, login, api),
+        "name": user["name"],
+        "company": None,
+        "blog": "",
+        "location": None,
+        "email": f"{login}@users.noreply.github.com",
+        "hireable": None,
+        "bio": None,
+        "twitter_username": None,
+        "public_repos": sum(not r.private for r in owned),
+        "public_gists": 0,
+        "followers": 0,
+        "following": 0,
+        "created_at": "2015-01-01T00:00:00Z",
+        "updated_at": "2025-01-01T00:00:00Z",
+        "private_gists": 0,
+        "total_private_repos": sum(r.private for r in owned),
+        "owned_private_repos": sum(r.private for r in owned),
+        "disk_usage": 1024,
+        "collaborators": 0,
+        "two_factor_authentication": True,
+        "plan": {"name": "pro", "space": 976562499, "private_repos": 9999, "collaborators": 0},
+    }
+
+
+def repo_payload(state: GitHubState, repo: GhRepo, api: str, login: str) -> dict[str, Any]:
+    open_issues = sum(i.state == "open" for i in repo.issues.values())
+    key = ("repo", id(state), repo.id, api, login, repo.pushed_at, repo.updated_at, open_issues)
+    return _cached(key, lambda: _repo_payload(state, repo, api, login, open_issues))
+
+
+def _repo_payload(
+    state: GitHubState, repo: GhRepo, api: str, login: str, open_issues: int
+) -> dict[str, Any]:
+    u = f"{api}/repos/{repo.full_name}"
+    html = f"{state.html_base}/{repo.full_name}"
+    admin = login == repo.owner
+    templated = {
+        "archive_url": "/{archive_format}{/ref}",
+        "assignees_url": "/assignees{/user}",
+        "blobs_url": "/git/blobs{/sha}",
+        "branches_url": "/branches{/branch}",
+        "collaborators_url": "/collaborators{/collaborator}",
+        "comments_url": "/comments{/number}",
+        "commits_url": "/commits{/sha}",
+        "compare_url": "/compare/{base}...{head}",
+        "contents_url": "/contents/{+path}",
+        "contributors_url": "/contributors",
+        "deployments_url": "/deployments",
+        "downloads_url": "/downloads",
+        "events_url": "/events",
+        "forks_url": "/forks",
+        "git_commits_url": "/git/commits{/sha}",
+        "git_refs_url": "/git/refs{/sha}",
+        "git_tags_url": "/git/tags{/sha}",
+        "hooks_url": "/hooks",
+        "issue_comment_url": "/issues/comments{/number}",
+        "issue_events_url": "/issues/events{/number}",
+        "issues_url": "/issues{/number}",
+        "keys_url": "/keys{/key_id}",
+        "labels_url": "/labels{/name}",
+        "languages_url": "/languages",
+        "merges_url": "/merges",
+        "milestones_url": "/milestones{/number}",
+        "notifications_url": "/notifications{?since,all,participating}",
+        "pulls_url": "/pulls{/number}",
+        "releases_url": "/releases{/id}",
+        "stargazers_url": "/stargazers",
+        "statuses_url": "/statuses/{sha}",
+        "subscribers_url": "/subscribers",
+        "subscription_url": "/subscription",
+        "tags_url": "/tags",
+        "teams_url": "/teams",
+        "trees_url": "/git/trees{/sha}",
+    }
+    return {
+        "id": repo.id,
+        "node_id": f"MDEwOlJlcG9zaXRvcnk{repo.id}",
+        "name": repo.name,
+        "full_name": repo.full_name,
+        "owner": simple_user(state, repo.owner, api),
+        "private": repo.private,
+        "html_url": html,
+        "description": f"The {repo.name} project",
+        "fork": False,
+        "url": u,
+        **{k: u + v for k, v in templated.items()},
+        "git_url": f"git:{html[6:]}.git",
+        "ssh_url": f"git@github.com:{repo.full_name}.git",
+        "clone_url": f"{html}.git",
+        "svn_url": html,
+        "mirror_url": None,
+        "homepage": None,
+        "language": "Python",
+        "forks_count": 0,
+        "forks": 0,
+        "stargazers_count": 3,
+        "watchers_count": 3,
+        "watchers": 3,
+        "size": 120,
+        "default_branch": repo.default_branch,
+        "open_issues_count": open_issues,
+        "open_issues": open_issues,
+        "is_template": False,
+        "topics": [],
+        "has_issues": True,
+        "has_projects": True,
+        "has_wiki": True,
+        "has_pages": False,
+        "has_downloads": True,
+        "has_discussions": False,
+        "archived": False,
+        "disabled": False,
+        "visibility": "private" if repo.private else "public",
+        "pushed_at": iso(repo.pushed_at),
+        "created_at": iso(repo.created_at),
+        "updated_at": iso(repo.updated_at),
+        "allow_forking": True,
+        "web_commit_signoff_required": False,
+        "permissions": {
+            "admin": admin,
+            "maintain": admin,
+            "push": True,
+            "triage": True,
+            "pull": True,
+        },
+        "allow_rebase_merge": True,
+        "temp_clone_token": "",
+        "allow_squash_merge": True,
+        "allow_auto_merge": False,
+        "delete_branch_on_merge": False,
+        "allow_merge_commit": True,
+        "subscribers_count": 1,
+        "network_count": 0,
+        "license": None,
+        "template_repository": None,
+    }
+
+
+def commit_payload(state: GitHubState, repo: GhRepo, c: GhCommit, api: str) -> dict[str, Any]:
+    u = f"{api}/repos/{repo.full_name}"
+    person = {"name": c.author_name, "email": c.author_email, "date": iso(c.date)}
+    gh_user = simple_user(state, c.author_login, api) if c.author_login else None
+    return {
+        "sha": c.sha,
+        "node_id": f"C_kwDO{c.sha[:20]}",
+        "url": f"{u}/commits/{c.sha}",
+        "html_url": f"{state.html_base}/{repo.full_name}/commit/{c.sha}",
+        "comments_url": f"{u}/commits/{c.sha}/comments",
+        "commit": {
+            "url": f"{u}/git/commits/{c.sha}",
+            "author": person,
+            "committer": dict(person),
+            "message": c.message,
+            "tree": {"url": f"{u}/git/trees/{c.sha}", "sha": c.sha},
+            "comment_count": 0,
+            "verification": {
+                "verified": False,
+                "reason": "unsigned",
+                "signature": None,
+                "payload": None,
+                "verified_at": None,
+            },
+        },
+        "author": gh_user,
+        "committer": gh_user,
+        "parents": [
+            {
+                "sha": p,
+                "url": f"{u}/commits/{p}",
+                "html_url": f"{state.html_base}/{repo.full_name}/commit/{p}",
+            }
+            for p in c.parents
+        ],
+    }
+
+
+def file_payload(
+    state: GitHubState, repo: GhRepo, c: GhCommit, f: GhFile, api: str
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "sha": _sha(f"{c.sha}{f.filename}"),
+        "filename": f.filename,
+        "status": f.status,
+        "additions": f.additions,
+        "deletions": f.deletions,
+        "changes": f.additions + f.deletions,
+        "blob_url": f"{state.html_base}/{repo.full_name}/blob/{c.sha}/{f.filename}",
+        "raw_url": f"{state.html_base}/{repo.full_name}/raw/{c.sha}/{f.filename}",
+        "contents_url": f"{api}/repos/{repo.full_name}/contents/{f.filename}?ref={c.sha}",
+    }
+    if f.patch is not None:
+        payload["patch"] = f.patch
+    return payload
+
+
+def label_payload(repo: GhRepo, name: str, api: str) -> dict[str, Any]:
+    lid = int(_sha(name)[:8], 16)
+    return {
+        "id": lid,
+        "node_id": f"LA_{lid}",
+        "url": f"{api}/repos/{repo.full_name}/labels/{name}",
+        "name": name,
+        "description": None,
+        "color": "f29513",
+        "default": name == "bug",
+    }
+
+
+def issue_payload(
+    state: GitHubState,
+    repo: GhRepo,
+    i: GhIssue,
+    api: str,
+    *,
+    with_repo: bool = False,
+    login: str = "",
+) -> dict[str, Any]:
+    u = f"{api}/repos/{repo.full_name}"
+    html = f"{state.html_base}/{repo.full_name}"
+    kind = "pull" if i.is_pull else "issues"
+    payload: dict[str, Any] = {
+        "id": repo.id * 100000 + i.number,
+        "node_id": f"I_kwDO{repo.id}{i.number}",
+        "url": f"{u}/issues/{i.number}",
+        "repository_url": u,
+        "labels_url": f"{u}/issues/{i.number}/labels{{/name}}",
+        "comments_url": f"{u}/issues/{i.number}/comments",
+        "events_url": f"{u}/issues/{i.number}/events",
+        "html_url": f"{html}/{kind}/{i.number}",
+        "number": i.number,
+        "state": i.state,
+        "state_reason": ("completed" if i.state == "closed" else None),
+        "title": i.title,
+        "body": i.body,
+        "user": simple_user(state, i.user, api),
+        "labels": [label_payload(repo, n, api) for n in i.labels],
+        "assignee": simple_user(state, i.assignees[0], api) if i.assignees else None,
+        "assignees": [simple_user(state, a, api) for a in i.assignees],
+        "milestone": None,
+        "locked": False,
+        "active_lock_reason": None,
+        "comments": len(i.comments),
+        "closed_at": iso(i.closed_at) if i.closed_at else None,
+        "created_at": iso(i.created_at),
+        "updated_at": iso(i.updated_at),
+        "closed_by": None,
+        "author_association": "OWNER",
+        "pinned_comment": None,
+        "timeline_url": f"{u}/issues/{i.number}/timeline",
+        "performed_via_github_app": None,
+        "reactions": {
+            "url": f"{u}/issues/{i.number}/reactions",
+            "total_count": 0,
+            "+1": 0,
+            "-1": 0,
+            "laugh": 0,
+            "hooray": 0,
+            "confused": 0,
+            "heart": 0,
+            "rocket": 0,
+            "eyes": 0,
+        },
+    }
+    if i.is_pull:
+        payload["draft"] = i.draft
+        payload["pull_request"] = {
+            "url": f"{u}/pulls/{i.number}",
+            "html_url": f"{html}/pull/{i.number}",
+            "diff_url": f"{html}/pull/{i.number}.diff",
+            "patch_url": f"{html}/pull/{i.number}.patch",
+            "merged_at": iso(i.merged_at) if i.merged_at else None,
+        }
+    if with_repo:
+        payload["repository"] = repo_payload(state, repo, api, login)
+    return payload
+
+
+def pull_payload(
+    state: GitHubState, repo: GhRepo, i: GhIssue, api: str, login: str
+) -> dict[str, Any]:
+    base = issue_payload(state, repo, i, api)
+    u = f"{api}/repos/{repo.full_name}"
+    html = f"{state.html_base}/{repo.full_name}/pull/{i.number}"
+    head_sha = _sha(f"{repo.full_name}{i.number}{i.head_ref}")
+    repo_json = repo_payload(state, repo, api, login)
+
+    def branch(ref: str, sha: str) -> dict[str, Any]:
+        return {
+            "label": f"{repo.owner}:{ref}",
+            "ref": ref,
+            "sha": sha,
+            "user": simple_user(state, repo.owner, api),
+            "repo": repo_json,
+        }
+
+    return {
+        "url": f"{u}/pulls/{i.number}",
+        "id": base["id"],
+        "node_id": f"PR_kwDO{base['id']}",
+        "html_url": html,
+        "diff_url": f"{html}.diff",
+        "patch_url": f"{html}.patch",
+        "issue_url": f"{u}/issues/{i.number}",
+        "commits_url": f"{u}/pulls/{i.number}/commits",
+        "review_comments_url": f"{u}/pulls/{i.number}/comments",
+        "review_comment_url": f"{u}/pulls/comments{{/number}}",
+        "comments_url": f"{u}/issues/{i.number}/comments",
+        "statuses_url": f"{u}/statuses/{head_sha}",
+        "number": i.number,
+        "state": i.state,
+        "locked": False,
+        "title": i.title,
+        "user": base["user"],
+        "body": i.body,
+        "labels": base["labels"],
+        "milestone": None,
+        "active_lock_reason": None,
+        "created_at": base["created_at"],
+        "updated_at": base["updated_at"],
+        "closed_at": base["closed_at"],
+        "merged_at": iso(i.merged_at) if i.merged_at else None,
+        "merge_commit_sha": head_sha if i.merged_at else None,
+        "assignee": base["assignee"],
+        "assignees": base["assignees"],
+        "requested_reviewers": [],
+        "requested_teams": [],
+        "head": branch(i.head_ref, head_sha),
+        "base": branch(i.base_ref, head_sha[::-1]),
+        "_links": {
+            k: {"href": v}
+            for k, v in {
+                "self": f"{u}/pulls/{i.number}",
+                "html": html,
+                "issue": f"{u}/issues/{i.number}",
+                "comments": f"{u}/issues/{i.number}/comments",
+                "review_comments": f"{u}/pulls/{i.number}/comments",
+                "review_comment": f"{u}/pulls/comments{{/number}}",
+                "commits": f"{u}/pulls/{i.number}/commits",
+                "statuses": f"{u}/statuses/{head_sha}",
+            }.items()
+        },
+        "author_association": "OWNER",
+        "auto_merge": None,
+        "draft": i.draft,
+        "merged": i.merged_at is not None,
+        "mergeable": None if i.merged_at else True,
+        "rebaseable": None if i.merged_at else True,
+        "mergeable_state": "clean",
+        "merged_by": simple_user(state, repo.owner, api) if i.merged_at else None,
+        "comments": len(i.comments),
+        "review_comments": len(i.review_comments),
+        "maintainer_can_modify": False,
+        "commits": 1,
+        "additions": 10,
+        "deletions": 2,
+        "changed_files": 1,
+    }
+
+
+def comment_payload(
+    state: GitHubState, repo: GhRepo, i: GhIssue, c: GhComment, api: str
+) -> dict[str, Any]:
+    u = f"{api}/repos/{repo.full_name}"
+    return {
+        "id": c.id,
+        "node_id": f"IC_kwDO{c.id}",
+        "url": f"{u}/issues/comments/{c.id}",
+        "html_url": f"{state.html_base}/{repo.full_name}/issues/{i.number}#issuecomment-{c.id}",
+        "body": c.body,
+        "user": simple_user(state, c.user, api),
+        "created_at": iso(c.created_at),
+        "updated_at": iso(c.updated_at),
+        "issue_url": f"{u}/issues/{i.number}",
+        "author_association": "CONTRIBUTOR",
+        "minimized": None,
+        "performed_via_github_app": None,
+    }
+
+
+def review_comment_payload(
+    state: GitHubState, repo: GhRepo, i: GhIssue, c: GhComment, api: str
+) -> dict[str, Any]:
+    u = f"{api}/repos/{repo.full_name}"
+    html = f"{state.html_base}/{repo.full_name}/pull/{i.number}#discussion_r{c.id}"
+    return {
+        "url": f"{u}/pulls/comments/{c.id}",
+        "pull_request_review_id": c.id + 1,
+        "id": c.id,
+        "node_id": f"PRRC_kwDO{c.id}",
+        "diff_hunk": "@@ -1,3 +1,3 @@",
+        "path": c.path or "README.md",
+        "position": c.line,
+        "original_position": c.line,
+        "commit_id": "0" * 40,
+        "original_commit_id": "0" * 40,
+        "in_reply_to_id": None,
+        "user": simple_user(state, c.user, api),
+        "body": c.body,
+        "created_at": iso(c.created_at),
+        "updated_at": iso(c.updated_at),
+        "html_url": html,
+        "pull_request_url": f"{u}/pulls/{i.number}",
+        "author_association": "CONTRIBUTOR",
+        "_links": {
+            "self": {"href": f"{u}/pulls/comments/{c.id}"},
+            "html": {"href": html},
+            "pull_request": {"href": f"{u}/pulls/{i.number}"},
+        },
+        "start_line": None,
+        "original_start_line": None,
+        "start_side": None,
+        "line": c.line,
+        "original_line": c.line,
+        "side": "RIGHT",
+        "subject_type": "line",
+    }
+
+
+# --- the HTTP layer ----------------------------------------------------------------------------
+
+
+class _Answer(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _error(status: int, message: str, **extra: Any) -> _Answer:
+    return _Answer(JSONResponse({"message": message, "documentation_url": DOCS, **extra}, status))
+
+
+def _int_param(
+    request: Request, name: str, default: int, *, low: int = 1, high: int = 10**9
+) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return max(low, min(high, int(raw)))
+    except ValueError:
+        raise _error(422, "Validation Failed") from None
+
+
+def _since(request: Request) -> datetime | None:
+    raw = request.query_params.get("since")
+    if not raw:
+        return None
+    try:
+        return parse_iso(raw)
+    except ValueError:
+        raise _error(422, 'Invalid request.\n\nInvalid value for "since".') from None
+
+
+class _Handler:
+    def __init__(self, state: GitHubState) -> None:
+        self.state = state
+
+    def api(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}{self.state.path_prefix}"
+
+    def authenticate(self, request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise _error(401, "Requires authentication")
+        if scheme.lower() not in ("bearer", "token") or token not in self.state.tokens:
+            raise _error(401, "Bad credentials")
+        return self.state.tokens[token]
+
+    def rate_headers(self, window: RateWindow) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit": str(window.limit),
+            "x-ratelimit-remaining": str(window.remaining),
+            "x-ratelimit-used": str(window.used),
+            "x-ratelimit-reset": str(window.reset),
+            "x-ratelimit-resource": "core",
+        }
+
+    def repo(self, request: Request, login: str) -> GhRepo:
+        params = request.path_params
+        if "repo_id" in params:
+            found = next(
+                (r for r in self.state.repos.values() if str(r.id) == params["repo_id"]), None
+            )
+        else:
+            found = self.state.repos.get(f"{params['owner']}/{params['repo']}")
+        if found is None or found.deleted or not (found.visible_to(login) or not found.private):
+            raise _error(404, "Not Found")
+        if found.blocked:
+            raise _error(
+                403,
+                "Repository access blocked",
+                block={"reason": "tos", "created_at": "2025-01-01T00:00:00Z"},
+            )
+        return found
+
+    def page(
+        self,
+        request: Request,
+        items: list[Any],
+        *,
+        default_per_page: int = 30,
+        path: str | None = None,
+    ) -> tuple[list[Any], str | None]:
+        per_page = _int_param(request, "per_page", default_per_page, high=100)
+        page = _int_param(request, "page", 1)
+        last = max(1, -(-len(items) // per_page))
+        chosen = items[(page - 1) * per_page : page * per_page]
+        base = f"{self.api(request)}{path or request.url.path.removeprefix(self.state.path_prefix)}"
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
+
+        def link(n: int, rel: str) -> str:
+            return f'<{base}?{urlencode([*query, ("page", str(n))])}>; rel="{rel}"'
+
+        rels = []
+        if page > 1:
+            rels.append(link(page - 1, "prev"))
+        if page < last:
+            rels += [link(page + 1, "next"), link(last, "last")]
+        if page > 1:
+            rels.append(link(1, "first"))
+        return chosen, ", ".join(rels) or None
+
+    async def dispatch(
+        self, request: Request, body: Callable[[Request, str], tuple[Any, str | None]]
+    ) -> Response:
+        state = self.state
+        login: str | None = None
+        status = 500
+        try:
+            login = self.authenticate(request)
+            window = state.window(login)
+            headers = self.rate_headers(window)
+            if state.secondary_limit_requests > 0:
+                state.secondary_limit_requests -= 1
+                extra = (
+                    {}
+                    if state.secondary_retry_after is None
+                    else {"retry-after": str(state.secondary_retry_after)}
+                )
+                response: Response = JSONResponse(
+                    {
+                        "message": SECONDARY_MESSAGE,
+                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+                    },
+                    403,
+                    headers={**headers, **extra},
+                )
+            elif window.remaining <= 0:
+                response = JSONResponse(
+                    {
+                        "message": PRIMARY_MESSAGE.format(id=state.users[login]["id"]),
+                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-the-primary-rate-limit",
+                    },
+                    403,
+                    headers=headers,
+                )
+            else:
+                try:
+                    data, link = body(request, login)
+                except _Answer as answer:
+                    window.remaining -= 1
+                    answer.response.headers.update(self.rate_headers(window))
+                    raise
+                raw = json.dumps(data, separators=(",", ":")).encode()
+                etag = f'"{hashlib.sha256(raw).hexdigest()[:40]}"'
+                sent = [
+                    t.strip().removeprefix("W/")
+                    for t in request.headers.get("if-none-match", "").split(",")
+                ]
+                extra = {
+                    "etag": etag,
+                    "cache-control": "private, max-age=60, s-maxage=60",
+                    "vary": "Accept, Authorization, Cookie, X-GitHub-OTP",
+                    "x-github-media-type": "github.v3; format=json",
+                    "x-github-api-version-selected": "2022-11-28",
+                }
+                if link:
+                    extra["link"] = link
+                if etag in sent:
+                    response = Response(status_code=304, headers={**headers, **extra})
+                else:
+                    window.remaining -= 1
+                    response = Response(
+                        raw,
+                        200,
+                        media_type="application/json; charset=utf-8",
+                        headers={**self.rate_headers(window), **extra},
+                    )
+        except _Answer as answer:
+            response = answer.response
+        status = response.status_code
+        state.log.append(
+            LoggedRequest(
+                request.method,
+                request.url.path,
+                request.url.query,
+                status,
+                login,
+                request.headers.get("if-none-match"),
+            )
+        )
+        return response
+
+    # --- endpoints ---------------------------------------------------------------------------
+    def user(self, request: Request, login: str) -> tuple[Any, str | None]:
+        return private_user(self.state, login, self.api(request)), None
+
+    def user_repos(self, request: Request, login: str) -> tuple[Any, str | None]:
+        wanted = set(
+            (
+                request.query_params.get("affiliation") or "owner,collaborator,organization_member"
+            ).split(",")
+        )
+        visibility = request.query_params.get("visibility", "all")
+        repos = [
+            r
+            for r in self.state.repos.values()
+            if not r.deleted
+            and r.affiliation_of(login) in wanted
+            and (visibility == "all" or (visibility == "private") == r.private)
+        ]
+        sort = request.query_params.get("sort", "full_name")
+        key: Callable[[GhRepo], Any] = {
+            "created": lambda r: r.created_at,
+            "updated": lambda r: r.updated_at,
+            "pushed": lambda r: r.pushed_at,
+        }.get(sort, lambda r: r.full_name.lower())
+        default_dir = "asc" if sort == "full_name" else "desc"
+        repos.sort(key=key, reverse=request.query_params.get("direction", default_dir) == "desc")
+        chosen, link = self.page(request, repos)
+        api = self.api(request)
+        return [repo_payload(self.state, r, api, login) for r in chosen], link
+
+    def _filter_issues(
+        self, request: Request, pairs: list[tuple[GhRepo, GhIssue]]
+    ) -> list[tuple[GhRepo, GhIssue]]:
+        state_q = request.query_params.get("state", "open")
+        since = _since(request)
+        labels = {x for x in (request.query_params.get("labels") or "").split(",") if x}
+        out = [
+            (r, i)
+            for r, i in pairs
+            if (state_q == "all" or i.state == state_q)
+            and (since is None or i.updated_at >= since)
+            and labels <= set(i.labels)
+        ]
+        sort = request.query_params.get("sort", "created")
+        key: Callable[[tuple[GhRepo, GhIssue]], Any] = {
+            "updated": lambda p: (p[1].updated_at, p[1].number),
+            "comments": lambda p: (len(p[1].comments), p[1].number),
+        }.get(sort, lambda p: (p[1].created_at, p[1].number))
+        out.sort(key=key, reverse=request.query_params.get("direction", "desc") == "desc")
+        return out
+
+    def issues(self, request: Request, login: str) -> tuple[Any, str | None]:
+        which = request.query_params.get("filter", "assigned")
+        pairs = []
+        for repo in self.state.repos.values():
+            if repo.deleted or repo.blocked:
+                continue
+            visible = repo.visible_to(login)
+            for issue in repo.issues.values():
+                involved = {
+                    "assigned": login in issue.assignees,
+                    "created": issue.user == login,
+                    "mentioned": f"@{login}" in (issue.body or ""),
+                    "subscribed": issue.user == login or login in issue.assignees,
+                    "repos": visible,
+                    "all": visible,
+                }.get(which)
+                if involved is None:
+                    raise _error(422, "Validation Failed")
+                if involved and (visible or not repo.private):
+                    pairs.append((repo, issue))
+        chosen, link = self.page(request, self._filter_issues(request, pairs))
+        api = self.api(request)
+        return [
+            issue_payload(self.state, r, i, api, with_repo=True, login=login) for r, i in chosen
+        ], link
+
+    def repo_issues(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        pairs = self._filter_issues(request, [(repo, i) for i in repo.issues.values()])
+        chosen, link = self.page(request, pairs, path=f"/repositories/{repo.id}/issues")
+        api = self.api(request)
+        return [issue_payload(self.state, repo, i, api) for _, i in chosen], link
+
+    def _issue(self, repo: GhRepo, request: Request, *, pull: bool = False) -> GhIssue:
+        issue = repo.issues.get(int(request.path_params["number"]))
+        if issue is None or (pull and not issue.is_pull):
+            raise _error(404, "Not Found")
+        return issue
+
+    def issue_comments(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        issue = self._issue(repo, request)
+        since = _since(request)
+        comments = [c for c in issue.comments if since is None or c.updated_at >= since]
+        chosen, link = self.page(
+            request, comments, path=f"/repositories/{repo.id}/issues/{issue.number}/comments"
+        )
+        api = self.api(request)
+        return [comment_payload(self.state, repo, issue, c, api) for c in chosen], link
+
+    def pull(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        return pull_payload(
+            self.state, repo, self._issue(repo, request, pull=True), self.api(request), login
+        ), None
+
+    def pull_comments(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        issue = self._issue(repo, request, pull=True)
+        chosen, link = self.page(
+            request,
+            issue.review_comments,
+            path=f"/repositories/{repo.id}/pulls/{issue.number}/comments",
+        )
+        api = self.api(request)
+        return [review_comment_payload(self.state, repo, issue, c, api) for c in chosen], link
+
+    def commits(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        if not repo.commits:
+            raise _error(409, "Git Repository is empty.")
+        sha = request.query_params.get("sha")
+        if sha and sha != repo.default_branch and sha not in {c.sha for c in repo.commits}:
+            raise _error(404, f"No commit found for SHA: {sha}")
+        author = request.query_params.get("author")
+        since = _since(request)
+        raw_until = request.query_params.get("until")
+        until = parse_iso(raw_until) if raw_until else None
+        found = [
+            c
+            for c in repo.commits
+            if (author is None or author in (c.author_login, c.author_email))
+            and (since is None or c.date >= since)
+            and (until is None or c.date <= until)
+        ]
+        chosen, link = self.page(request, found, path=f"/repositories/{repo.id}/commits")
+        api = self.api(request)
+        return [commit_payload(self.state, repo, c, api) for c in chosen], link
+
+    def commit(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        ref = request.path_params["ref"]
+        commit = next(
+            (
+                c
+                for c in repo.commits
+                if c.sha == ref or (ref == repo.default_branch and c is repo.commits[0])
+            ),
+            None,
+        )
+        if commit is None:
+            raise _error(422, f"No commit found for SHA: {ref}")
+        api = self.api(request)
+        per_page = self.state.commit_files_per_page
+        page = _int_param(request, "page", 1)
+        files = commit.files[(page - 1) * per_page : page * per_page]
+        last = max(1, -(-len(commit.files) // per_page))
+        link = None
+        if page < last:
+            base = f"{api}/repositories/{repo.id}/commits/{commit.sha}"
+            link = f'<{base}?page={page + 1}>; rel="next", <{base}?page={last}>; rel="last"'
+        payload = commit_payload(self.state, repo, commit, api)
+        additions = sum(f.additions for f in commit.files)
+        deletions = sum(f.deletions for f in commit.files)
+        payload["stats"] = {
+            "total": additions + deletions,
+            "additions": additions,
+            "deletions": deletions,
+        }
+        payload["files"] = [file_payload(self.state, repo, commit, f, api) for f in files]
+        return payload, link
+
+
+def create_app(state: GitHubState) -> Starlette:
+    """The emulator as an ASGI app; mount point = `state.path_prefix` ("" or "/api/v3")."""
+    handler = _Handler(state)
+
+    def route(path: str, fn: Callable[[Request, str], tuple[Any, str | None]]) -> list[Route]:
+        async def endpoint(request: Request) -> Response:
+            return await handler.dispatch(request, fn)
+
+        paths = [path]
+        if path.startswith("/repos/{owner}/{repo}"):
+            paths.append(path.replace("/repos/{owner}/{repo}", "/repositories/{repo_id}"))
+        return [Route(state.path_prefix + p, endpoint, methods=["GET"]) for p in paths]
+
+    async def not_found(request: Request) -> Response:
+        return JSONResponse({"message": "Not Found", "documentation_url": DOCS}, 404)
+
+    routes = [
+        *route("/user", handler.user),
+        *route("/user/repos", handler.user_repos),
+        *route("/issues", handler.issues),
+        *route("/repos/{owner}/{repo}/issues", handler.repo_issues),
+        *route("/repos/{owner}/{repo}/issues/{number:int}/comments", handler.issue_comments),
+        *route("/repos/{owner}/{repo}/pulls/{number:int}", handler.pull),
+        *route("/repos/{owner}/{repo}/pulls/{number:int}/comments", handler.pull_comments),
+        *route("/repos/{owner}/{repo}/commits", handler.commits),
+        *route("/repos/{owner}/{repo}/commits/{ref}", handler.commit),
+        Route("/{path:path}", not_found),
+    ]
+    return Starlette(routes=routes)
+
+
+def seed_activity(
+    state: GitHubState,
+    login: str,
+    *,
+    repos: int,
+    commits_per_repo: int,
+    issues_per_repo: int,
+    files_per_commit: int = 3,
+    pull_ratio: float = 0.4,
+    comment_ratio: float = 0.3,
+    start: datetime | None = None,
+    org: str = "acme",
+) -> list[GhRepo]:
+    """Deterministic activity for tests and benchmarks: half the repositories owned by `login`,
+    half by an organisation it belongs to; commits authored by `login`, issues and pull requests
+    (every `1/pull_ratio`-th item a PR), some with comments and review comments."""
+    start = start or (datetime.now(UTC) - timedelta(days=60))
+    created: list[GhRepo] = []
+    for r in range(repos):
+        owner = login if r % 2 == 0 else org
+        repo = state.add_repo(
+            owner, f"project-{r:02d}", org_members={login} if owner == org else set()
+        )
+        step = timedelta(days=50) / max(1, commits_per_repo)
+        for c in range(commits_per_repo):
+            files = [
+                GhFile(
+                    f"src/module_{c % 7}/file_{k}.py",
+                    additions=3 + k,
+                    deletions=k,
+                    patch=f"@@ -1,{k + 1} +1,{k + 3} @@\n-old {k}\n+new {k}\n+another {c}",
+                )
+                for k in range(files_per_commit)
+            ]
+            if c % 10 == 0:
+                files.append(
+                    GhFile("poetry.lock", additions=40, deletions=12, patch="@@ lock @@\n+x")
+                )
+            if c % 25 == 0:
+                files.append(
+                    GhFile("docs/diagram.png", status="added", additions=0, deletions=0, patch=None)
+                )
+            state.add_commit(
+                repo,
+                f"Change {c} in {repo.name}\n\nLonger explanation of change {c}.",
+                author=login,
+                date=start + step * c,
+                files=files,
+            )
+        every = max(1, round(1 / pull_ratio)) if pull_ratio > 0 else 0
+        istep = timedelta(days=50) / max(1, issues_per_repo)
+        for n in range(issues_per_repo):
+            at = start + istep * n
+            is_pull = bool(every) and n % every == 0
+            issue = state.add_issue(
+                repo,
+                f"{'Pull' if is_pull else 'Issue'} {n} of {repo.name}",
+                user=login if n % 3 else "octocat",
+                created_at=at,
+                is_pull=is_pull,
+                labels=["bug"] if n % 4 == 0 else [],
+                assignees=[login] if n % 5 == 0 else [],
+            )
+            if comment_ratio and n % max(1, round(1 / comment_ratio)) == 0:
+                issue.comments.append(GhComment(next(_ids), "octocat", f"Comment on {n}", at, at))
+                if is_pull:
+                    issue.review_comments.append(
+                        GhComment(next(_ids), "octocat", "nit: rename", at, at, "src/a.py", 3)
+                    )
+        repo.pushed_at = start + timedelta(days=50)
+        created.append(repo)
+    return created
