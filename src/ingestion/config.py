@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     github_rate_limit_reserve: int = Field(50, ge=0)
 
     # --- X / Twitter ---------------------------------------------------------------------------
+    #: `per_page` of every GitHub listing (GitHub's maximum is 100).
+    github_page_size: int = Field(100, ge=1, le=100)
     #: Comma-separated subset of `tweets,mentions,likes`.
     twitter_timelines: str = "tweets,mentions,likes"
     twitter_page_budget: int = Field(50, ge=1)
