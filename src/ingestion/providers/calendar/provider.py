@@ -83,6 +83,25 @@ class _CalendarRun:
 
     # --- pages ---------------------------------------------------------------------------
     async def pages(self) -> AsyncIterator[SyncPage]:
+        """Every page, with pages that carry no items folded into the next one.
+
+        A page without upserts or deletes only moves the cursor; holding it back until the next
+        page (whose state includes it) or the end costs at most a repeated request after a
+        crash, and saves a checkpoint per unchanged calendar.
+        """
+        held: SyncPage | None = None
+        async for page in self._pages():
+            if held is not None:
+                page = _merge(held, page)
+                held = None
+            if not page.upserts and not page.deletes:
+                held = page
+                continue
+            yield page
+        if held is not None:
+            yield held
+
+    async def _pages(self) -> AsyncIterator[SyncPage]:
         stats = await self._refresh_list()
         if stats:
             yield self._page(stats=stats)
@@ -175,7 +194,9 @@ class _CalendarRun:
         while calendar_id in self.cursor.removing:
             page_token = self.cursor.removing[calendar_id] or None
             try:
-                page = await self.api.events(calendar_id, page_token=page_token)
+                page = await self.api.events(
+                    calendar_id, page_token=page_token, page_size=self.settings.calendar_page_size
+                )
             except SyncTokenExpired:
                 self.cursor.removing[calendar_id] = ""
                 if page_token is None:
@@ -216,6 +237,7 @@ class _CalendarRun:
                     time_min=time_min,
                     time_max=time_max,
                     show_deleted=entry.show_deleted,
+                    page_size=self.settings.calendar_page_size,
                 )
             except SyncTokenExpired:
                 if entry.page_token is None or restarted:
@@ -242,7 +264,10 @@ class _CalendarRun:
         while True:
             try:
                 page = await self.api.events(
-                    calendar_id, sync_token=entry.sync_token, page_token=entry.page_token
+                    calendar_id,
+                    sync_token=entry.sync_token,
+                    page_token=entry.page_token,
+                    page_size=self.settings.calendar_page_size,
                 )
             except SyncTokenExpired:
                 self.ctx.log.info(
@@ -328,6 +353,14 @@ class _CalendarRun:
             except CalendarGone:
                 self._series[key] = None
         return self._series[key]
+
+
+def _merge(earlier: SyncPage, later: SyncPage) -> SyncPage:
+    """`later` (whose state already includes `earlier`'s) with `earlier`'s counts added."""
+    stats = dict(later.stats)
+    for key, value in earlier.stats.items():
+        stats[key] = stats.get(key, 0) + value
+    return replace(later, fetched=earlier.fetched + later.fetched, stats=stats)
 
 
 def _with_stat(page: SyncPage, key: str, value: int) -> SyncPage:

@@ -46,6 +46,7 @@ def html_to_text(value: str) -> str:
     converter.ignore_emphasis = True
     converter.protect_links = True
     text: str = converter.handle(value)
+    text = "\n".join(line.rstrip() for line in text.splitlines())
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
@@ -152,7 +153,8 @@ def _describe_rule(rule: str) -> str:
     freq = parts.get("FREQ", "")
     if freq not in _FREQ_UNITS or set(parts) - known:
         return f"RRULE:{rule}"
-    interval = int(parts["INTERVAL"]) if parts.get("INTERVAL", "1").isdigit() else 1
+    raw_interval = parts.get("INTERVAL", "1")
+    interval = int(raw_interval) if raw_interval.isdigit() else 1
     unit = _FREQ_UNITS[freq]
     text = f"every {unit}" if interval == 1 else f"every {interval} {unit}s"
     if freq == "DAILY" and interval == 1:
