@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     calendar_future_days: int = Field(365, ge=0)
     calendar_include_hidden: bool = False
     calendar_quota_requests_per_minute: int = Field(600, ge=1)
+    #: Events per `events.list` page (the API's maximum, 2500, makes the fewest requests).
+    calendar_page_size: int = Field(2500, ge=1, le=2500)
 
     # --- GitHub --------------------------------------------------------------------------------
     #: Comma-separated `owner/repo` glob patterns; empty allow list = every accessible repo.
