@@ -126,7 +126,7 @@ async def search_memories(
     if db.kind == "sqlite":
         statement = _sqlite_statement(terms, user_id, source, limit)
     else:
-        statement = _postgres_statement(terms, user_id, source, limit)
+        statement = _postgres_statement(query, user_id, source, limit)
     async with db.session() as session:
         rows = (await session.execute(statement)).all()
     return [
@@ -181,9 +181,11 @@ def _sqlite_statement(
 
 
 def _postgres_statement(
-    terms: list[str], user_id: str | None, source: str | None, limit: int
+    query: str, user_id: str | None, source: str | None, limit: int
 ) -> Select[Any]:
-    tsquery = func.plainto_tsquery(literal_column("'english'::regconfig"), " ".join(terms))
+    # plainto_tsquery parses the text as documents are parsed (so `v2.0` stays one token) and
+    # ignores every operator character: any text is a valid query.
+    tsquery = func.plainto_tsquery(literal_column("'english'::regconfig"), query)
     vector: ColumnElement[Any] = literal_column("ingestion_memories.search_vector")
     rank = func.ts_rank(vector, tsquery)
     matching = _filtered(
