@@ -26,8 +26,10 @@ each writes a history record exactly as the API reports it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
+import email.utils
 import hashlib
 import json
 import random
@@ -139,6 +141,7 @@ class LoggedRequest:
     status: int
     user: str | None
     batch: bool = False
+    query: str = ""
 
 
 @dataclass
@@ -164,6 +167,8 @@ class GmailState:
         self.quota_burst: float = 0.0
         self._buckets: dict[str, tuple[float, float]] = {}
         self.throttled = 0
+        #: Seconds each messages.get takes (slows a backfill down for crash tests).
+        self.delay = 0.0
         self.units_spent: dict[str, int] = {}
         self.lock = threading.RLock()
         self._random = random.Random(seed)
@@ -251,7 +256,7 @@ class GmailState:
             message = box.messages[message_id]
             added = [label for label in add if label not in message.label_ids]
             removed = [label for label in remove if label in message.label_ids]
-            message.label_ids = [l for l in message.label_ids if l not in removed] + added
+            message.label_ids = [x for x in message.label_ids if x not in removed] + added
             if added:
                 self._record(box, "labelsAdded", message, labelIds=added)
             if removed:
@@ -316,8 +321,12 @@ class GmailState:
             if authorization and authorization.startswith("Bearer ") and token in self.tokens:
                 user = self.tokens[token]
             status, body, headers = self._dispatch(method, path, params, user, endpoint)
-            self.requests.append(LoggedRequest(method, path, endpoint, status, user, batch))
-            return status, body, headers
+            self.requests.append(
+                LoggedRequest(method, path, endpoint, status, user, batch, parts.query)
+            )
+        if self.delay and endpoint == "messages.get":
+            time.sleep(self.delay)
+        return status, body, headers
 
     def _dispatch(
         self,
@@ -328,7 +337,11 @@ class GmailState:
         endpoint: str,
     ) -> tuple[int, Any, dict[str, str]]:
         if user is None:
-            return 401, UNAUTHENTICATED, {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
+            return (
+                401,
+                UNAUTHENTICATED,
+                {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            )
         fault = self._take_fault(path)
         if fault is not None:
             return fault.status, fault.body, fault.headers
@@ -337,16 +350,23 @@ class GmailState:
             return 404, NOT_FOUND, {}
         box = self.mailboxes[user]
         if match.group(1) not in ("me", box.email_address):
-            return 403, google_error(
-                403, "Delegation denied for " + box.email_address, "forbidden", "PERMISSION_DENIED"
-            ), {}
+            return (
+                403,
+                google_error(
+                    403,
+                    "Delegation denied for " + box.email_address,
+                    "forbidden",
+                    "PERMISSION_DENIED",
+                ),
+                {},
+            )
         units = QUOTA_UNITS.get(endpoint, 1)
         if not self._spend(user, units):
             self.throttled += 1
             return 429, RATE_LIMITED, {}
         self.units_spent[user] = self.units_spent.get(user, 0) + units
         rest = match.group(2)
-        single = {key: value for key, value in params}
+        single = dict(params)
         if endpoint == "getProfile":
             return 200, self._profile(box), {}
         if endpoint == "messages.list":
@@ -361,9 +381,13 @@ class GmailState:
             return self._attachment(message, rest.split("/")[4])
         fmt = single.get("format", "full")
         if fmt not in ("minimal", "full", "raw", "metadata"):
-            return 400, google_error(
-                400, f"Invalid value at 'format' ({fmt})", "invalidArgument", "INVALID_ARGUMENT"
-            ), {}
+            return (
+                400,
+                google_error(
+                    400, f"Invalid value at 'format' ({fmt})", "invalidArgument", "INVALID_ARGUMENT"
+                ),
+                {},
+            )
         wanted = [value for key, value in params if key == "metadataHeaders"]
         return 200, render_message(message, fmt, wanted), {}
 
@@ -397,9 +421,11 @@ class GmailState:
         if single.get("pageToken"):
             decoded = _decode_token(single["pageToken"])
             if decoded is None or decoded.get("f") != fingerprint:
-                return 400, google_error(
-                    400, "Invalid pageToken", "invalidArgument", "INVALID_ARGUMENT"
-                ), {}
+                return (
+                    400,
+                    google_error(400, "Invalid pageToken", "invalidArgument", "INVALID_ARGUMENT"),
+                    {},
+                )
             offset = int(decoded["o"])
         page = found[offset : offset + size]
         if not page:
@@ -417,9 +443,11 @@ class GmailState:
     ) -> tuple[int, Any, dict[str, str]]:
         start_text = single.get("startHistoryId")
         if not start_text or not start_text.isdigit():
-            return 400, google_error(
-                400, "Invalid startHistoryId", "invalidArgument", "INVALID_ARGUMENT"
-            ), {}
+            return (
+                400,
+                google_error(400, "Invalid startHistoryId", "invalidArgument", "INVALID_ARGUMENT"),
+                {},
+            )
         start = int(start_text)
         if start < box.history_floor:
             return 404, NOT_FOUND, {}
@@ -443,9 +471,11 @@ class GmailState:
         if single.get("pageToken"):
             decoded = _decode_token(single["pageToken"])
             if decoded is None:
-                return 400, google_error(
-                    400, "Invalid pageToken", "invalidArgument", "INVALID_ARGUMENT"
-                ), {}
+                return (
+                    400,
+                    google_error(400, "Invalid pageToken", "invalidArgument", "INVALID_ARGUMENT"),
+                    {},
+                )
             offset = int(decoded["o"])
         page = records[offset : offset + size]
         body: dict[str, Any] = {"historyId": str(box.history_id)}
@@ -455,7 +485,9 @@ class GmailState:
             body["nextPageToken"] = _encode_token({"o": offset + size})
         return 200, body, {}
 
-    def _attachment(self, message: GmailMessage, attachment_id: str) -> tuple[int, Any, dict[str, str]]:
+    def _attachment(
+        self, message: GmailMessage, attachment_id: str
+    ) -> tuple[int, Any, dict[str, str]]:
         parsed = email.message_from_bytes(message.raw)
         for part_id, part in _walk(parsed, ""):
             if _attachment_id(message.id, part_id) == attachment_id:
@@ -517,9 +549,13 @@ class _Query:
             if key in ("after", "before") and _to_epoch(value) is not None:
                 bound = _to_epoch(value) or 0.0
                 if key == "after":
-                    self.checks.append(lambda m, b=bound, n=negate: (m.internal_date / 1000 > b) != n)
+                    self.checks.append(
+                        lambda m, b=bound, n=negate: (m.internal_date / 1000 > b) != n
+                    )
                 else:
-                    self.checks.append(lambda m, b=bound, n=negate: (m.internal_date / 1000 < b) != n)
+                    self.checks.append(
+                        lambda m, b=bound, n=negate: (m.internal_date / 1000 < b) != n
+                    )
             elif key in ("in", "label") and value:
                 label = value.upper()
                 if label == "ANYWHERE":
@@ -527,7 +563,7 @@ class _Query:
                     continue
                 if label in hidden and not negate:
                     include_spam_trash = True
-                self.checks.append(lambda m, l=label, n=negate: (l in m.label_ids) != n)
+                self.checks.append(lambda m, lab=label, n=negate: (lab in m.label_ids) != n)
             else:
                 needle = word.lower().encode()
                 self.checks.append(lambda m, w=needle, n=negate: (w in m.raw.lower()) != n)
@@ -574,12 +610,17 @@ def _param(part: Message, header: str, key: str) -> str:
     for name, value in part.raw_items():
         if name.lower() != header:
             continue
+        if value.isascii():
+            found = part.get_param(key, None, header=header)
+            if found is None:
+                return ""
+            return _clean_header(email.utils.collapse_rfc2231_value(found))
+        # Raw 8-bit bytes (UTF-8 in practice): decode them before reading the parameter.
         try:
             parsed: Any = email.policy.default.header_factory(name, _clean_header(value))
-            found = parsed.params.get(key)
+            return str(parsed.params.get(key) or "")
         except Exception:
-            found = None
-        return str(found or "")
+            return ""
     return ""
 
 
@@ -587,10 +628,8 @@ def _filename(part: Message) -> str:
     """The decoded file name (RFC 2231 and the common RFC 2047-in-quotes), as Gmail shows it."""
     name = _param(part, "content-disposition", "filename") or _param(part, "content-type", "name")
     if "=?" in name:
-        try:
+        with contextlib.suppress(Exception):
             name = str(make_header(decode_header(name)))
-        except Exception:
-            pass
     return name
 
 
@@ -659,7 +698,9 @@ def _snippet(parsed: Message) -> str:
     return ""
 
 
-def render_message(message: GmailMessage, fmt: str, metadata_headers: Sequence[str] = ()) -> dict[str, Any]:
+def render_message(
+    message: GmailMessage, fmt: str, metadata_headers: Sequence[str] = ()
+) -> dict[str, Any]:
     """A Message resource in the given format."""
     parsed = email.message_from_bytes(message.raw)
     body: dict[str, Any] = {
@@ -730,14 +771,19 @@ def create_app(state: GmailState) -> Starlette:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/mixed"):
             return JSONResponse(
-                google_error(400, "Batch requests need multipart/mixed", "badRequest", "INVALID_ARGUMENT"),
+                google_error(
+                    400, "Batch requests need multipart/mixed", "badRequest", "INVALID_ARGUMENT"
+                ),
                 status_code=400,
             )
         calls = _parse_batch(content_type, await request.body())
         if len(calls) > 100:
             return JSONResponse(
                 google_error(
-                    400, "Too many requests in batch; the limit is 100", "badRequest", "INVALID_ARGUMENT"
+                    400,
+                    "Too many requests in batch; the limit is 100",
+                    "badRequest",
+                    "INVALID_ARGUMENT",
                 ),
                 status_code=400,
             )
@@ -780,5 +826,13 @@ def create_app(state: GmailState) -> Starlette:
     )
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

@@ -82,6 +82,16 @@ def classify(response: httpx.Response) -> Throttle | None:
     return None
 
 
+class _CountingPacer(Pacer):
+    """A `Pacer` that also adds up the units it let through (retries included)."""
+
+    spent = 0.0
+
+    async def acquire(self, units: float = 1.0) -> None:
+        await super().acquire(units)
+        self.spent += units
+
+
 class GmailApi:
     """One user's mailbox, for one sync."""
 
@@ -96,7 +106,7 @@ class GmailApi:
     ) -> None:
         # Burst of one second of quota (at least one messages.get): near the limit, never over.
         rate_per_second = quota_units_per_minute / 60.0
-        self.pacer = Pacer(quota_units_per_minute, 60.0, burst=max(5.0, rate_per_second))
+        self.pacer = _CountingPacer(quota_units_per_minute, 60.0, burst=max(5.0, rate_per_second))
         self.api = ApiClient(
             provider=PROVIDER,
             http=http,
@@ -106,21 +116,22 @@ class GmailApi:
             pacer=self.pacer,
         )
         self.concurrency = concurrency
-        #: Quota units spent by this sync (requests sent, retries included, times their cost).
-        self.units = 0
 
     @property
     def requests(self) -> int:
         return self.api.requests
 
+    @property
+    def units(self) -> int:
+        """Quota units spent by this sync (every request sent, retries included)."""
+        return int(self.pacer.spent)
+
     async def _get(
         self, path: str, method: str, params: Mapping[str, Any] | list[tuple[str, Any]]
     ) -> httpx.Response:
-        cost = QUOTA_UNITS[method]
-        before = self.api.requests
-        response = await self.api.request("GET", path, endpoint=method, params=params, cost=cost)
-        self.units += (self.api.requests - before) * cost
-        return response
+        return await self.api.request(
+            "GET", path, endpoint=method, params=params, cost=QUOTA_UNITS[method]
+        )
 
     async def profile(self) -> dict[str, Any]:
         """`{emailAddress, messagesTotal, threadsTotal, historyId}`."""

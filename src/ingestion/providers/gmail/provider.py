@@ -96,8 +96,8 @@ class GmailProvider:
         page_token, count, limit = backfill.page_token, backfill.count, backfill.limit
         estimate: int | None = None
         restarted = False
+        requests, units = 0, 0  # this sync's first page also counts the profile request
         while True:
-            requests, units = api.requests, api.units
             remaining = None if limit is None else max(0, limit - count)
             page_size = self.settings.gmail_page_size
             if remaining is not None:
@@ -133,6 +133,7 @@ class GmailProvider:
                 ).to_state()
             stats["requests"] = api.requests - requests
             stats["quotaUnits"] = api.units - units
+            requests, units = api.requests, api.units
             yield SyncPage(
                 state=state,
                 upserts=upserts,
@@ -218,6 +219,10 @@ class GmailProvider:
         return upserts, deletes, stats
 
 
+def _current(item: dict[str, Any], actions: dict[str, str]) -> str | None:
+    return actions.get(str((item.get("message") or {}).get("id") or ""))
+
+
 def _collect(record: dict[str, Any], actions: dict[str, str]) -> None:
     """Fold one history record into the latest action per message id."""
 
@@ -229,8 +234,10 @@ def _collect(record: dict[str, Any], actions: dict[str, str]) -> None:
     for item in record.get("messagesAdded") or []:
         note(item, _FETCH)
     for item in record.get("labelsAdded") or []:
-        note(item, _HIDE if HIDDEN_LABELS & set(item.get("labelIds") or ()) else _FETCH)
+        hidden = HIDDEN_LABELS & set(item.get("labelIds") or ())
+        note(item, _HIDE if hidden or _current(item, actions) == _HIDE else _FETCH)
     for item in record.get("labelsRemoved") or []:
-        note(item, _FETCH)
+        shown = HIDDEN_LABELS & set(item.get("labelIds") or ())
+        note(item, _HIDE if not shown and _current(item, actions) == _HIDE else _FETCH)
     for item in record.get("messagesDeleted") or []:
         note(item, _GONE)

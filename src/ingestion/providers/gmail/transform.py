@@ -46,6 +46,9 @@ _ATTRIBUTION = re.compile(r"^\s*(On\b.*\bwrote:|Le\b.*\ba écrit\s*:|Am\b.*\bsch
 _ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Forwarded message)\s*-{2,}\s*$", re.I)
 _OUTLOOK_FROM = re.compile(r"^\s*From:\s.+$")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+#: Mail labelled GB2312 or GBK is often GB18030 (their superset): decode it as that.
+_SUPERSETS = re.compile(r"(=\?)(?:gb2312|gbk)\?", re.I)
+_CHARSET_SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030"}
 
 
 @dataclass
@@ -100,6 +103,9 @@ class _Headers:
         value = self.raw(name)
         if value is None:
             return None
+        if _plain(value):
+            return " ".join(value.split())
+        value = _SUPERSETS.sub(lambda m: m.group(1) + "gb18030?", value)
         try:
             return str(policy.default.header_factory(name, value)).strip()
         except Exception as exc:
@@ -116,6 +122,13 @@ class _Headers:
             return []
         result: list[dict[str, str]] = []
         for value in values:
+            if _plain(value) and "(" not in value:
+                result.extend(
+                    {"name": display, "email": addr}
+                    for display, addr in getaddresses([value])
+                    if display or addr
+                )
+                continue
             try:
                 header: Any = policy.default.header_factory(name, value)
                 result.extend(
@@ -136,6 +149,9 @@ class _Headers:
         value = self.raw(header)
         if value is None:
             return None
+        if _plain(value) and "*" not in value:
+            match = re.search(rf"(?:^|;)\s*{key}\s*=\s*(?:\"([^\"]*)\"|([^\s;]+))", value, re.I)
+            return (match.group(1) or match.group(2) or "").strip() if match else None
         try:
             parsed: Any = policy.default.header_factory(header, value)
             found = parsed.params.get(key)
@@ -143,6 +159,11 @@ class _Headers:
         except Exception:
             match = re.search(rf"{key}\s*=\s*\"?([^\";]+)", value, re.I)
             return match.group(1).strip() if match else None
+
+
+def _plain(value: str) -> bool:
+    """ASCII without encoded words: the standard library's slow header parser is not needed."""
+    return value.isascii() and "=?" not in value
 
 
 def _email_of(address: Any) -> str:
@@ -161,6 +182,8 @@ def _decode_words(value: str) -> str:
 def _decode_text(data: bytes, charset: str | None, defects: list[str], where: str) -> str:
     """Text of a body part: declared charset, then UTF-8, then Windows-1252, never failing."""
     tried: list[str] = []
+    if charset:
+        charset = _CHARSET_SUPERSET.get(charset.strip().lower(), charset.strip())
     for candidate in (charset, *_FALLBACK_CHARSETS):
         if not candidate or candidate in tried:
             continue

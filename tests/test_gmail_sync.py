@@ -1,0 +1,284 @@
+"""Gmail sync in-process: backfill, incremental changes, expiry, quota pacing, refusals.
+
+Each test runs the real service parts (`Services.open`: SQLite state, HTTP memory sink, token
+service, sync engine) against the Gmail emulator and the memory engine emulator on loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingestion.app import Services
+from ingestion.config import Settings
+from ingestion.errors import PermanentError
+from ingestion.providers.base import FetchOptions
+from ingestion.storage.accounts import save_account
+from ingestion.sync import SyncSummary
+from tests.emulators import gmail as gmail_emulator
+from tests.emulators import memory_engine
+from tests.emulators.gmail import GmailState, google_error
+from tests.emulators.gmail_corpus import generated_message
+from tests.emulators.memory_engine import MemoryEngineState
+from tests.emulators.server import RunningServer, serve
+
+USER = "u1"
+TOKEN = "ya29.gmail-test-token"
+
+
+@dataclass
+class World:
+    gmail: GmailState
+    engine: MemoryEngineState
+    services: Services
+
+    async def sync(self, **options: Any) -> SyncSummary:
+        return await self.services.engine.run("gmail", USER, FetchOptions(**options))
+
+    def add(self, index: int, **kwargs: Any) -> str:
+        raw, when = generated_message(index, base=datetime.now(UTC))
+        return self.gmail.add_message(USER, raw, internal_date=when, **kwargs)
+
+    def stored(self) -> dict[str, dict[str, Any]]:
+        """Records in the memory engine by Gmail message id."""
+        with self.engine.lock:
+            return {r["sourceId"]: r for r in self.engine.records.values()}
+
+    def requests_since(self, mark: int) -> list[str]:
+        with self.gmail.lock:
+            return [r.endpoint for r in self.gmail.requests[mark:]]
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[GmailState, RunningServer, MemoryEngineState, RunningServer]]:
+    gmail = GmailState()
+    gmail.add_user(USER, TOKEN)
+    engine = MemoryEngineState()
+    gmail_server = serve(gmail_emulator.create_app(gmail))
+    engine_server = serve(memory_engine.create_app(engine))
+    yield gmail, gmail_server, engine, engine_server
+    gmail_server.stop()
+    engine_server.stop()
+
+
+async def open_world(
+    servers: tuple[GmailState, RunningServer, MemoryEngineState, RunningServer],
+    tmp_path: Path,
+    **overrides: Any,
+) -> World:
+    gmail, gmail_server, engine, engine_server = servers
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite:///{tmp_path / 'ingestion.db'}",
+        gmail_api_url=gmail_server.url,
+        memory_engine_url=engine_server.url,
+        **overrides,
+    )
+    services = await Services.open(settings, migrate=True)
+    async with services.db.session() as session:
+        await save_account(session, user_id=USER, provider_id="google", access_token=TOKEN)
+    return World(gmail, engine, services)
+
+
+@pytest.fixture
+async def world(servers: Any, tmp_path: Path) -> AsyncIterator[World]:
+    world = await open_world(servers, tmp_path, gmail_page_size=4)
+    yield world
+    await world.services.aclose()
+
+
+async def cursor(world: World) -> dict[str, Any]:
+    state = await world.services.engine.state.load(USER, "gmail")
+    return dict(state.cursor)
+
+
+async def test_backfill_pages_then_incremental_add_delete_trash_relabel(world: World) -> None:
+    ids = [world.add(i) for i in range(10)]
+    world.gmail.add_message(USER, generated_message(99)[0], labels=["SPAM"])
+    first = await world.sync()
+    assert first.status == "ok"
+    assert (first.fetched, first.upserted, first.pages) == (10, 10, 3)
+    assert set(world.stored()) == set(ids)
+    state = await cursor(world)
+    assert state["mode"] == "incremental"
+    assert state["historyId"]
+
+    new = world.add(50)
+    world.gmail.delete_message(USER, ids[0])
+    world.gmail.trash(USER, ids[1])
+    world.gmail.relabel(USER, ids[2], add=["STARRED", "Label_7"], remove=["UNREAD"])
+    world.gmail.relabel(USER, ids[3], add=["SPAM"], remove=["INBOX"])
+    mark = world.gmail.count()
+    second = await world.sync()
+    assert second.status == "ok"
+    stored = world.stored()
+    assert new in stored
+    assert ids[0] not in stored
+    assert ids[1] not in stored
+    assert ids[3] not in stored
+    assert set(stored[ids[2]]["metadata"]["labels"]) == {"INBOX", "STARRED", "Label_7"}
+    # One history page, then only the added and relabelled messages are fetched.
+    assert sorted(world.requests_since(mark)) == ["history.list", "messages.get", "messages.get"]
+
+    world.gmail.untrash(USER, ids[1])
+    world.gmail.relabel(USER, ids[3], remove=["SPAM"], add=["INBOX"])
+    third = await world.sync()
+    assert third.upserted == 2
+    assert {ids[1], ids[3]} <= set(world.stored())
+    assert len(world.stored()) == 10
+
+
+async def test_sync_without_changes_makes_exactly_one_request(world: World) -> None:
+    for i in range(3):
+        world.add(i)
+    await world.sync()
+    mark = world.gmail.count()
+    summary = await world.sync()
+    assert world.requests_since(mark) == ["history.list"]
+    assert (summary.status, summary.fetched, summary.upserted, summary.deleted) == ("ok", 0, 0, 0)
+
+
+async def test_changes_made_during_the_backfill_are_picked_up_next_time(world: World) -> None:
+    ids = [world.add(i) for i in range(8)]
+    changed: list[str] = []
+
+    def meanwhile(summary: SyncSummary, page: Any) -> None:
+        if summary.pages == 1:  # after the first page was accepted, the mailbox moves on
+            changed.append(world.add(60))
+            world.gmail.delete_message(USER, ids[-1])  # the newest: already mirrored
+
+    await world.services.engine.run("gmail", USER, FetchOptions(), progress=meanwhile)
+    assert changed[0] not in world.stored()
+    assert ids[-1] in world.stored()
+    await world.sync()
+    assert changed[0] in world.stored()
+    assert ids[-1] not in world.stored()
+
+
+async def test_expired_history_resyncs_by_itself_without_duplicates(world: World) -> None:
+    ids = [world.add(i) for i in range(6)]
+    await world.sync()
+    world.gmail.expire_history(USER)
+    late = world.add(70)
+    summary = await world.sync()
+    assert summary.status == "ok"
+    assert summary.error is None
+    assert set(world.stored()) == {*ids, late}
+    with world.engine.lock:
+        assert max(world.engine.upserts.values()) == 1  # unchanged records were not resent
+    state = await cursor(world)
+    assert state["mode"] == "incremental"
+    assert int(state["historyId"]) >= world.gmail.mailboxes[USER].history_floor
+
+
+async def test_a_message_gone_when_fetched_is_deleted_not_an_error(world: World) -> None:
+    ids = [world.add(i) for i in range(3)]
+    await world.sync()
+    world.gmail.relabel(USER, ids[1], add=["IMPORTANT"])
+    world.gmail.inject(404, gmail_emulator.NOT_FOUND, path_contains=f"/messages/{ids[1]}")
+    summary = await world.sync()
+    assert summary.status == "ok"
+    assert summary.deleted == 1
+    assert ids[1] not in world.stored()
+
+
+async def test_missing_scope_is_a_visible_error_not_an_empty_success(world: World) -> None:
+    world.add(1)
+    world.gmail.inject(
+        403,
+        google_error(
+            403,
+            "Request had insufficient authentication scopes.",
+            "insufficientPermissions",
+            "PERMISSION_DENIED",
+        ),
+        path_contains="/messages",
+    )
+    with pytest.raises(PermanentError, match="insufficient authentication scopes"):
+        await world.sync()
+    state = await world.services.engine.state.load(USER, "gmail")
+    assert state.status == "error"
+    assert "insufficient" in (state.last_error or "")
+    assert world.stored() == {}
+
+
+async def test_rate_limit_403_and_5xx_are_retried(world: World) -> None:
+    ids = [world.add(i) for i in range(3)]
+    world.gmail.inject(
+        403,
+        google_error(
+            403,
+            "User-rate limit exceeded.",
+            "userRateLimitExceeded",
+            "PERMISSION_DENIED",
+            domain="usageLimits",
+        ),
+        path_contains="/messages/",
+    )
+    world.gmail.inject(
+        503,
+        google_error(503, "Backend Error", "backendError", "UNAVAILABLE"),
+        path_contains="/messages/",
+    )
+    summary = await world.sync()
+    assert summary.status == "ok"
+    assert set(world.stored()) == set(ids)
+
+
+async def test_max_results_caps_and_since_narrows_the_backfill(world: World) -> None:
+    now = datetime.now(UTC)
+    ids = [
+        world.gmail.add_message(
+            USER, generated_message(i)[0], internal_date=now - timedelta(days=10 - i)
+        )
+        for i in range(10)
+    ]
+    capped = await world.sync(max_results=3)
+    assert capped.fetched == 3
+    assert set(world.stored()) == set(ids[-3:])  # newest first
+    assert (await cursor(world))["mode"] == "incremental"
+    narrowed = await world.sync(force_full_sync=True, since=now - timedelta(days=4, hours=12))
+    assert narrowed.fetched == 4
+    listing = [r for r in world.gmail.requests if r.endpoint == "messages.list"][-1]
+    assert "in%3Aspam" in listing.query
+    assert "after%3A" in listing.query
+
+
+async def test_quota_pacing_stays_under_the_budget(servers: Any, tmp_path: Path) -> None:
+    gmail: GmailState = servers[0]
+    # Emulated per-user limit: 3,000 units/minute, a bucket of 75 units (1.5 s of quota).
+    gmail.set_quota(3000, burst=75)
+    paced = await open_world(servers, tmp_path, gmail_quota_units_per_minute=3000)
+    try:
+        for i in range(40):
+            raw, when = generated_message(i, base=datetime.now(UTC))
+            gmail.add_message(USER, raw, internal_date=when)
+        summary = await paced.sync()
+        assert summary.status == "ok"
+        assert summary.upserted == 40
+        assert gmail.throttled == 0
+        assert summary.stats["quotaUnits"] == 1 + 5 + 5 * 40
+    finally:
+        await paced.services.aclose()
+
+
+async def test_without_pacing_the_emulator_does_throttle(servers: Any, tmp_path: Path) -> None:
+    """The control of the test above: a budget far above the limit runs into 429s (retried)."""
+    gmail: GmailState = servers[0]
+    gmail.set_quota(3000, burst=75)
+    unpaced = await open_world(servers, tmp_path, gmail_quota_units_per_minute=600_000)
+    try:
+        for i in range(40):
+            raw, when = generated_message(i, base=datetime.now(UTC))
+            gmail.add_message(USER, raw, internal_date=when)
+        summary = await unpaced.sync()
+        assert summary.status == "ok"
+        assert summary.upserted == 40
+        assert gmail.throttled > 0
+    finally:
+        await unpaced.services.aclose()
