@@ -91,6 +91,8 @@ class TwitterState:
     #: pagination tokens issued before this epoch are refused with 400 (token expiry)
     tokens_valid_after: float = 0.0
     log: list[LoggedRequest] = field(default_factory=list)
+    #: access token -> requests it may still serve before X stops accepting it
+    expiring: dict[str, int] = field(default_factory=dict)
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
     _next_id: int = 1_800_000_000_000_000_000
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -197,6 +199,11 @@ class TwitterState:
     def like(self, user_id: str, tweet_id: str) -> None:
         self.likes.setdefault(user_id, []).insert(0, tweet_id)
 
+    def expire_after(self, token: str, requests: int) -> None:
+        """`token` serves `requests` more requests, then answers 401 (it expired or was
+        revoked early)."""
+        self.expiring[token] = requests
+
     def exhaust(self, user_id: str, endpoint: str) -> None:
         """Use up the user's current window of `endpoint` (another client spent it)."""
         window = self._window(user_id, endpoint)
@@ -296,6 +303,10 @@ def create_app(state: TwitterState) -> Starlette:
     ) -> Response:
         auth = request.headers.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if token in state.expiring:
+            if state.expiring[token] <= 0:
+                state.tokens.pop(token, None)
+            state.expiring[token] -= 1
         user_id = state.tokens.get(token)
         if user_id is None:
             return JSONResponse(
