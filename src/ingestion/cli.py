@@ -595,7 +595,10 @@ def search(
 def main() -> None:
     """Entry point: turns usage and configuration errors into one line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* the code of a `typer.Exit` instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UsageFailure as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
