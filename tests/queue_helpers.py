@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from ingestion.app import Services
@@ -13,6 +19,7 @@ from ingestion.config import Settings
 from ingestion.queue.base import Consumer
 from ingestion.storage.accounts import save_account
 from ingestion.worker import Worker, engine_runner
+from tests.conftest import INGESTION
 
 
 async def wait_for(
@@ -63,3 +70,48 @@ async def running_worker(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def queue_env(base_env: dict[str, str], **values: str) -> dict[str, str]:
+    """Environment for a worker/scheduler process running the scripted test provider."""
+    env = dict(base_env)
+    env.update(
+        {
+            "INGESTION_PLUGINS": "tests.queue_plugin",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "LOG_FORMAT": "json",
+        }
+    )
+    env.update(values)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `ingestion ARGS` with its output in `log` (a file, so no pipe can fill up)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*INGESTION, *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def log_lines(log: Path) -> list[dict[str, Any]]:
+    """The JSON log lines written so far (other lines are skipped)."""
+    result = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                result.append(json.loads(line))
+    return result
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
