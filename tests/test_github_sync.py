@@ -6,6 +6,7 @@ its own emulator; records are read back from the embedded memory store.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from ingestion.providers.base import FetchOptions
 from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
+from tests.conftest import run_cli
 from tests.emulators.github import GhFile, GitHubState, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
 
@@ -348,3 +350,45 @@ async def test_scope_filters_and_backfill_window(
     assert [r.title for r in stored.values() if r.type == "commit"] == ["mine"]
     assert not state.count(path="secret-plans")
     assert not state.count(path="/stale/")
+
+
+async def test_commit_with_more_than_300_files_is_read_across_pages(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    state, server = github
+    repo = state.add_repo("mona", "monorepo")
+    files = [GhFile(f"pkg/f{n:03}.py", patch=f"@@ -1 +1 @@\n+line {n}") for n in range(650)]
+    commit = state.add_commit(repo, "Reformat everything", author="mona", files=files)
+    services = await services_for(server.url, github_patch_budget_bytes=2_000)
+
+    await sync(services)
+
+    detail_pages = [r for r in state.log if commit.sha in r.path]
+    assert len(detail_pages) == 3  # 300 + 300 + 50 files, through Link rel="next"
+    record = (await records(services))[f"mona/monorepo@{commit.sha}"]
+    assert "Changed files (650, +650 -0):" in record.content
+    assert "… and 350 more files" in record.content
+    assert len(record.meta["files"]) == 300
+    assert record.meta["filesOmitted"] == 350
+    assert record.meta["additions"] == 650
+    assert "over the 2000-byte budget" in record.content
+
+
+def test_cli_sync_prints_a_json_summary(
+    github: tuple[GitHubState, RunningServer], base_env: dict[str, str]
+) -> None:
+    state, server = github
+    repo = state.add_repo("mona", "cli")
+    state.add_commit(repo, "From the command line", author="mona", files=[GhFile("a.py")])
+    state.add_issue(repo, "Issue", user="mona")
+    env = {**base_env, "GITHUB_API_URL": server.url}
+    added = run_cli("accounts", "add", "github", "--user", "u1", "--access-token", TOKEN, env=env)
+    assert added.returncode == 0, added.stderr
+
+    result = run_cli("sync", "github", "--user", "u1", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["status"], summary["upserted"], summary["fetched"]) == ("ok", 2, 2)
+    assert summary["stats"]["rateLimitUnits"] == state.units_used
+    assert TOKEN not in result.stdout + result.stderr
