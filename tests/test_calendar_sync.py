@@ -22,6 +22,7 @@ from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
 from tests.emulators import RunningServer, serve
 from tests.emulators.calendar import CalendarState, Fault, create_app
+from tests.emulators.calendar_ics import RegistryUnreachable, events_from_ics, google_exports
 
 USER = "u1"
 TOKEN = "ya29.calendar-test-token"
@@ -414,3 +415,62 @@ async def test_throttles_are_retried_and_a_scope_403_is_an_error(world: World) -
     assert state.status == "error"
     assert state.last_error
     assert "insufficient authentication scopes" in state.last_error
+
+
+GOOGLE_EXPORTS = {
+    "machbar_16_feb_2019": "machbar@group.calendar.google.com",  # Europe/Berlin, EXDATE, moves
+    "issue_62_moved_event_2": "test@group.calendar.google.com",  # Sydney, all-day series
+    "issue_48_dst": "school@group.calendar.google.com",  # America/Chicago across DST
+    "issue_173_only_modifications_error": "paris@group.calendar.google.com",  # 186 exceptions
+}
+
+
+def seed_google_exports(state: CalendarState) -> dict[str, list[dict[str, Any]]]:
+    try:
+        exports = {e.name: e for e in google_exports()}
+    except RegistryUnreachable as exc:  # pragma: no cover - only without PyPI
+        pytest.skip(f"PyPI unreachable, no Google Calendar exports: {exc}")
+    seeded: dict[str, list[dict[str, Any]]] = {}
+    for name, calendar_id in GOOGLE_EXPORTS.items():
+        title, zone, events = events_from_ics(exports[name].text, calendar_id)
+        state.add_calendar(USER, calendar_id, title or name, time_zone=zone, access_role="reader")
+        state.bulk_insert(calendar_id, [dict(e) for e in events])
+        seeded[calendar_id] = events
+    return seeded
+
+
+@pytest.mark.parametrize("world", [{"calendar_past_days": 4000}], indirect=True)
+async def test_real_google_calendar_exports(world: World) -> None:
+    """Exports made by Google Calendar (2019 and 2023), served as the API would serve them."""
+    seeded = seed_google_exports(world.state)
+    summary = await world.sync()
+    records = await world.records()
+    expected = {f"{cal}/{e['id']}" for cal, events in seeded.items() for e in events}
+    assert set(records) == expected
+    assert summary.upserted == len(expected)
+
+    machbar = GOOGLE_EXPORTS["machbar_16_feb_2019"]
+    thursday = next(
+        r
+        for sid, r in records.items()
+        if sid.startswith(machbar)
+        and r.title == "Montessori Schulklasse"
+        and "BYDAY=TH" in "".join(r.meta["recurrence"])
+    )
+    assert "Repeats: weekly on Thursday (except 1 date)" in thursday.content
+    assert thursday.meta["timeZone"] == "Europe/Berlin"
+    assert thursday.occurred_at.isoformat().startswith("2019-02-28T07:30:00")
+
+    sydney = GOOGLE_EXPORTS["issue_62_moved_event_2"]
+    moved = records[f"{sydney}/6ep37v20d728v14rcgn17v9is6_20230817"]
+    assert moved.meta["recurringEventId"] == "6ep37v20d728v14rcgn17v9is6"
+    assert moved.meta["originalStartTime"] == {"date": "2023-08-17"}
+    assert moved.meta["allDay"] is True
+    assert moved.occurred_at.isoformat().startswith("2023-08-16T00:00:00")
+    timed = records[f"{sydney}/7v3ju5ft4je5iq18nfdk2s3spk_20230815T040000Z"]
+    assert timed.occurred_at.isoformat().startswith("2023-08-14T04:00:00")
+    assert "Monday 14 August 2023, 14:00 to 15:00 (Australia/Sydney)" in timed.content
+
+    summary = await world.sync()
+    assert summary.upserted == 0
+    assert summary.stats["requests"] == 1 + len(GOOGLE_EXPORTS)

@@ -666,11 +666,14 @@ def _series_end(body: Mapping[str, Any], start: datetime) -> datetime | None:
     rules = [line for line in body.get("recurrence", []) if line.startswith("RRULE:")]
     if not rules or any("COUNT=" not in r and "UNTIL=" not in r for r in rules):
         return None
-    rule = rrulestr("\n".join(rules), dtstart=start, forceset=True)
-    last: datetime | None = None
-    for occurrence in rule:
-        last = occurrence
-    return last
+    text = "\n".join(rules)
+    try:
+        occurrences = list(rrulestr(text, dtstart=start, forceset=True))
+    except ValueError:
+        # A date-only UNTIL (all-day series) with an aware start: count in naive UTC instead.
+        naive = start.astimezone(UTC).replace(tzinfo=None)
+        occurrences = [o.replace(tzinfo=UTC) for o in rrulestr(text, dtstart=naive, forceset=True)]
+    return occurrences[-1] if occurrences else start
 
 
 def create_app(state: CalendarState) -> Starlette:
