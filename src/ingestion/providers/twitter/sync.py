@@ -18,8 +18,9 @@ Guarantees:
   crash) resumes where it stopped: no gap below the stored `newestId`, no page fetched twice.
 - Likes have no `since_id`: they page from the most recently liked until a post in `knownIds`
   (the newest liked ids of the last finished pass, several so one unlike cannot hide the stop
-  mark); the first page of such a pass is a small probe, since X bills every post read. A pass in progress keeps its token and stop set in `run`; `knownIds` is replaced when
-  it finishes.
+  mark); the first page of such a pass is a small probe, since X bills every post read. A
+  pass in progress keeps its token and stop set in `run`; `knownIds` is replaced when it
+  finishes.
 - Every yielded page carries the whole state as it is *after* that page, never ahead of it.
 """
 
