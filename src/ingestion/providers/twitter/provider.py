@@ -16,6 +16,7 @@ from datetime import UTC, timedelta
 from typing import ClassVar
 
 from ingestion.config import Settings
+from ingestion.errors import RateLimited
 from ingestion.providers.base import SyncContext, SyncPage
 from ingestion.providers.twitter.client import TwitterClient
 from ingestion.providers.twitter.sync import (
@@ -65,13 +66,18 @@ class TwitterProvider:
         )
         yielded = False
         exhausted: list[str] = []
+        deferred: list[tuple[str, RateLimited]] = []
         for index, kind in enumerate(self.timelines):
             left = len(self.timelines) - index
             share = math.ceil(walk_budget.pages / left) if walk_budget.pages > 0 else 0
             walk.budget = Budget(pages=share, items=walk_budget.items)
-            async for page in walk_timeline(walk, kind):
-                yielded = True
-                yield page
+            try:
+                async for page in walk_timeline(walk, kind):
+                    yielded = True
+                    yield page
+            except RateLimited as exc:
+                # Each endpoint has its own window: the other timelines still run.
+                deferred.append((kind, exc))
             used = share - walk.budget.pages
             walk_budget.pages -= used
             walk_budget.items = walk.budget.items
@@ -87,4 +93,10 @@ class TwitterProvider:
             yield SyncPage(
                 state=cursor.as_state(),
                 stats={"requests": requests_delta(), "budgetExhausted": int(bool(exhausted))},
+            )
+        if deferred:
+            waits = [exc.retry_after for _, exc in deferred if exc.retry_after is not None]
+            raise RateLimited(
+                "; ".join(str(exc) for _, exc in deferred),
+                retry_after=max(waits) if waits else None,
             )
