@@ -634,8 +634,14 @@ def _filename(part: Message) -> str:
 
 
 def _is_attachment(part: Message) -> bool:
+    """Stored apart (an attachmentId, no inline data): files, except inline named text."""
     disposition = "".join(v for k, v in part.raw_items() if k.lower() == "content-disposition")
-    return bool(_filename(part)) or disposition.strip().lower().startswith("attachment")
+    disposition = disposition.strip().lower()
+    if disposition.startswith("attachment"):
+        return True
+    inline = not disposition or disposition.startswith("inline")
+    inline_text = inline and part.get_content_maintype() == "text"
+    return bool(_filename(part)) and not inline_text
 
 
 def _payload(

@@ -209,8 +209,13 @@ class _Walk:
 
 
 def _is_attachment(part: Mapping[str, Any], headers: _Headers) -> bool:
+    """A part that is a file: `attachment` disposition, or a named part not inline text."""
     disposition = (headers.raw("content-disposition") or "").strip().lower()
-    return bool(part.get("filename")) or disposition.startswith("attachment")
+    if disposition.startswith("attachment"):
+        return True
+    inline = not disposition or disposition.startswith("inline")
+    inline_text = inline and str(part.get("mimeType")).startswith("text/")
+    return bool(part.get("filename")) and not inline_text
 
 
 def _body(part: Mapping[str, Any], walk: _Walk, depth: int = 0) -> str:
@@ -238,6 +243,8 @@ def _body(part: Mapping[str, Any], walk: _Walk, depth: int = 0) -> str:
         texts = [_body(child, walk, depth + 1) for child in children]
         return "\n\n".join(text for text in texts if text.strip())
     if mime.startswith("text/") or mime == "message/rfc822":
+        if part.get("filename"):  # inline text that is also a named file
+            _note_attachment(part, walk)
         return _leaf_text(part, headers, mime, walk, where)
     if (part.get("body") or {}).get("size"):
         _note_attachment(part, walk)
