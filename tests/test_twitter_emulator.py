@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.emulators.server import serve
-from tests.emulators.twitter import TwitterState, create_app, days_ago
+from tests.emulators.twitter import ALLOWED_VALUES, TwitterState, create_app, days_ago
 
 CACHE = Path(__file__).parent / ".cache"
 SDK = "twitter-api-sdk@1.2.1"
@@ -303,3 +303,37 @@ def test_a_foreign_or_expired_pagination_token_is_refused(
     expired = client.get("/2/users/1/tweets", headers=HEADERS, params={"pagination_token": token})
     assert expired.status_code == 400
     assert "pagination_token" in expired.json()["errors"][0]["message"]
+
+
+def test_accepted_field_values_are_the_described_ones(
+    client: httpx.Client, state: TwitterState, description: Description
+) -> None:
+    enums = {
+        "tweet.fields": "TweetFieldsParameter",
+        "expansions": "TweetExpansionsParameter",
+        "media.fields": "MediaFieldsParameter",
+        "user.fields": "UserFieldsParameter",
+    }
+    for parameter, enum in enums.items():
+        line = next(x for x in description.lines if x.strip().startswith(f"{enum}:"))
+        described = set(re.findall(r'"([\w.]+)"', line))
+        newer = NEWER_THAN_DESCRIPTION["Tweet"] if parameter == "tweet.fields" else set()
+        assert set(ALLOWED_VALUES[parameter]) == described | newer, parameter
+    refused = client.get(
+        "/2/users/1/tweets", headers=HEADERS, params={"tweet.fields": "created_at,nope"}
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["parameters"] == {"tweet.fields": ["nope"]}
+
+    original = state.add_tweet("2", "bob")
+    state.add_tweet("1", "RT @bob: bob", referenced=[("retweeted", original)])
+    reply = state.add_tweet("1", "@bob yes", referenced=[("replied_to", original)])
+    plain = state.add_tweet("1", "plain")
+    only_retweets_out = client.get(
+        "/2/users/1/tweets", headers=HEADERS, params={"exclude": "retweets"}
+    ).json()
+    assert [t["id"] for t in only_retweets_out["data"]] == [plain, reply]
+    both_out = client.get(
+        "/2/users/1/tweets", headers=HEADERS, params={"exclude": "retweets,replies"}
+    ).json()
+    assert [t["id"] for t in both_out["data"]] == [plain]

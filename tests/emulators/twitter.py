@@ -7,6 +7,8 @@ by `tests/test_twitter_emulator.py`) and on X's documented paging rules:
 - `since_id` / `until_id` are exclusive bounds and win over `start_time` / `end_time`;
   `liked_tweets` has neither (likes come newest-liked first);
 - `max_results` must be 5..100 (else 400 problem+json naming the parameter), default 10;
+  unknown parameters and unknown `tweet.fields` / `expansions` / `media.fields` / `user.fields`
+  / `exclude` values are refused the same way; `exclude=retweets,replies` filters posts;
 - only the newest `reachable[timeline]` posts can be reached (3,200 for a user's posts, 800 for
   mentions), whatever the paging;
 - answers are `{data, includes, meta}` with `meta.result_count`, `newest_id`, `oldest_id` (not on
@@ -40,7 +42,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["DEFAULT_LIMITS", "LoggedRequest", "TwitterState", "create_app", "days_ago"]
+__all__ = [
+    "ALLOWED_VALUES",
+    "DEFAULT_LIMITS",
+    "LoggedRequest",
+    "TwitterState",
+    "create_app",
+    "days_ago",
+]
 
 PROBLEM = "application/problem+json"
 WINDOW_SECONDS = 900
@@ -49,6 +58,86 @@ WINDOW_SECONDS = 900
 DEFAULT_LIMITS: dict[str, int] = {"me": 75, "tweets": 900, "mentions": 300, "likes": 75}
 DEFAULT_REACHABLE: dict[str, int | None] = {"tweets": 3200, "mentions": 800, "likes": None}
 
+#: Values each list parameter accepts (the description's `*Parameter` enums; `note_tweet` is
+#: newer than it). Anything else is a 400 naming the parameter, as X answers.
+ALLOWED_VALUES: dict[str, frozenset[str]] = {
+    "tweet.fields": frozenset(
+        [
+            "attachments",
+            "author_id",
+            "context_annotations",
+            "conversation_id",
+            "created_at",
+            "edit_controls",
+            "edit_history_tweet_ids",
+            "entities",
+            "geo",
+            "id",
+            "in_reply_to_user_id",
+            "lang",
+            "non_public_metrics",
+            "organic_metrics",
+            "possibly_sensitive",
+            "promoted_metrics",
+            "public_metrics",
+            "referenced_tweets",
+            "reply_settings",
+            "source",
+            "text",
+            "withheld",
+            "note_tweet",
+        ]
+    ),
+    "expansions": frozenset(
+        [
+            "attachments.media_keys",
+            "attachments.poll_ids",
+            "author_id",
+            "edit_history_tweet_ids",
+            "entities.mentions.username",
+            "geo.place_id",
+            "in_reply_to_user_id",
+            "referenced_tweets.id",
+            "referenced_tweets.id.author_id",
+        ]
+    ),
+    "media.fields": frozenset(
+        [
+            "alt_text",
+            "duration_ms",
+            "height",
+            "media_key",
+            "non_public_metrics",
+            "organic_metrics",
+            "preview_image_url",
+            "promoted_metrics",
+            "public_metrics",
+            "type",
+            "url",
+            "variants",
+            "width",
+        ]
+    ),
+    "user.fields": frozenset(
+        [
+            "created_at",
+            "description",
+            "entities",
+            "id",
+            "location",
+            "name",
+            "pinned_tweet_id",
+            "profile_image_url",
+            "protected",
+            "public_metrics",
+            "url",
+            "username",
+            "verified",
+            "withheld",
+        ]
+    ),
+    "exclude": frozenset({"replies", "retweets"}),
+}
 _DEFAULT_TWEET_FIELDS = ("id", "text", "edit_history_tweet_ids")
 _DEFAULT_USER_FIELDS = ("id", "name", "username")
 _DEFAULT_MEDIA_FIELDS = ("media_key", "type")
@@ -398,6 +487,16 @@ def create_app(state: TwitterState) -> Starlette:
                     status_code=400,
                     media_type=PROBLEM,
                 )
+        for name, allowed_values in ALLOWED_VALUES.items():
+            for value in filter(None, params.get(name, "").split(",")):
+                if value not in allowed_values:
+                    message = (
+                        f"The `{name}` query parameter value [{value}] is not one of "
+                        f"[{','.join(sorted(allowed_values))}]"
+                    )
+                    return JSONResponse(
+                        _invalid(name, value, message), status_code=400, media_type=PROBLEM
+                    )
         raw_max = params.get("max_results", "10")
         if not raw_max.isdigit() or not 5 <= int(raw_max) <= 100:
             return JSONResponse(
@@ -411,6 +510,17 @@ def create_app(state: TwitterState) -> Starlette:
             )
         page_size = int(raw_max)
         ids = _timeline_ids(kind, user_id)
+        excluded = set(filter(None, params.get("exclude", "").split(",")))
+        if excluded:
+            kinds = {"retweets": "retweeted", "replies": "replied_to"}
+            dropped = {kinds[e] for e in excluded}
+            ids = [
+                i
+                for i in ids
+                if not any(
+                    r["type"] in dropped for r in state.tweets[i].get("referenced_tweets", [])
+                )
+            ]
         if kind != "likes":
             since, until = params.get("since_id"), params.get("until_id")
             start = _parse_time(params["start_time"]) if "start_time" in params else None
