@@ -10,10 +10,12 @@ do not describe what X sends.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,21 +52,26 @@ def _description() -> str:
     if npm is None:
         pytest.skip("npm is not installed: cannot fetch twitter-api-sdk's description")
     CACHE.mkdir(exist_ok=True)
-    result = subprocess.run(
-        [npm, "pack", SDK, "--pack-destination", str(CACHE), "--silent"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"npm registry unreachable, cannot fetch {SDK}: {result.stderr.strip()[:200]}")
-    archive = CACHE / result.stdout.strip().splitlines()[-1]
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile(TYPES_MEMBER)
-        assert member is not None
-        text = member.read().decode()
-    target.write_text(text)
+    # a private folder, then an atomic rename: parallel test workers may fetch at once
+    with tempfile.TemporaryDirectory(dir=CACHE) as folder:
+        result = subprocess.run(
+            [npm, "pack", SDK, "--pack-destination", folder, "--silent"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            reason = result.stderr.strip()[:200]
+            pytest.skip(f"npm registry unreachable, cannot fetch {SDK}: {reason}")
+        archive = Path(folder) / result.stdout.strip().splitlines()[-1]
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile(TYPES_MEMBER)
+            assert member is not None
+            text = member.read().decode()
+        partial = Path(folder) / target.name
+        partial.write_text(text)
+        os.replace(partial, target)
     return text
 
 
