@@ -260,3 +260,17 @@ async def test_queue_figures_for_status(env: Env) -> None:
     assert stats["pending"] == 1
     assert stats["deadLetters"] == 1
     assert stats["oldestPendingSeconds"] is not None
+
+
+async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
+    await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
+    response: Any = await env.redis.xreadgroup(
+        env.keys.group, "gone", {env.keys.stream: ">"}, count=1
+    )
+    await env.redis.xack(env.keys.stream, env.keys.group, response[0][1][0][0])
+    await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
+    await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
+    await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
+    assert await env.consumer.prune_consumers(idle_seconds=0) == 1
+    names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.stream, env.keys.group)}
+    assert names == {"holder"}  # it still holds a pending entry

@@ -93,6 +93,8 @@ class Worker:
             housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeper
+            with contextlib.suppress(Exception):
+                await self.consumer.leave()
             self.log.info("worker stopped")
 
     async def _read_loop(self) -> None:

@@ -133,3 +133,7 @@ class Consumer(Protocol):
     def sync_lock(self) -> SyncLockFactory:
         """One sync per (provider, user) at a time across every worker of this queue."""
         ...
+
+    async def leave(self) -> None:
+        """The worker exits cleanly: forget this consumer if it holds nothing."""
+        ...

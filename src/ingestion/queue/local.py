@@ -198,3 +198,6 @@ class LocalJobQueue:
 
     def sync_lock(self) -> SyncLockFactory:
         return self._lock
+
+    async def leave(self) -> None:
+        return None

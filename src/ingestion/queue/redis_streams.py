@@ -29,6 +29,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.queue import scripts
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult
@@ -129,7 +130,10 @@ class RedisJobQueue:
                 *_flat(fields),
             ],
         )
-        return str(result[0]), str(result[1])
+        outcome = str(result[0])
+        if outcome == "coalesced":
+            metrics.JOBS.labels(provider=job.provider, outcome="coalesced").inc()
+        return outcome, str(result[1])
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) when missing; BUSYGROUP is fine."""
@@ -240,6 +244,7 @@ class RedisConsumer:
         self.visibility_ms = settings.job_visibility_timeout * 1000
         self._claim_cursor = "0-0"
         self._last_trim = 0.0
+        self._last_prune = 0.0
         self._ack = self.redis.register_script(scripts.ACK)
         self._reschedule = self.redis.register_script(scripts.RESCHEDULE)
         self._dead = self.redis.register_script(scripts.DEAD_LETTER)
@@ -361,6 +366,29 @@ class RedisConsumer:
         if now - self._last_trim >= 5.0:
             self._last_trim = now
             await self.trim()
+        if now - self._last_prune >= 600.0:
+            self._last_prune = now
+            await self.prune_consumers()
+
+    async def prune_consumers(self, idle_seconds: float = 3600.0) -> int:
+        """Forget consumers of dead processes: no pending entry and silent for an hour.
+
+        A live worker touches the group at least every second, so it is never pruned; one with
+        pending entries is left for XAUTOCLAIM (deleting it would drop its pending entries).
+        """
+        pruned = 0
+        consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
+        for consumer in consumers:
+            if (
+                consumer["name"] != self.name
+                and int(consumer["pending"]) == 0
+                and int(consumer["idle"]) > idle_seconds * 1000
+            ):
+                await self.redis.xgroup_delconsumer(
+                    self.keys.stream, self.keys.group, consumer["name"]
+                )
+                pruned += 1
+        return pruned
 
     async def trim(self) -> int:
         """Drop acknowledged entries: everything below the oldest pending or undelivered one."""
@@ -381,3 +409,10 @@ class RedisConsumer:
 
     def sync_lock(self) -> SyncLockFactory:
         return self._lock
+
+    async def leave(self) -> None:
+        """Remove this consumer from the group if it holds no pending entry (clean exit)."""
+        consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
+        for consumer in consumers:
+            if consumer["name"] == self.name and int(consumer["pending"]) == 0:
+                await self.redis.xgroup_delconsumer(self.keys.stream, self.keys.group, self.name)
