@@ -417,3 +417,22 @@ async def test_timelines_can_be_switched_off(harness: Harness, x_state: TwitterS
 
     assert [r.endpoint for r in s.log] == ["me", "mentions"]
     assert summary.upserted == 1
+
+
+async def test_full_resync_and_since_bound_the_backfill(
+    harness: Harness, x_state: TwitterState
+) -> None:
+    s = x_state
+    old = s.add_tweet(ME, "from last month", created_at=days_ago(30))
+    recent = s.add_tweet(ME, "from yesterday", created_at=days_ago(1))
+
+    bounded = await harness.run(FetchOptions(since=days_ago(7)), twitter_timelines="tweets")
+
+    assert bounded.upserted == 1
+    assert set(await harness.records()) == {recent}
+    s.log.clear()
+    full = await harness.run(FetchOptions(force_full_sync=True), twitter_timelines="tweets")
+    assert full.upserted == 2
+    assert [r.endpoint for r in s.log] == ["me", "tweets"]  # the cursor was ignored
+    assert "since_id" not in s.log[1].params
+    assert set(await harness.records()) == {old, recent}

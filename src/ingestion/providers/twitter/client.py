@@ -154,7 +154,9 @@ class TwitterClient:
             raise PermanentError(f"twitter users/:id/{kind}: {detail}")
         data = body.get("data") or []
         return TimelinePage(
-            data=list(data), includes=dict(body.get("includes") or {}), meta=dict(body["meta"])
+            data=list(data),
+            includes=dict(body.get("includes") or {}),
+            meta=dict(body.get("meta") or {}),
         )
 
     async def _get(self, endpoint: str, path: str, params: dict[str, str]) -> httpx.Response:
