@@ -552,18 +552,18 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
 ) -> None:
     """Look inside the embedded memory store: best matches with date, source and a snippet."""
-    from ingestion.memory.search import query_terms, search_memories
-
     if source is not None:
         check_provider(source)
-    if not query_terms(query):
-        fail("search: QUERY has no words to look for")
     settings = load_settings()
     if settings.memory_engine_url:
         fail(
             "search looks inside the embedded memory store, but MEMORY_ENGINE_URL is set: "
             "memories go to the memory engine"
         )
+    from ingestion.memory.search import query_terms, search_memories
+
+    if not query_terms(query):
+        fail("search: QUERY has no words to look for")
 
     async def body(services: Any) -> Any:
         return await search_memories(services.db, query, user_id=user, source=source, limit=limit)

@@ -112,6 +112,8 @@ class HttpMemorySink:
         """Send the records that changed since last accepted (all of them when `force`);
         returns how many were sent."""
         unique = list({record.id: record for record in records}.values())
+        if not unique:
+            return 0
         pending = unique if force else await self._changed(user_id, unique)
         for batch in self._batches(pending):
             await self._send_batch(user_id, batch)
