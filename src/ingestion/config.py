@@ -123,19 +123,21 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     ingestion_api_key: SecretStr | None = None
+    #: Shared directory for Prometheus multi-process mode (several workers on one host). It must
+    #: be in the process environment (prometheus_client reads it at import) and emptied at start.
+    prometheus_multiproc_dir: Path | None = None
 
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["console", "json"] | None = None
 
-    #: Shared directory for Prometheus multi-process mode (several workers on one host). It must
-    #: be in the process environment (prometheus_client reads it at import) and emptied at start.
-    prometheus_multiproc_dir: Path | None = None
     # --- Gmail ---------------------------------------------------------------------------------
     #: Per-user quota budget in Gmail quota units per minute (6,000 for projects created from
     #: May 2026; older projects had 250 units per second). Requests are paced below it.
     gmail_quota_units_per_minute: int = Field(6000, ge=10)
     gmail_fetch_concurrency: int = Field(8, ge=1, le=100)
+    #: Messages fetched per call of the batch endpoint (0 or 1 = one messages.get each).
+    gmail_batch_size: int = Field(50, ge=0, le=100)
     gmail_page_size: int = Field(100, ge=1, le=500)
 
     # --- Google Calendar -----------------------------------------------------------------------
@@ -154,10 +156,10 @@ class Settings(BaseSettings):
     github_concurrency: int = Field(4, ge=1, le=32)
     #: Stop and defer the job when fewer than this many requests remain in the window.
     github_rate_limit_reserve: int = Field(50, ge=0)
-
-    # --- X / Twitter ---------------------------------------------------------------------------
     #: `per_page` of every GitHub listing (GitHub's maximum is 100).
     github_page_size: int = Field(100, ge=1, le=100)
+
+    # --- X / Twitter ---------------------------------------------------------------------------
     #: Comma-separated subset of `tweets,mentions,likes`.
     twitter_timelines: str = "tweets,mentions,likes"
     twitter_page_budget: int = Field(50, ge=1)

@@ -4,7 +4,7 @@ What a sync promises (the engine stores each page's state only after the sink ac
 
 - **First or forced sync**: the profile's `historyId` is read first and kept in the state, then
   messages are listed newest first (`q` = `after:` the backfill window or `since`, without Spam
-  and Trash), fetched `gmail_fetch_concurrency` at a time, and sent one list page per
+  and Trash), fetched through the batch endpoint, and sent one list page per
   `SyncPage`. Each page's state holds the next page token and the count, so a crash or SIGKILL
   resumes at the page after the last accepted one; `maxResults` caps the backfill. After the
   last page the state turns incremental at the recorded `historyId`, so changes made during
@@ -57,6 +57,7 @@ class GmailProvider:
             base_url=self.settings.gmail_api_url,
             quota_units_per_minute=self.settings.gmail_quota_units_per_minute,
             concurrency=self.settings.gmail_fetch_concurrency,
+            batch_size=self.settings.gmail_batch_size,
         )
         cursor = GmailCursor.parse(ctx.state)
         if cursor is not None and cursor.mode == INCREMENTAL:
