@@ -44,7 +44,15 @@ _THROTTLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "qu
 
 
 class SyncTokenExpired(IngestionError):
-    """HTTP 410 `fullSyncRequired`: the sync token (or page token) is no longer valid."""
+    """HTTP 410 `fullSyncRequired`: the sync token (or page token) is no longer valid.
+
+    `page_token_refused` is set when the refused request carried a page token (410, or a 400
+    "Invalid Value" for a page token kept too long): restarting the listing without it helps.
+    """
+
+    def __init__(self, message: str, *, page_token_refused: bool = False) -> None:
+        super().__init__(message)
+        self.page_token_refused = page_token_refused
 
 
 class CalendarGone(IngestionError):
@@ -197,8 +205,11 @@ class CalendarApi:
         status = response.status_code
         if status == 200:
             return _page(response.json())
-        if status == 410:
-            raise SyncTokenExpired(f"calendar {endpoint}: sync token expired (HTTP 410)")
+        paged = "pageToken" in params
+        if status == 410 or (status == 400 and paged):
+            raise SyncTokenExpired(
+                f"calendar {endpoint}: token refused (HTTP {status})", page_token_refused=paged
+            )
         if status == 404:
             raise CalendarGone(f"calendar {endpoint}: HTTP 404 (calendar not found)")
         raise api_error(PROVIDER, endpoint, response)

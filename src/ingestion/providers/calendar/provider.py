@@ -269,7 +269,10 @@ class _CalendarRun:
                     page_token=entry.page_token,
                     page_size=self.settings.calendar_page_size,
                 )
-            except SyncTokenExpired:
+            except SyncTokenExpired as exc:
+                if exc.page_token_refused and entry.page_token is not None:
+                    entry.page_token = None  # resume from the sync token alone
+                    continue
                 self.ctx.log.info(
                     "calendar sync token expired; full sync of this calendar",
                     calendar_id=calendar_id,
@@ -307,7 +310,7 @@ class _CalendarRun:
     async def _records(
         self, calendar_id: str, entry: CalendarEntry, items: list[dict[str, Any]]
     ) -> tuple[list[MemoryRecord], list[str]]:
-        masters = {e["id"]: e for e in items if e.get("id") and e.get("recurrence")}
+        in_page = {e["id"]: e for e in items if e.get("id")}
         upserts: list[MemoryRecord] = []
         deletes: list[str] = []
         for event in items:
@@ -318,7 +321,7 @@ class _CalendarRun:
                 series_id = event.get("recurringEventId")
                 series = None
                 if series_id:
-                    series = masters.get(series_id) or await self._series_of(calendar_id, series_id)
+                    series = in_page.get(series_id) or await self._series_of(calendar_id, series_id)
                 if series is None or series.get("status") == "cancelled":
                     deletes.append(source_id(calendar_id, str(event_id)))
                     continue
