@@ -20,6 +20,7 @@ What it does like github.com (and GitHub Enterprise Server under `path_prefix="/
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -213,6 +214,9 @@ class GitHubState:
         self.secondary_limit_requests = 0
         self.secondary_retry_after: int | None = 1
         self.commit_files_per_page = 300
+        #: Repository issue listings page with `after` cursors (GitHub since 2025) instead of
+        #: `page` numbers (as recorded in 2017 by @octokit/fixtures).
+        self.issue_cursor_pagination = True
 
     # --- scripting ---------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -609,6 +613,7 @@ def issue_payload(
         "created_at": iso(i.created_at),
         "updated_at": iso(i.updated_at),
         "closed_by": None,
+        "type": None,
         "author_association": "OWNER",
         "pinned_comment": None,
         "timeline_url": f"{u}/issues/{i.number}/timeline",
@@ -784,6 +789,23 @@ def review_comment_payload(
 # --- the HTTP layer ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """A non-JSON body (diff media types)."""
+
+    text: str
+    media_type: str
+
+
+def _diff(commit: GhCommit) -> str:
+    parts = []
+    for f in commit.files:
+        header = f"diff --git a/{f.filename} b/{f.filename}\n--- a/{f.filename}\n+++ b/{f.filename}"
+        body = f.patch if f.patch is not None else f"Binary files differ ({f.filename})"
+        parts.append(f"{header}\n{body}\n")
+    return "".join(parts)
+
+
 class _Answer(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
@@ -865,12 +887,15 @@ class _Handler:
         *,
         default_per_page: int = 30,
         path: str | None = None,
+        cursor: bool = False,
     ) -> tuple[list[Any], str | None]:
         per_page = _int_param(request, "per_page", default_per_page, high=100)
+        base = f"{self.api(request)}{path or request.url.path.removeprefix(self.state.path_prefix)}"
+        if cursor or "after" in request.query_params:
+            return self._cursor_page(request, items, per_page, base)
         page = _int_param(request, "page", 1)
         last = max(1, -(-len(items) // per_page))
         chosen = items[(page - 1) * per_page : page * per_page]
-        base = f"{self.api(request)}{path or request.url.path.removeprefix(self.state.path_prefix)}"
         query = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
 
         def link(n: int, rel: str) -> str:
@@ -885,8 +910,32 @@ class _Handler:
             rels.append(link(1, "first"))
         return chosen, ", ".join(rels) or None
 
+    def _cursor_page(
+        self, request: Request, items: list[Any], per_page: int, base: str
+    ) -> tuple[list[Any], str | None]:
+        """Cursor pagination (`after`), as GitHub now does for repository issue listings."""
+        raw = request.query_params.get("after")
+        offset = 0
+        if raw:
+            try:
+                offset = int(base64.b64decode(raw).decode().rsplit(":", 1)[1])
+            except (ValueError, IndexError):
+                raise _error(422, "Invalid cursor") from None
+        chosen = items[offset : offset + per_page]
+        if offset + per_page >= len(items):
+            return chosen, None
+        after = base64.b64encode(f"cursor:v2:{offset + per_page}".encode()).decode()
+        query = [
+            (k, v) for k, v in request.query_params.multi_items() if k not in ("page", "after")
+        ]
+        return chosen, f'<{base}?{urlencode([*query, ("after", after)])}>; rel="next"'
+
     async def dispatch(
-        self, request: Request, body: Callable[[Request, str], tuple[Any, str | None]]
+        self,
+        request: Request,
+        body: Callable[[Request, str], tuple[Any, str | None]],
+        *,
+        free: bool = False,
     ) -> Response:
         state = self.state
         login: str | None = None
@@ -923,10 +972,14 @@ class _Handler:
                 try:
                     data, link = body(request, login)
                 except _Answer as answer:
-                    window.remaining -= 1
+                    window.remaining -= 0 if free else 1
                     answer.response.headers.update(self.rate_headers(window))
                     raise
-                raw = json.dumps(data, separators=(",", ":")).encode()
+                media_type = "application/json; charset=utf-8"
+                if isinstance(data, _Raw):
+                    raw, media_type = data.text.encode(), data.media_type
+                else:
+                    raw = json.dumps(data, separators=(",", ":")).encode()
                 etag = f'"{hashlib.sha256(raw).hexdigest()[:40]}"'
                 sent = [
                     t.strip().removeprefix("W/")
@@ -944,11 +997,11 @@ class _Handler:
                 if etag in sent:
                     response = Response(status_code=304, headers={**headers, **extra})
                 else:
-                    window.remaining -= 1
+                    window.remaining -= 0 if free else 1
                     response = Response(
                         raw,
                         200,
-                        media_type="application/json; charset=utf-8",
+                        media_type=media_type,
                         headers={**self.rate_headers(window), **extra},
                     )
         except _Answer as answer:
@@ -967,6 +1020,20 @@ class _Handler:
         return response
 
     # --- endpoints ---------------------------------------------------------------------------
+    def rate_limit(self, request: Request, login: str) -> tuple[Any, str | None]:
+        window = self.state.window(login)
+        core = {
+            "limit": window.limit,
+            "used": window.used,
+            "remaining": window.remaining,
+            "reset": window.reset,
+        }
+        return {"resources": {"core": core}, "rate": core}, None
+
+    def repository(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        return repo_payload(self.state, repo, self.api(request), login), None
+
     def user(self, request: Request, login: str) -> tuple[Any, str | None]:
         return private_user(self.state, login, self.api(request)), None
 
@@ -1046,7 +1113,12 @@ class _Handler:
     def repo_issues(self, request: Request, login: str) -> tuple[Any, str | None]:
         repo = self.repo(request, login)
         pairs = self._filter_issues(request, [(repo, i) for i in repo.issues.values()])
-        chosen, link = self.page(request, pairs, path=f"/repositories/{repo.id}/issues")
+        chosen, link = self.page(
+            request,
+            pairs,
+            path=f"/repositories/{repo.id}/issues",
+            cursor=self.state.issue_cursor_pagination,
+        )
         api = self.api(request)
         return [issue_payload(self.state, repo, i, api) for _, i in chosen], link
 
@@ -1128,6 +1200,8 @@ class _Handler:
         if page < last:
             base = f"{api}/repositories/{repo.id}/commits/{commit.sha}"
             link = f'<{base}?page={page + 1}>; rel="next", <{base}?page={last}>; rel="last"'
+        if "diff" in request.headers.get("accept", ""):
+            return _Raw(_diff(commit), "application/vnd.github.v3.diff; charset=utf-8"), None
         payload = commit_payload(self.state, repo, commit, api)
         additions = sum(f.additions for f in commit.files)
         deletions = sum(f.deletions for f in commit.files)
@@ -1144,9 +1218,11 @@ def create_app(state: GitHubState) -> Starlette:
     """The emulator as an ASGI app; mount point = `state.path_prefix` ("" or "/api/v3")."""
     handler = _Handler(state)
 
-    def route(path: str, fn: Callable[[Request, str], tuple[Any, str | None]]) -> list[Route]:
+    def route(
+        path: str, fn: Callable[[Request, str], tuple[Any, str | None]], *, free: bool = False
+    ) -> list[Route]:
         async def endpoint(request: Request) -> Response:
-            return await handler.dispatch(request, fn)
+            return await handler.dispatch(request, fn, free=free)
 
         paths = [path]
         if path.startswith("/repos/{owner}/{repo}"):
@@ -1156,7 +1232,46 @@ def create_app(state: GitHubState) -> Starlette:
     async def not_found(request: Request) -> Response:
         return JSONResponse({"message": "Not Found", "documentation_url": DOCS}, 404)
 
+    async def graphql(request: Request) -> Response:
+        """Only the query tap-github sends to look up repository ids (bench peer)."""
+        try:
+            login = handler.authenticate(request)
+        except _Answer as answer:
+            return answer.response
+        query = str((await request.json()).get("query", ""))
+        data: dict[str, Any] = {"rateLimit": {"cost": 1}}
+        pattern = r'(\w+): repository\(name: "([^"]+)", owner: "([^"]+)"\)'
+        for alias, name, owner in re.findall(pattern, query):
+            repo = state.repos.get(f"{owner}/{name}")
+            visible = repo is not None and not repo.deleted and repo.visible_to(login)
+            data[alias] = (
+                {"nameWithOwner": repo.full_name, "databaseId": repo.id}
+                if visible and repo
+                else None
+            )
+        state.log.append(LoggedRequest("POST", request.url.path, "", 200, login, None))
+        return JSONResponse({"data": data})
+
+    async def stats(request: Request) -> Response:
+        """Emulator-only: counters for benchmarks running the emulator in another process."""
+        if request.method == "DELETE":
+            state.log.clear()
+        return JSONResponse(
+            {
+                "requests": len(state.log),
+                "notModified": state.count(status=304),
+                "unitsUsed": state.units_used,
+                "byStatus": {
+                    str(code): state.count(status=code) for code in {r.status for r in state.log}
+                },
+            }
+        )
+
     routes = [
+        Route("/_emulator/stats", stats, methods=["GET", "DELETE"]),
+        Route(state.path_prefix + "/graphql", graphql, methods=["POST"]),
+        *route("/rate_limit", handler.rate_limit, free=True),
+        *route("/repos/{owner}/{repo}", handler.repository),
         *route("/user", handler.user),
         *route("/user/repos", handler.user_repos),
         *route("/issues", handler.issues),

@@ -35,6 +35,7 @@ from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import SyncContext, SyncPage
 from ingestion.providers.github.client import GitHubClient, Reply
 from ingestion.providers.github.sync import (
+    COMMIT_LOOKBACK,
     GitHubState,
     RepoInfo,
     StreamCursor,
@@ -305,7 +306,11 @@ class _Run:
                 )
                 yield self.page(records)
             latest = newest(fresh.values())
-            moved = start.advanced(latest, fresh) if latest and walk.pages > 1 else None
+            moved = (
+                start.advanced(latest, fresh, COMMIT_LOOKBACK)
+                if latest and walk.pages > 1
+                else None
+            )
             if moved is None or moved.since == since:
                 # One page (or a window that cannot shrink): ask the same URL next time.
                 info.commits = StreamCursor(since=since, seen=fresh, etags=walk.etags)

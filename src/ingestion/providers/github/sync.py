@@ -23,9 +23,11 @@ and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, 
   URL again and gets a 304 (which costs no rate limit);
 - `seen` holds the items (issue/PR number or commit sha → updated/commit date) answered at or
   after `since`, so an overlapping answer never refetches details of an item already ingested;
-- when a listing takes more than one page, `since` moves to the newest date minus
-  `LOOKBACK` (items updated while the sync ran are caught by the overlap) and `seen` keeps only
-  what is inside the new window: the state stays bounded by about one page per stream.
+- when a listing takes more than one page, `since` moves to the newest date minus a lookback
+  (`LOOKBACK` for issues: items updated while the sync ran are caught by the overlap;
+  `COMMIT_LOOKBACK` for commits, which land on the branch after they were made) and `seen`
+  keeps only what is inside the new window: the state stays bounded by about a page or a day of
+  activity per stream.
 
 A repository that vanishes or becomes inaccessible keeps its entry, so its cursor survives.
 """
@@ -39,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "COMMIT_LOOKBACK",
     "LOOKBACK",
     "STATE_VERSION",
     "GitHubState",
@@ -50,8 +53,11 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
-#: Overlap of `since` windows: items updated while a sync ran are seen by the next one.
+#: Overlap of issue `since` windows: items updated while a sync ran are seen by the next one.
 LOOKBACK = timedelta(minutes=5)
+#: Overlap of commit `since` windows: commits reach the default branch after they were made
+#: (pushes of local work, fast-forward merges), so the window reaches a day back.
+COMMIT_LOOKBACK = timedelta(days=1)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -103,10 +109,12 @@ class StreamCursor:
         """True unless `key` was already taken at this very `stamp`."""
         return self.seen.get(key) != stamp
 
-    def advanced(self, newest: datetime, fresh: Mapping[str, str]) -> StreamCursor:
-        """The cursor after a listing of more than one page: window moved to `newest - LOOKBACK`,
-        `seen` narrowed to it, no ETags (the next walk asks a new URL)."""
-        since = newest - LOOKBACK
+    def advanced(
+        self, newest: datetime, fresh: Mapping[str, str], lookback: timedelta = LOOKBACK
+    ) -> StreamCursor:
+        """The cursor after a listing of more than one page: window moved to `newest -
+        lookback`, `seen` narrowed to it, no ETags (the next walk asks a new URL)."""
+        since = newest - lookback
         seen = {k: v for k, v in fresh.items() if (parse_time(v) or since) >= since}
         return StreamCursor(since=format_time(since), seen=seen, etags=[])
 
