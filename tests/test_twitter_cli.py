@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from ingestion.app import Services
+from ingestion.config import Settings
+from ingestion.storage.accounts import save_account
 from tests.conftest import run_cli
 from tests.emulators.memory_engine import MemoryEngineState
 from tests.emulators.memory_engine import create_app as memory_engine_app
@@ -77,16 +80,24 @@ def sync(env: dict[str, str], *args: str) -> dict[str, Any]:
     return summary
 
 
-def add_account(env: dict[str, str], *args: str) -> None:
-    result = run_cli("accounts", "add", "twitter", "--user", "u1", *args, env=env)
-    assert result.returncode == 0, result.stderr
+async def add_account(env: dict[str, str], access_token: str, **tokens: Any) -> None:
+    """Store the account as the product's server would (in the database the CLI reads)."""
+    settings = Settings(_env_file=None, database_url=env["DATABASE_URL"])  # type: ignore[call-arg]
+    services = await Services.open(settings)
+    try:
+        async with services.db.session() as session:
+            await save_account(
+                session, user_id="u1", provider_id="twitter", access_token=access_token, **tokens
+            )
+    finally:
+        await services.aclose()
 
 
-def test_cli_full_then_incremental_sync_into_the_memory_engine(
+async def test_cli_full_then_incremental_sync_into_the_memory_engine(
     env: dict[str, str], x_state: TwitterState, engine_state: MemoryEngineState
 ) -> None:
     x_state.tokens["plain-token"] = ME
-    add_account(env, "--access-token", "plain-token")
+    await add_account(env, "plain-token")
     own = [x_state.add_tweet(ME, f"post {i}", created_at=days_ago(i)) for i in range(120)]
     mention = x_state.add_tweet(
         BOB, "@alice look", mentions=[ME], media=[("photo", "https://p/x.jpg")]
@@ -109,7 +120,7 @@ def test_cli_full_then_incremental_sync_into_the_memory_engine(
     assert [r.endpoint for r in x_state.log] == ["tweets", "mentions", "likes"]
 
 
-def test_401_refreshes_with_rotation_and_the_sync_continues(
+async def test_401_refreshes_with_rotation_and_the_sync_continues(
     env: dict[str, str],
     x_state: TwitterState,
     oauth_state: OAuthState,
@@ -126,15 +137,11 @@ def test_401_refreshes_with_rotation_and_the_sync_continues(
         x_state.tokens[new_access] = ME
 
     oauth_state.on_token = link
-    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    add_account(
+    await add_account(
         env,
-        "--access-token",
         grant.access_token,
-        "--refresh-token",
-        first_refresh,
-        "--expires-at",
-        expires,
+        refresh_token=first_refresh,
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
     )
     own = [x_state.add_tweet(ME, f"post {i}", created_at=days_ago(i / 24)) for i in range(150)]
     x_state.expire_after(grant.access_token, 2)  # /users/me and the first page, then 401
