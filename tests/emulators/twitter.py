@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -410,7 +411,7 @@ def create_app(state: TwitterState) -> Starlette:
                 window.used = limit
             else:
                 return JSONResponse(
-                    _problem(status, "Service Unavailable", "Service Unavailable"),
+                    _problem(status, HTTPStatus(status).phrase, HTTPStatus(status).phrase),
                     status_code=status,
                     media_type=PROBLEM,
                 )
