@@ -3,12 +3,14 @@
 1. A one-shot HTTP listener opens on `127.0.0.1:PORT` (any free port unless given: X needs the
    exact callback URL registered for the app, Google and GitHub accept any loopback port);
    the redirect URI is `http://127.0.0.1:PORT/callback`.
-2. The consent URL (Authlib builds it: `state`, PKCE S256 challenge where the provider takes
-   one, the provider's read scopes and extra parameters such as Google's
-   `access_type=offline&prompt=consent`) is announced, and opened in a browser when asked.
+2. The consent URL (built with Authlib's RFC 6749 / RFC 7636 helpers: `state`, a PKCE S256
+   challenge where the provider takes one, the provider's read scopes and extra parameters such
+   as Google's `access_type=offline&prompt=consent`) is announced, and opened in a browser
+   when asked.
 3. The redirect brings `code` and `state`; a wrong `state` or an `error` ends the flow.
-4. Authlib exchanges the code (with the PKCE verifier and the provider's client
-   authentication); the tokens are stored in the `"account"` row, creating the user row when
+4. The code is exchanged (Authlib prepares the request with the PKCE verifier; it is sent with
+   the provider's client authentication by `token_endpoint`, like a refresh); the tokens are
+   stored in the `"account"` row, creating the user row when
    needed. Storing new tokens changes the account's fingerprint, which is what lets the
    scheduler sync an account again after `reauth_required`.
 
@@ -25,12 +27,12 @@ import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from authlib.common.security import generate_token
-from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
@@ -39,7 +41,13 @@ from ingestion.providers.base import OAuthEndpoints
 from ingestion.providers.registry import account_provider_of, auth_for
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import Database
-from ingestion.token_endpoint import TokenGrant, client_credentials, token_url
+from ingestion.token_endpoint import (
+    DeadGrant,
+    TokenGrant,
+    TransientTokenError,
+    client_credentials,
+    post_token_request,
+)
 
 __all__ = ["CallbackListener", "ConnectResult", "connect_account"]
 
@@ -149,6 +157,7 @@ def _account_id_from(id_token: str | None) -> str | None:
 async def connect_account(
     settings: Settings,
     db: Database,
+    http: httpx.AsyncClient,
     *,
     provider: str,
     user_id: str,
@@ -162,50 +171,61 @@ async def connect_account(
 
     Raises `ConfigurationError` without a client id, `PermanentError` when consent is refused,
     the state does not match, no redirect arrives in `timeout` seconds or the token endpoint
-    refuses the code, `RetryableError` when the token endpoint is unreachable.
+    refuses the code, `RetryableError` when the token endpoint fails or cannot be reached.
     """
     clock = clock or SystemClock()
     account_provider = account_provider_of(provider)
     endpoints = auth_for(account_provider)
-    client_id, secret = client_credentials(settings, endpoints)
-    auth_method = endpoints.token_endpoint_auth_method if secret else "none"
+    client_id, _ = client_credentials(settings, endpoints)
     listener = await CallbackListener.start(port)
     try:
-        async with AsyncOAuth2Client(
+        state = generate_token(32)
+        verifier = generate_token(64) if endpoints.pkce else None
+        pkce = (
+            {
+                "code_challenge": create_s256_code_challenge(verifier),
+                "code_challenge_method": "S256",
+            }
+            if verifier
+            else {}
+        )
+        url = prepare_grant_uri(
+            str(getattr(settings, endpoints.auth_url_setting)),
             client_id=client_id,
-            client_secret=secret,
-            scope=" ".join(endpoints.scopes),
+            response_type="code",
             redirect_uri=listener.redirect_uri,
-            code_challenge_method="S256" if endpoints.pkce else None,
-            token_endpoint_auth_method=auth_method,
-            timeout=settings.token_request_timeout,
-        ) as client:
-            verifier = generate_token(64) if endpoints.pkce else None
-            url, state = client.create_authorization_url(
-                str(getattr(settings, endpoints.auth_url_setting)),
-                code_verifier=verifier,
-                **dict(endpoints.extra_authorize_params),
-            )
-            announce(url)
-            if open_browser:
-                await asyncio.to_thread(webbrowser.open, url)
-            params = await listener.wait(timeout)
-            if params.get("error"):
-                detail = params.get("error_description") or params["error"]
-                raise PermanentError(f"{account_provider} authorization was not granted: {detail}")
-            if params.get("state") != state:
-                raise PermanentError(
-                    "the redirect's state does not match this sign-in (a stale or forged "
-                    "redirect); run `ingestion connect` again"
-                )
-            if not params.get("code"):
-                raise PermanentError("the redirect carried no authorization code")
-            token = await _exchange(
-                client, token_url(settings, endpoints), params["code"], verifier, endpoints
-            )
+            scope=" ".join(endpoints.scopes),
+            state=state,
+            **pkce,
+            **dict(endpoints.extra_authorize_params),
+        )
+        announce(url)
+        if open_browser:
+            await asyncio.to_thread(webbrowser.open, url)
+        params = await listener.wait(timeout)
     finally:
         await listener.close()
-    grant = TokenGrant.from_answer(token, clock.now())
+    if params.get("error"):
+        detail = params.get("error_description") or params["error"]
+        raise PermanentError(f"{account_provider} authorization was not granted: {detail}")
+    if params.get("state") != state:
+        raise PermanentError(
+            "the redirect's state does not match this sign-in (a stale or forged redirect); "
+            "run `ingestion connect` again"
+        )
+    if not params.get("code"):
+        raise PermanentError("the redirect carried no authorization code")
+    form = dict(
+        parse_qsl(
+            prepare_token_request(
+                "authorization_code",
+                code=params["code"],
+                redirect_uri=listener.redirect_uri,
+                code_verifier=verifier,
+            )
+        )
+    )
+    grant = await _exchange(http, settings, endpoints, form, clock)
     async with db.session() as session:
         account = await save_account(
             session,
@@ -228,34 +248,22 @@ async def connect_account(
 
 
 async def _exchange(
-    client: AsyncOAuth2Client,
-    url: str,
-    code: str,
-    verifier: str | None,
+    http: httpx.AsyncClient,
+    settings: Settings,
     endpoints: OAuthEndpoints,
-) -> dict[str, Any]:
-    headers = {"Accept": "application/json", **endpoints.token_request_headers}
-    kwargs: dict[str, Any] = {"code": code, "headers": headers}
-    if verifier is not None:
-        kwargs["code_verifier"] = verifier
+    form: dict[str, str],
+    clock: Clock,
+) -> TokenGrant:
+    """Trade the code for tokens (one try: a code is single-use)."""
+    name = endpoints.account_provider
     try:
-        token = await client.fetch_token(url, grant_type="authorization_code", **kwargs)
-    except OAuthError as exc:
-        description = f": {exc.description}" if exc.description else ""
+        return await post_token_request(http, settings, endpoints, form, clock.now())
+    except DeadGrant as refused:
         raise PermanentError(
-            f"the {endpoints.account_provider} token endpoint refused the authorization code "
-            f"({exc.error}{description}); run `ingestion connect` again"
+            f"the {name} token endpoint refused the authorization code ({refused}); "
+            "run `ingestion connect` again"
         ) from None
-    except httpx.HTTPStatusError as exc:
+    except TransientTokenError as exc:
         raise RetryableError(
-            f"the {endpoints.account_provider} token endpoint answered HTTP "
-            f"{exc.response.status_code}; try `ingestion connect` again later"
+            f"the {name} token endpoint failed ({exc}); run `ingestion connect` again later"
         ) from None
-    except httpx.TransportError as exc:
-        raise RetryableError(
-            f"the {endpoints.account_provider} token endpoint could not be reached "
-            f"({type(exc).__name__})"
-        ) from None
-    if not isinstance(token, dict) or not token.get("access_token"):
-        raise PermanentError(f"the {endpoints.account_provider} token endpoint sent no token")
-    return dict(token)

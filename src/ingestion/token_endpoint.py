@@ -37,6 +37,7 @@ __all__ = [
     "TransientTokenError",
     "client_credentials",
     "interpret_token_answer",
+    "post_token_request",
     "request_refresh",
     "setting_name",
     "token_url",
@@ -170,32 +171,33 @@ def interpret_token_answer(response: httpx.Response, now: datetime) -> TokenGran
     return TokenGrant.from_answer(body, now)
 
 
-async def request_refresh(
+async def post_token_request(
     http: httpx.AsyncClient,
     settings: Settings,
     endpoints: OAuthEndpoints,
-    refresh_token: str,
+    form: Mapping[str, str],
     now: datetime,
 ) -> TokenGrant:
-    """POST `grant_type=refresh_token` once, with the provider's client authentication.
+    """POST one token request (`form` without client credentials) and sort the answer.
 
-    Network failures (including a timeout after `TOKEN_REQUEST_TIMEOUT` seconds) become
-    `TransientTokenError`: the caller decides whether to try again.
+    The client authenticates as the provider wants: HTTP Basic or id and secret in the form,
+    or only `client_id` for a public client. Network failures (including a timeout after
+    `TOKEN_REQUEST_TIMEOUT` seconds) become `TransientTokenError`.
     """
     client_id, secret = client_credentials(settings, endpoints)
-    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    body = dict(form)
     headers = {"Accept": "application/json", **endpoints.token_request_headers}
     if secret and endpoints.token_endpoint_auth_method == "client_secret_basic":  # noqa: S105
         pair = f"{client_id}:{secret}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     else:
-        form["client_id"] = client_id
+        body["client_id"] = client_id
         if secret:
-            form["client_secret"] = secret
+            body["client_secret"] = secret
     try:
         response = await http.post(
             token_url(settings, endpoints),
-            data=form,
+            data=body,
             headers=headers,
             timeout=settings.token_request_timeout,
         )
@@ -211,3 +213,15 @@ async def request_refresh(
             f"the connection failed before the answer ({type(exc).__name__})", lost_answer=True
         ) from None
     return interpret_token_answer(response, now)
+
+
+async def request_refresh(
+    http: httpx.AsyncClient,
+    settings: Settings,
+    endpoints: OAuthEndpoints,
+    refresh_token: str,
+    now: datetime,
+) -> TokenGrant:
+    """POST `grant_type=refresh_token` once (see `post_token_request`)."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return await post_token_request(http, settings, endpoints, form, now)

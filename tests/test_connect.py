@@ -1,0 +1,248 @@
+"""`ingestion connect` end to end against the emulated authorization servers.
+
+The test plays the person: it reads the consent URL the CLI prints (`--no-browser`), follows it
+to the emulated authorization endpoint (scripted consent), and delivers the redirect to the
+CLI's loopback listener on the chosen `--port`. Then the stored account is checked through
+`accounts list` (no tokens printed) and, for GitHub, used by a real sync. The X flow, refused
+consent and a missing redirect run the same code in-process (quicker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ingestion.app import Services
+from ingestion.config import Settings
+from ingestion.connect import ConnectResult, connect_account
+from ingestion.errors import PermanentError
+from ingestion.storage.accounts import find_account
+from tests.conftest import INGESTION, run_cli
+from tests.emulators.oauth import OAuthState, create_app
+from tests.emulators.server import free_port, serve
+from tests.tokens_probe import ProbeApi, create_probe_app
+
+ROOT = Path(__file__).resolve().parents[1]
+USER = "person-1"
+
+pytestmark = pytest.mark.timeout(300)  # CLI processes start slowly on a busy 2-core machine
+
+
+@pytest.fixture
+def oauth() -> Iterator[tuple[OAuthState, str]]:
+    state = OAuthState()
+    server = serve(create_app(state))
+    yield state, server.url
+    state.release()
+    server.stop()
+
+
+def env_for(base_env: dict[str, str], oauth: tuple[OAuthState, str]) -> dict[str, str]:
+    state, url = oauth
+    env = {**base_env, **state.settings_env(url)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_connect(
+    env: dict[str, str], provider: str, port: int
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `ingestion connect` and return the process and the consent URL it printed."""
+    proc = subprocess.Popen(
+        [*INGESTION, "connect", provider, "--user", USER, "--no-browser", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("http"):
+            return proc, line.strip()
+    _, stderr = proc.communicate(timeout=60)
+    raise AssertionError(f"connect printed no URL; stderr: {stderr[-2000:]}")
+
+
+def consent(url: str, port: int) -> httpx.Response:
+    """Follow the consent URL and deliver the redirect to the CLI's loopback listener."""
+    answer = httpx.get(url, follow_redirects=False)
+    assert answer.status_code == 302, answer.text
+    location = answer.headers["location"]
+    assert location.startswith(f"http://127.0.0.1:{port}/callback?")
+    return httpx.get(location)
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    stdout, stderr = proc.communicate(timeout=240)
+    return proc.returncode, stdout, stderr
+
+
+def test_connect_google_stores_a_refreshable_account(
+    base_env: dict[str, str], oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    env = env_for(base_env, oauth)
+    port = free_port()
+    proc, url = start_connect(env, "gmail", port)
+    delivered = consent(url, port)
+    code, stdout, stderr = finish(proc)
+
+    assert delivered.status_code == 200
+    assert code == 0, stderr[-2000:]
+    assert "connected google account sub-person" in stdout
+    asked = state.authorize_requests[0]
+    assert asked["code_challenge_method"] == "S256"
+    assert len(asked["code_challenge"]) == 43
+    assert asked["access_type"] == "offline"
+    assert asked["prompt"] == "consent"
+    assert asked["redirect_uri"] == f"http://127.0.0.1:{port}/callback"
+    scopes = asked["scope"].split()
+    assert "https://www.googleapis.com/auth/gmail.readonly" in scopes
+    assert "https://www.googleapis.com/auth/calendar.readonly" in scopes
+    assert state.token_calls("google", "authorization_code") == 1
+
+    listed = json.loads(
+        run_cli("accounts", "list", "--json", env=env, cwd=ROOT, timeout=240).stdout
+    )
+    assert [(a["provider"], a["userId"], a["accountId"]) for a in listed] == [
+        ("google", USER, "sub-person")
+    ]
+    assert listed[0]["refreshToken"] is True
+    assert listed[0]["accessTokenExpiresAt"]
+    (grant,) = state.grants.values()
+    for secret in (grant.access_token, grant.refresh_token, "google-secret"):
+        assert secret not in stdout + stderr
+        assert secret not in json.dumps(listed)
+
+
+async def run_flow(
+    settings: Settings, provider: str, *, deliver: bool = True
+) -> tuple[ConnectResult, Services]:
+    """The flow in-process; the announced URL is followed in a thread (the person)."""
+    services = await Services.open(settings)
+    port = free_port()
+
+    def announce(url: str) -> None:
+        if deliver:
+            threading.Thread(target=consent, args=(url, port), daemon=True).start()
+
+    try:
+        result = await connect_account(
+            settings,
+            services.db,
+            services.http,
+            provider=provider,
+            user_id=USER,
+            port=port,
+            open_browser=False,
+            timeout=30,
+            announce=announce,
+        )
+    except BaseException:
+        await services.aclose()
+        raise
+    return result, services
+
+
+def settings_for(sqlite_url: str, oauth: tuple[OAuthState, str]) -> Settings:
+    state, url = oauth
+    values = {k.lower(): v for k, v in state.settings_env(url).items()}
+    return Settings(database_url=sqlite_url, **values)
+
+
+async def test_connect_x_public_client_uses_pkce_and_gets_a_refresh_token(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    state.clients["twitter"] = ("twitter-public", None)
+    result, services = await run_flow(settings_for(sqlite_url, oauth), "twitter")
+    try:
+        asked = state.authorize_requests[0]
+        assert asked["scope"] == "tweet.read users.read like.read offline.access"
+        assert asked["code_challenge_method"] == "S256"
+        assert result.account_provider == "twitter"
+        assert result.has_refresh_token
+        assert state.token_calls("twitter", "authorization_code") == 1
+        async with services.db.session() as session:
+            account = await find_account(session, USER, "twitter")
+        (grant,) = state.grants.values()
+        assert account is not None
+        assert account.refresh_token == grant.refresh_token
+        assert account.access_token == grant.access_token
+    finally:
+        await services.aclose()
+
+
+async def test_connect_denied_consent_fails_and_stores_nothing(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    state.consent_decision = "deny"
+    with pytest.raises(PermanentError, match="authorization was not granted: access_denied"):
+        await run_flow(settings_for(sqlite_url, oauth), "calendar")
+    assert state.token_calls("google", "authorization_code") == 0
+
+
+async def test_connect_times_out_without_a_redirect(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    settings = settings_for(sqlite_url, oauth)
+    services = await Services.open(settings)
+    try:
+        with pytest.raises(PermanentError, match=r"no authorization arrived within 0\.3s"):
+            await connect_account(
+                settings,
+                services.db,
+                services.http,
+                provider="github",
+                user_id=USER,
+                open_browser=False,
+                timeout=0.3,
+                announce=lambda url: None,
+            )
+    finally:
+        await services.aclose()
+
+
+def test_connect_github_then_sync_uses_the_new_token(
+    base_env: dict[str, str], oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    api = ProbeApi()
+    state.on_token = api.link("octo")
+    probe = serve(create_probe_app(api))
+    try:
+        env = env_for(base_env, oauth)
+        env.update(GITHUB_API_URL=probe.url, INGESTION_PLUGINS="tests.tokens_probe_plugin")
+        port = free_port()
+        proc, url = start_connect(env, "github", port)
+        consent(url, port)
+        code, _, stderr = finish(proc)
+        assert code == 0, stderr[-2000:]
+
+        synced = run_cli("sync", "github", "--user", USER, "--json", env=env, cwd=ROOT, timeout=240)
+        assert synced.returncode == 0, synced.stderr[-2000:]
+        assert json.loads(synced.stdout)["status"] == "ok"
+        assert api.unauthorized == 0
+        assert state.token_calls("github") == 0  # fresh token: no refresh needed
+    finally:
+        probe.stop()
+
+
+def test_connect_without_client_id_is_a_one_line_error(base_env: dict[str, str]) -> None:
+    result = run_cli(
+        "connect", "github", "--user", USER, "--no-browser", env=base_env, cwd=ROOT, timeout=240
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: GITHUB_CLIENT_ID is not set: the github OAuth app is needed to refresh or "
+        "connect an account"
+    ]
