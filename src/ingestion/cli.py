@@ -307,6 +307,7 @@ def connect(
             return await connect_account(
                 settings,
                 services.db,
+                services.http,
                 provider=provider,
                 user_id=user,
                 port=port,
