@@ -69,9 +69,9 @@ def _fetch() -> None:
         archives = list(Path(tmp).glob("*.tar.gz"))
         if result.returncode != 0 or not archives:
             raise RegistryUnreachable(f"pip download {PACKAGE} failed: {result.stderr[-500:]}")
-        staging = CACHE.with_name(CACHE.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        # A private staging folder renamed into place: parallel test workers may race here.
+        staging = Path(tempfile.mkdtemp(prefix="calendar-ics-", dir=CACHE.parent))
         with tarfile.open(archives[0]) as archive:
             for member in archive.getmembers():
                 if not member.isfile() or not member.name.endswith(".ics"):
@@ -82,8 +82,10 @@ def _fetch() -> None:
                 text = handle.read().decode("utf-8", errors="replace")
                 if GOOGLE_PRODID in text:
                     (staging / Path(member.name).name).write_text(text, "utf-8")
-        shutil.rmtree(CACHE, ignore_errors=True)
-        staging.rename(CACHE)
+        try:
+            staging.rename(CACHE)
+        except OSError:  # another worker got there first: its copy is the same
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _has_pip(python: str) -> bool:
