@@ -283,3 +283,46 @@ async def test_without_pacing_the_emulator_does_throttle(servers: Any, tmp_path:
         assert gmail.throttled > 0
     finally:
         await unpaced.services.aclose()
+
+
+async def test_401_refreshes_the_token_once_and_the_sync_continues(
+    servers: Any, tmp_path: Path
+) -> None:
+    """The stored access token was revoked: Gmail answers 401, the token service refreshes at
+    the OAuth emulator (which hands the new token to the Gmail emulator), the sync goes on."""
+    from tests.emulators import oauth
+
+    gmail: GmailState = servers[0]
+    oauth_state = oauth.OAuthState()
+    oauth_server = serve(oauth.create_app(oauth_state))
+    oauth_state.on_token = lambda new, old: gmail.tokens.__setitem__(new, USER)
+    grant = oauth_state.issue("google", USER)
+    env = oauth_state.settings_env(oauth_server.url, ("google",))
+    world = await open_world(
+        servers,
+        tmp_path,
+        google_token_url=env["GOOGLE_TOKEN_URL"],
+        google_client_id=env["GOOGLE_CLIENT_ID"],
+        google_client_secret=env["GOOGLE_CLIENT_SECRET"],
+    )
+    try:
+        async with world.services.db.session() as session:
+            await save_account(
+                session,
+                user_id=USER,
+                provider_id="google",
+                access_token=grant.access_token,  # unknown to Gmail: answers 401
+                refresh_token=grant.refresh_token,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        ids = [world.add(i) for i in range(5)]
+        summary = await world.sync()
+        assert summary.status == "ok"
+        assert set(world.stored()) == set(ids)
+        assert oauth_state.token_calls("google") == 1
+        statuses = [r.status for r in gmail.requests if r.endpoint != "batch"]
+        assert statuses[0] == 401
+        assert statuses[1:] == [200] * (len(statuses) - 1)
+    finally:
+        await world.services.aclose()
+        oauth_server.stop()
