@@ -13,6 +13,11 @@ import psycopg
 import pytest
 import redis
 
+# Subprocesses (the CLI, workers) must be able to cache bytecode: without it every process
+# compiles the whole dependency tree again, which costs seconds per process.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 INGESTION = [sys.executable, "-m", "ingestion.cli"]
