@@ -474,3 +474,20 @@ async def test_real_google_calendar_exports(world: World) -> None:
     summary = await world.sync()
     assert summary.upserted == 0
     assert summary.stats["requests"] == 1 + len(GOOGLE_EXPORTS)
+
+
+async def test_expired_calendar_list_token_relists_every_calendar(world: World) -> None:
+    ids = seed_calendars(world.state)
+    await world.sync()
+    team = MIRRORED[1]
+    world.state.expire_sync_tokens()  # the calendar list's tokens
+    world.state.unsubscribe(USER, team)
+    mark = len(world.state.requests)
+    summary = await world.sync()
+    lists = [r for r in world.requests_since(mark) if r.path.endswith("/calendarList")]
+    assert [r.status for r in lists] == [410, 200]
+    assert "syncToken" not in lists[1].params
+    assert summary.stats["calendarsRemoved"] == 1
+    records = await world.records()
+    assert not any(sid.startswith(f"{team}/") for sid in records)
+    assert len(records) == len(ids[MIRRORED[0]]) + len(ids[MIRRORED[2]])

@@ -6,9 +6,10 @@ Every call goes through `ApiClient` (Bearer token, one refresh on 401, pacing be
 - `classify` turns Calendar's throttles into retries: 429 and 403 with reason
   `rateLimitExceeded`, `userRateLimitExceeded` or `quotaExceeded`, and every 5xx. Any other 403
   (a missing scope, a forbidden calendar) is *not* a throttle and reaches the caller;
-- a 410 `fullSyncRequired` raises `SyncTokenExpired`, a 404 raises `CalendarGone`; the sync
-  decides what they mean. Every other unexpected answer raises through `api_error` (a 403 for a
-  missing scope is a `PermanentError` with Google's own message, so `status` shows it).
+- a 410 `fullSyncRequired` raises `SyncTokenExpired` (retryable if it ever escapes), a 404
+  `CalendarGone` (permanent); the sync decides what they mean. Every other unexpected
+  answer raises through `api_error` (a 403 for a missing scope is a `PermanentError` with
+  Google's own message, so `status` shows it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ingestion.errors import IngestionError
+from ingestion.errors import PermanentError, RetryableError
 from ingestion.providers.base import TokenSource
 from ingestion.providers.http import ApiClient, Pacer, Throttle, api_error, parse_retry_after
 
@@ -43,7 +44,7 @@ MAX_LIST_PAGE = 250
 _THROTTLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"})
 
 
-class SyncTokenExpired(IngestionError):
+class SyncTokenExpired(RetryableError):
     """HTTP 410 `fullSyncRequired`: the sync token (or page token) is no longer valid.
 
     `page_token_refused` is set when the refused request carried a page token (410, or a 400
@@ -55,7 +56,7 @@ class SyncTokenExpired(IngestionError):
         self.page_token_refused = page_token_refused
 
 
-class CalendarGone(IngestionError):
+class CalendarGone(PermanentError):
     """HTTP 404: the calendar (or event) does not exist or is no longer visible to the user."""
 
 
