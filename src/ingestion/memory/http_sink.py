@@ -252,10 +252,10 @@ class HttpMemorySink:
     async def _changed(self, user_id: str, records: list[MemoryRecord]) -> list[MemoryRecord]:
         """The records whose hash differs from the one last accepted (or was never sent)."""
         sent: dict[str, str] = {}
-        async with self.db.session() as session:
+        async with self.db.engine.connect() as connection:
             for start in range(0, len(records), _LOOKUP_CHUNK):
                 ids = [r.id for r in records[start : start + _LOOKUP_CHUNK]]
-                rows = await session.execute(
+                rows = await connection.execute(
                     select(SentHash.record_id, SentHash.content_hash).where(
                         SentHash.user_id == user_id, SentHash.record_id.in_(ids)
                     )
@@ -276,7 +276,8 @@ class HttpMemorySink:
             for r in records
         ]
         insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
-        statement = insert(SentHash).values(values)
+        # Parameters passed separately: one cached statement, executed as a batched insert.
+        statement = insert(SentHash)
         statement = statement.on_conflict_do_update(
             index_elements=[SentHash.user_id, SentHash.record_id],
             set_={
@@ -284,8 +285,8 @@ class HttpMemorySink:
                 "sent_at": statement.excluded.sent_at,
             },
         )
-        async with self.db.session() as session:
-            await session.execute(statement)
+        async with self.db.engine.begin() as connection:
+            await connection.execute(statement, values)
 
 
 def _dumps(value: Any) -> bytes:

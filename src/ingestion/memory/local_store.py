@@ -9,8 +9,11 @@ is committed (`search`, see `ingestion.memory.search`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ingestion.memory.record import MemoryRecord
 from ingestion.memory.search import SearchHit, search_key, search_memories
@@ -29,37 +32,40 @@ class LocalMemoryStore:
     async def upsert(
         self, user_id: str, records: Sequence[MemoryRecord], *, force: bool = False
     ) -> int:
-        if not records:
+        """Insert or update by id in one transaction; returns how many rows were written
+        (records whose content hash is unchanged are skipped unless `force`)."""
+        unique = list({record.id: record for record in records}.values())
+        if not unique:
             return 0
-        changed = 0
-        async with self.db.session() as session:
-            ids = [r.id for r in records]
-            existing = {
-                row.id: row
-                for row in (
-                    await session.execute(select(MemoryRow).where(MemoryRow.id.in_(ids)))
-                ).scalars()
-            }
-            for record in records:
-                row = existing.get(record.id)
-                if row is not None and row.content_hash == record.content_hash and not force:
-                    continue
-                changed += 1
-                if row is None:
-                    row = MemoryRow(id=record.id, search_key=search_key(record.id))
-                    session.add(row)
-                    existing[record.id] = row
-                row.user_id = record.user_id
-                row.source = record.source
-                row.source_id = record.source_id
-                row.type = record.type
-                row.title = record.title
-                row.content = record.content
-                row.url = record.url
-                row.occurred_at = record.occurred_at
-                row.meta = record.metadata
-                row.content_hash = record.content_hash
-        return changed
+        table = cast(Table, MemoryRow.__table__)
+        async with self.db.engine.begin() as connection:
+            if force:
+                changed = unique
+            else:
+                stored = dict(
+                    (
+                        await connection.execute(
+                            select(table.c.id, table.c.content_hash).where(
+                                table.c.id.in_([r.id for r in unique])
+                            )
+                        )
+                    ).all()
+                )
+                changed = [r for r in unique if stored.get(r.id) != r.content_hash]
+            if changed:
+                now = datetime.now(UTC)
+                insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
+                statement = insert(table)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[table.c.id],
+                    set_={
+                        name: statement.excluded[name]
+                        for name in table.c.keys()  # noqa: SIM118 (a column collection)
+                        if name not in ("id", "search_key")
+                    },
+                )
+                await connection.execute(statement, [_row(r, now) for r in changed])
+        return len(changed)
 
     async def delete(self, user_id: str, record_ids: Sequence[str]) -> None:
         if not record_ids:
@@ -84,3 +90,22 @@ class LocalMemoryStore:
 
     async def aclose(self) -> None:
         return None
+
+
+def _row(record: MemoryRecord, now: datetime) -> dict[str, Any]:
+    """Column values of a record's row."""
+    return {
+        "id": record.id,
+        "user_id": record.user_id,
+        "source": record.source,
+        "source_id": record.source_id,
+        "type": record.type,
+        "title": record.title,
+        "content": record.content,
+        "url": record.url,
+        "occurred_at": record.occurred_at,
+        "metadata": record.metadata,
+        "content_hash": record.content_hash,
+        "updated_at": now,
+        "search_key": search_key(record.id),
+    }
