@@ -140,12 +140,18 @@ async def test_sigterm_during_a_job_lets_it_finish_and_exits_0(
     keys = Keys(namespace)
     redis = Redis.from_url(redis_url, decode_responses=True)
     queue = RedisJobQueue(settings)
-    proc = spawn(["worker"], env, tmp_path / "worker.log")
+    log = tmp_path / "worker.log"
+    proc = spawn(["worker"], env, log)
     try:
         await queue.enqueue(Job(PROVIDER, "slow-1"))
         await wait_for(lambda: asyncio.to_thread((markers / "slow-1.page1").exists), timeout=150)
         proc.send_signal(signal.SIGTERM)
-        # Enqueued after the signal: must not be taken by the stopping worker.
+
+        def stopping() -> bool:
+            return any(e.get("event") == "waiting for running jobs" for e in log_lines(log))
+
+        await wait_for(lambda: asyncio.to_thread(stopping), timeout=30)
+        # Enqueued once the worker is stopping: it must not take it.
         await queue.enqueue(Job(PROVIDER, "ok-later"))
         assert await asyncio.to_thread(proc.wait, 30) == 0
         [run] = await _runs(services, "ok")
@@ -155,9 +161,7 @@ async def test_sigterm_during_a_job_lets_it_finish_and_exits_0(
         # The later job is still there for another worker (never delivered, or handed back).
         entries = await redis.xrange(keys.stream)
         assert any('"ok-later"' in fields["payload"] for _, fields in entries)
-        events = [line.get("event") for line in log_lines(tmp_path / "worker.log")]
-        assert "waiting for running jobs" in events
-        assert "worker stopped" in events
+        assert "worker stopped" in [line.get("event") for line in log_lines(log)]
     finally:
         stop_process(proc, signal.SIGKILL)
         await queue.aclose()

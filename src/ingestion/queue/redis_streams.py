@@ -151,7 +151,7 @@ class RedisJobQueue:
             pipe.zcard(keys.delayed)
             length, dead, delayed = await pipe.execute()
         pending = 0
-        lag: int | None = None
+        lag: int | None = int(length)  # no group yet: nothing was delivered
         oldest: float | None = None
         with contextlib.suppress(ResponseError):  # no stream or group yet
             for group in await self.redis.xinfo_groups(keys.stream):
