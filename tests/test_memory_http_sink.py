@@ -280,3 +280,21 @@ async def test_the_emulator_enforces_its_contract(
     bad_id = await http.post(f"{url}/memories/batch", json={"memories": [wrong_id]})
     assert bad_id.status_code == 400
     assert engine[0].ids() == set()
+
+
+async def test_sent_hashes_on_postgresql(
+    engine: tuple[MemoryEngineState, RunningServer], http: httpx.AsyncClient, pg_url: str
+) -> None:
+    state, server = engine
+    settings = Settings(database_url=pg_url, memory_engine_url=server.url)
+    database = await open_database(settings, migrate=True)
+    try:
+        sink = HttpMemorySink(settings, database, http, wait_initial=0.01, wait_jitter=0.01)
+        records = make_records(120)
+        assert await sink.upsert(USER, records) == 120
+        assert await sink.upsert(USER, [*records[1:], *make_records(1, body="new")]) == 1
+        await sink.delete(USER, [records[5].id])
+        assert await sink.upsert(USER, records) == 2  # the deleted one and the edited one
+        assert len(state.ids()) == 120
+    finally:
+        await database.dispose()
