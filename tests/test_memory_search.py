@@ -165,3 +165,28 @@ async def test_cli_search_refuses_to_search_the_wrong_place(base_env: dict[str, 
         "error: search looks inside the embedded memory store, but MEMORY_ENGINE_URL is set: "
         "memories go to the memory engine"
     )
+
+
+async def test_migration_0002_indexes_memories_stored_before_it(sqlite_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from ingestion.storage.db import sync_url, upgrade
+
+    settings = Settings(database_url=sqlite_url)
+    await asyncio.to_thread(upgrade, settings, "0001")
+    engine = create_engine(sync_url(settings))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ingestion_memories (id, user_id, source, source_id, type, title, "
+                "content, url, occurred_at, metadata, content_hash, updated_at) VALUES "
+                "('gmail:u1:old', 'u1', 'gmail', 'old', 'email', 'Old mail', 'synced long ago', "
+                "NULL, '2025-01-01 00:00:00', '{}', 'h', '2025-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    db = await open_database(settings, migrate=True)
+    try:
+        assert [h.id for h in await LocalMemoryStore(db).search("long ago")] == ["gmail:u1:old"]
+    finally:
+        await db.dispose()
