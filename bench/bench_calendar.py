@@ -230,7 +230,10 @@ def main() -> None:
         "`events.list` per calendar, and upserts nothing. Recurring series are synced as their "
         "master (not expanded). `sync seconds` is the sync itself; the process wall time adds "
         "interpreter start-up and imports. Peak RSS is the child process's maximum resident "
-        "set (the emulators run in the parent).",
+        "set (the emulators run in the parent). The quiet run peaks higher than the full sync "
+        "although it fetches nothing: any command that opens the database after a large sync "
+        "does (measured at 5,000 events: `ingestion accounts list` 138 MiB before the sync, "
+        "158 MiB after it, the same as the quiet sync), so that growth is not the provider's.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
