@@ -217,6 +217,7 @@ class GitHubState:
         #: Repository issue listings page with `after` cursors (GitHub since 2025) instead of
         #: `page` numbers (as recorded in 2017 by @octokit/fixtures).
         self.issue_cursor_pagination = True
+        self.payload_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     # --- scripting ---------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -321,20 +322,20 @@ class GitHubState:
 # --- payloads (keys as in GitHub's OpenAPI examples) ----------------------------------------------
 
 
-_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-
-def _cached(key: tuple[Any, ...], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Payloads are pure functions of their key; building them is most of a request's cost."""
-    if key not in _CACHE:
-        if len(_CACHE) > 50_000:
-            _CACHE.clear()
-        _CACHE[key] = build()
-    return _CACHE[key]
+def _cached(
+    state: GitHubState, key: tuple[Any, ...], build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Payloads are pure functions of their key; building them is much of a request's cost."""
+    cache = state.payload_cache
+    if key not in cache:
+        if len(cache) > 50_000:
+            cache.clear()
+        cache[key] = build()
+    return cache[key]
 
 
 def simple_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
-    return _cached(("user", id(state), login, api), lambda: _simple_user(state, login, api))
+    return _cached(state, ("user", login, api), lambda: _simple_user(state, login, api))
 
 
 def _simple_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
@@ -393,8 +394,8 @@ def private_user(state: GitHubState, login: str, api: str) -> dict[str, Any]:
 
 def repo_payload(state: GitHubState, repo: GhRepo, api: str, login: str) -> dict[str, Any]:
     open_issues = sum(i.state == "open" for i in repo.issues.values())
-    key = ("repo", id(state), repo.id, api, login, repo.pushed_at, repo.updated_at, open_issues)
-    return _cached(key, lambda: _repo_payload(state, repo, api, login, open_issues))
+    key = ("repo", repo.id, api, login, repo.pushed_at, repo.updated_at, open_issues)
+    return _cached(state, key, lambda: _repo_payload(state, repo, api, login, open_issues))
 
 
 def _repo_payload(

@@ -7,10 +7,10 @@ Promises, on top of `ApiClient` (token, 401 refresh, retries):
 - a listing follows every `Link: rel="next"` URL exactly as given;
 - with a stored ETag, a page is asked with `If-None-Match`; a 304 (which GitHub does not count
   against the rate limit) is reported as unchanged, without a body;
-- the primary limit (403/429 with `x-ratelimit-remaining: 0`) waits until `x-ratelimit-reset`,
-  which in practice means `RateLimited(retry_after=reset - now)`: the job is deferred to the
-  reset instead of sleeping in a worker; a secondary limit (403/429 whose message says
-  "secondary rate limit") waits `retry-after`, or at least a minute;
+- the primary limit (403/429 with `x-ratelimit-remaining: 0`) waits until `x-ratelimit-reset`
+  and a secondary limit (403/429 whose message says "secondary rate limit") waits
+  `retry-after`, or at least a minute; a wait longer than `MAX_INLINE_WAIT` is not slept in the
+  worker: `RateLimited(retry_after=…)` defers the job to that moment;
 - `x-ratelimit-remaining`/`reset` are tracked per account, and once no more than
   `GITHUB_RATE_LIMIT_RESERVE` requests remain the client stops *before* the next request with
   `RateLimited`, leaving the reserve to the person's other tools;
@@ -34,6 +34,7 @@ from ingestion.providers.http import ApiClient, Throttle, default_classify, pars
 
 __all__ = [
     "GITHUB_HEADERS",
+    "MAX_INLINE_WAIT",
     "SECONDARY_LIMIT_MIN_WAIT",
     "GitHubClient",
     "ListingPage",
@@ -49,6 +50,9 @@ GITHUB_HEADERS = {
 }
 #: GitHub: without `retry-after` or a reset header, wait at least one minute.
 SECONDARY_LIMIT_MIN_WAIT = 60.0
+#: Longer waits (a secondary limit's minute, a primary limit's reset) defer the job instead of
+#: holding a worker slot.
+MAX_INLINE_WAIT = 30.0
 
 
 def next_link(header: str | None) -> str | None:
@@ -186,7 +190,7 @@ class GitHubClient:
         user_id: str,
         concurrency: int,
         reserve: int,
-        max_inline_wait: float = 60.0,
+        max_inline_wait: float = MAX_INLINE_WAIT,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
