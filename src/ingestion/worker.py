@@ -100,13 +100,16 @@ class Worker:
     async def _read_loop(self) -> None:
         backoff = _Backoff()
         started = False
+        first_start = True
         last_reclaim = 0.0
         while not self._stop.is_set():
             try:
                 if not started:
                     await self.consumer.start()
-                    for delivery in await self.consumer.own_pending(self.concurrency):
-                        self._spawn(delivery)
+                    if first_start:  # entries this consumer left unacknowledged before
+                        for delivery in await self.consumer.own_pending(self.concurrency):
+                            self._spawn(delivery)
+                        first_start = False
                     started = True
                 free = self.concurrency - len(self._running)
                 if free <= 0:
@@ -159,7 +162,8 @@ class Worker:
         """Entries read after `stop`: put them straight back for another worker."""
         for delivery in deliveries:
             if delivery.job is None:
-                continue  # left pending; whoever reclaims it dead-letters it
+                await self._process(delivery)  # malformed or gone: settled without running
+                continue
             with contextlib.suppress(Exception):
                 await self.consumer.reschedule(delivery, delivery.job, None)
 
@@ -194,6 +198,14 @@ class Worker:
 
     # --- one job ----------------------------------------------------------------------------------
     async def _process(self, delivery: Delivery) -> None:
+        try:
+            await self._process_one(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug, not a job failure: the entry stays pending and is reclaimed
+            self.log.exception("job handling crashed", entry=delivery.entry_id)
+
+    async def _process_one(self, delivery: Delivery) -> None:
         job = delivery.job
         if delivery.gone:
             self.log.warning(
