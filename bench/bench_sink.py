@@ -208,7 +208,8 @@ async def main() -> None:
         "record) and "
         "records each accepted hash in SQLite; 'unchanged' is a re-sync where every hash "
         "matches (no request is made). The embedded store writes rows and its full-text index "
-        "in the same transaction.\n\n"
+        "in the same transaction. The load average is reported because figures taken while "
+        "other work shares the CPUs are lower bounds.\n\n"
         f"{table}\n"
     )
     print(text)
