@@ -223,7 +223,7 @@ async def test_v1_status_is_the_status_command_json(
     response = await client.get("/v1/status")
     assert response.status_code == 200
     env = {**base_env, "DATABASE_URL": database_url}
-    cli = run_cli("status", "--json", env=env)
+    cli = run_cli("status", "--json", env=env, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert response.json() == json.loads(cli.stdout)
     assert SECRET_TOKEN not in response.text

@@ -51,11 +51,14 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 
 USERS = ("alice", "bob", "carol")
 BIG = "alice"  # the mailbox whose sync is killed half way
-BIG_MAILBOX = 160
+BIG_MAILBOX = 100
 SMALL_MAILBOX = 12
 API_KEY = "e2e-api-key"
 X_IDS = {"alice": "101", "bob": "102", "carol": "103"}
 X_SCOPE = "tweet.read users.read like.read offline.access"
+CHROMIUM = Path("/usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @dataclass
@@ -398,6 +401,8 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
             assert page.count('<span class="badge s-ok">ok</span>') >= len(USERS) * len(PROVIDERS)
             assert "s-error" not in page
             (tmp_path / "status.json").write_text(json.dumps(status, indent=2))
+            if HAVE_CHROMIUM:  # a picture for people; the assertions above do not need it
+                await screenshot(url, ARTIFACTS / "e2e-status-page.png")
     finally:
         for name, proc in processes.items():
             stop_process(proc, signal.SIGKILL if name == "scheduler" else signal.SIGTERM)
@@ -405,3 +410,22 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
 
 
 PROVIDERS = ("gmail", "calendar", "github", "twitter")
+
+
+async def screenshot(url: str, path: Path) -> None:
+    """The status page after the run, as a person sees it (a test artifact)."""
+    from playwright.async_api import async_playwright
+
+    path.parent.mkdir(exist_ok=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(url)
+            await page.screenshot(path=str(path), full_page=True)
+        finally:
+            await browser.close()

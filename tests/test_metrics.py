@@ -97,7 +97,7 @@ def _python(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedP
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
 
@@ -119,7 +119,7 @@ def test_api_command_refuses_a_missing_multiproc_dir(
     base_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
-    result = run_cli("api", "--port", "0", env=env)
+    result = run_cli("api", "--port", "0", env=env, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: PROMETHEUS_MULTIPROC_DIR: {tmp_path / 'missing'} is not a directory"

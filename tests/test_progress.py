@@ -13,10 +13,15 @@ import pty
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.storage.accounts import save_account
 from tests.conftest import INGESTION, run_cli
+
+#: Three CLI processes; their start-up dominates on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PLUGIN = """
 import asyncio
@@ -98,7 +103,7 @@ def _sync_on_a_terminal(env: dict[str, str], *extra: str) -> tuple[int, str, str
     stdout = process.stdout.read().decode()
     process.stdout.close()
     os.close(leader)
-    code = process.wait(timeout=60)
+    code = process.wait(timeout=120)
     return code, stdout, b"".join(chunks).decode(errors="replace")
 
 
@@ -122,7 +127,7 @@ def test_sync_shows_a_bar_only_on_a_terminal_without_json(
     assert summary["pages"] == 4
 
     # Off a terminal (stderr is a pipe): the summary table, no bar.
-    result = run_cli("sync", "github", "--user", "u1", "--full", env=env)
+    result = run_cli("sync", "github", "--user", "u1", "--full", env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "items/s" not in result.stderr
     assert "github sync for u1" in result.stdout
