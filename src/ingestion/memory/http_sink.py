@@ -8,7 +8,7 @@ What `HttpMemorySink` promises:
   most `MEMORY_BATCH_MAX_BYTES` of JSON per batch (a single record larger than the byte bound
   travels alone; a 413 splits a batch in halves until it fits or is one record).
 - 429, 5xx, timeouts and connection errors are retried on the shared client with exponential
-  backoff and jitter (stamina), waiting exactly `Retry-After` when the engine sends one; once the
+  backoff and jitter (stamina), waiting at least `Retry-After` when the engine sends one; once the
   attempts are spent, or when the engine asks for a wait longer than `max_inline_wait`,
   `RateLimited` (429) or `RetryableError` (5xx, network) is raised with `retry_after`, and the job
   is retried later from the last accepted page. Any other 4xx raises `PermanentError` (401/403:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import random
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -177,14 +178,21 @@ class HttpMemorySink:
     async def _post(self, path: str, body: bytes, *, endpoint: str) -> None:
         """POST until a 2xx; raises as the module docstring says."""
 
+        retries = 0
+
         def retry_on(exc: Exception) -> bool | float:
+            nonlocal retries
             if isinstance(exc, _EngineBusy):
                 if exc.retry_after is None:
                     return True
                 if exc.retry_after > self.max_inline_wait:
                     return False
-                metrics.RATE_LIMIT_WAIT_SECONDS.labels(reason="retry_after").inc(exc.retry_after)
-                return exc.retry_after
+                # Retry-After is a floor: `Retry-After: 0` does not turn backoff into a busy loop.
+                retries += 1
+                backoff = min(self.wait_max, self.wait_initial * 2.0 ** (retries - 1))
+                wait = max(exc.retry_after, backoff + random.uniform(0, self.wait_jitter))
+                metrics.RATE_LIMIT_WAIT_SECONDS.labels(reason="retry_after").inc(wait)
+                return wait
             return isinstance(exc, httpx.TransportError)
 
         url = f"{self.base_url}{path}"
