@@ -274,3 +274,21 @@ async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     assert await env.consumer.prune_consumers(idle_seconds=0) == 1
     names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.stream, env.keys.group)}
     assert names == {"holder"}  # it still holds a pending entry
+
+
+async def test_job_longer_than_visibility_timeout_keeps_its_claim(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUEUE_TEST_PAGES", "3")
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.8")  # 2.4 s, visibility timeout 1 s
+    await add_accounts(env.services, ["slow-1"])
+    await env.queue.enqueue(Job(PROVIDER, "slow-1"))
+    other = env.queue.consumer("other-worker")
+    async with (
+        running_worker(env.settings, env.consumer, env.services),
+        running_worker(env.settings, other, env.services),
+    ):
+        await wait_for(lambda: env.runs("ok"), timeout=30)
+    runs = await SyncStateStore(env.services.db).recent_runs(10)
+    assert [r.status for r in runs] == ["ok"]  # run once, never reclaimed while healthy
+    assert runs[0].upserted == 6
