@@ -24,7 +24,8 @@ in and `consent_decision` is "approve" or "deny"; they answer 302 to the `redire
 
 Scripting: `issue(provider, user)` seeds a grant (for `accounts add`), `revoke`, `fail_next`
 (e.g. 503 twice), `lose_next_answer` (rotate, then never answer: the client times out),
-`delay` (widen race windows), `on_token(new_access, old_access)` to link a provider emulator,
+`delay` (widen race windows), `hold_refreshes` / `open_gate` (keep a refresh in flight while
+a test watches the others wait), `on_token(new_access, old_access)` to link a provider emulator,
 and `calls` / `token_calls(provider)` to count what was asked.
 """
 
@@ -119,6 +120,9 @@ class OAuthState:
     _lose: dict[str, int] = field(default_factory=dict)
     _codes: dict[str, _Code] = field(default_factory=dict)
     _released: threading.Event = field(default_factory=threading.Event)
+    _gate: threading.Event | None = None
+    #: Refresh requests currently held at the gate.
+    held: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- scripting ---------------------------------------------------------------------------
@@ -176,9 +180,18 @@ class OAuthState:
         with self._lock:
             self._lose[provider] = self._lose.get(provider, 0) + times
 
+    def hold_refreshes(self) -> None:
+        """Refresh requests wait (before doing anything) until `open_gate()`."""
+        self._gate = threading.Event()
+
+    def open_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+
     def release(self) -> None:
-        """Let requests held by `lose_next_answer` finish (call before stopping the server)."""
+        """Let held requests finish (call before stopping the server)."""
         self._released.set()
+        self.open_gate()
 
     def token_calls(self, provider: str, grant_type: str = "refresh_token") -> int:
         return self.calls[(provider, grant_type)]
@@ -353,6 +366,11 @@ def create_app(state: OAuthState) -> Starlette:
         return handle
 
     async def refresh(provider: str, request: Request, form: dict[str, str]) -> Response:
+        gate = state._gate
+        if gate is not None:
+            state.held += 1
+            await asyncio.to_thread(gate.wait, 300)
+            state.held -= 1
         with state._lock:
             grant = state.grants.get(form.get("refresh_token", ""))
             if grant is None or grant.provider != provider:
