@@ -361,3 +361,25 @@ async def test_concurrent_refreshes_in_one_process_make_one_call(
         assert (await row(services, "twitter")).refresh_token == grant.refresh_token
     finally:
         await services.aclose()
+
+
+@pytest.mark.parametrize(
+    ("provider_id", "error"),
+    [("google", "invalid_grant"), ("github", "bad_refresh_token"), ("twitter", "invalid_request")],
+)
+async def test_spent_or_revoked_refresh_token_is_reauth_for_every_provider(
+    services: Services, oauth: tuple[OAuthState, str], provider_id: str, error: str
+) -> None:
+    state, _ = oauth
+    grant = state.issue(provider_id, "someone")
+    refresh = grant.refresh_token
+    assert refresh is not None
+    await store(services, provider_id, grant.access_token, refresh, expires_in=-1)
+    state.revoke(refresh)
+
+    with pytest.raises(ReauthRequired, match=error) as caught:
+        await services.tokens.source(USER, provider_id).access_token()
+
+    assert state.token_calls(provider_id) == 1  # a dead grant is not retried
+    assert refresh not in str(caught.value)
+    assert (await row(services, provider_id)).refresh_token == refresh  # row left as it was
