@@ -11,7 +11,7 @@ Guarantees kept here, for every provider:
 - `title` is one line (whitespace runs collapsed) of at most `TITLE_MAX_CHARS` characters.
 - `metadata` holds plain JSON values only (datetimes as ISO-8601 UTC, strings cleaned of
   surrogates and control characters, NaN/infinity as null), so it always serialises and hashes
-  the same way.
+  the same way. The keys each record type carries are typed in `ingestion.memory.metadata`.
 - `contentHash` is sha256 over a canonical JSON of title, content and metadata, so the engine
   (and our own sink) can skip unchanged re-sends.
 """
