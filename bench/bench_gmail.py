@@ -322,7 +322,7 @@ def render(
         _row("ingestion sync gmail (whole mailbox)", large),
     ]
     if other is not None:
-        lines.append(_row("LlamaIndex GmailReader (same emulator, same messages)", other))
+        lines.append(_row("LlamaIndex GmailReader (same emulator, newest messages)", other))
     lines.append("")
     ratio = ""
     if other is not None:
