@@ -1,6 +1,6 @@
 """Gmail backfill throughput, memory, and LlamaIndex's GmailReader on the same mailbox.
 
-    uv run python bench/bench_gmail.py [--messages 10000] [--small 1000] [--peer-messages N]
+    uv run python bench/bench_gmail.py [--messages 10000] [--small 1000] [--peer-messages 2000]
 
 A mailbox of `--messages` generated messages (multipart/alternative plain + HTML, one in ten
 with a PDF attachment, one in five with a Cc) is served by the Gmail emulator in its own
@@ -10,9 +10,9 @@ process. Then, each in a fresh subprocess with its own SQLite database:
    into the memory engine emulator: messages/s, HTTP requests per message, and peak RSS
    (`wait4` of that very process) to show memory stays flat as the mailbox grows;
 2. LlamaIndex's `GmailReader` (`llama-index-readers-google`, bench dependency group) reads the
-   same messages through `googleapiclient` pointed at the emulator (`client_options`
-   `api_endpoint`, static discovery document from the wheel); its OAuth file flow is replaced by
-   a fixed Bearer token.
+   newest `--peer-messages` of the same mailbox through `googleapiclient` pointed at the
+   emulator (`client_options` `api_endpoint`, static discovery document from the wheel); its
+   OAuth file flow is replaced by a fixed Bearer token.
 
 The transport choice (one `messages.get` per message, N in flight, versus the batch endpoint)
 is measured too: raw fetch of the same messages both ways, without transforming. The quota
@@ -253,10 +253,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument("--peer-messages", type=int, default=None)
+    parser.add_argument(
+        "--peer-messages",
+        type=int,
+        default=2_000,
+        help="messages GmailReader reads (newest first; it fetches them one at a time)",
+    )
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
-    peer_count = args.peer_messages or args.messages
+    peer_count = min(args.peer_messages, args.messages)
     began = time.perf_counter()
     engine_state = MemoryEngineState()
     engine = serve(engine_app(engine_state))
