@@ -115,6 +115,16 @@ def test_history_records_no_change_and_expiry(api: tuple[GmailState, httpx.Clien
     assert answer["history"][1]["labelsAdded"][0]["labelIds"] == ["TRASH"]
     assert int(answer["history"][0]["id"]) < int(answer["history"][1]["id"])
     assert answer["historyId"] == answer["history"][-1]["id"]
+    state.history_keep = 3  # a horizon: older starting points expire as history grows
+    for _ in range(3):
+        state.relabel("u1", added, add=["STARRED"], remove=[])
+        state.relabel("u1", added, add=[], remove=["STARRED"])
+    horizon = client.get("/history", params={"startHistoryId": answer["historyId"]})
+    assert horizon.status_code == 404
+    latest = client.get("/profile").json()["historyId"]
+    recent = client.get("/history", params={"startHistoryId": str(int(latest) - 2)}).json()
+    assert len(recent["history"]) == 2
+    state.history_keep = None
     state.expire_history("u1")
     expired = client.get("/history", params={"startHistoryId": start})
     assert expired.status_code == 404

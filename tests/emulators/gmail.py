@@ -169,6 +169,9 @@ class GmailState:
         self.throttled = 0
         #: Seconds each messages.get takes (slows a backfill down for crash tests).
         self.delay = 0.0
+        #: Expiry horizon: only the last `history_keep` history ids stay valid as a
+        #: `startHistoryId` (None = all; `expire_history` prunes everything at once).
+        self.history_keep: int | None = None
         self.units_spent: dict[str, int] = {}
         self.lock = threading.RLock()
         self._random = random.Random(seed)
@@ -209,6 +212,9 @@ class GmailState:
         item.update(extra)
         box.history.append({"id": str(box.history_id), "messages": [ref], kind: [item]})
         message.history_id = box.history_id
+        if self.history_keep is not None:  # the expiry horizon: only recent history survives
+            box.history_floor = max(box.history_floor, box.history_id - self.history_keep)
+            box.history = [r for r in box.history if int(r["id"]) > box.history_floor]
 
     def add_message(
         self,
