@@ -292,3 +292,24 @@ async def test_job_longer_than_visibility_timeout_keeps_its_claim(
     runs = await SyncStateStore(env.services.db).recent_runs(10)
     assert [r.status for r in runs] == ["ok"]  # run once, never reclaimed while healthy
     assert runs[0].upserted == 6
+
+
+async def test_job_for_a_pair_already_syncing_elsewhere_is_deferred_then_runs(env: Env) -> None:
+    await add_accounts(env.services, ["ok-1"])
+    lock = env.consumer.sync_lock()
+    async with running_worker(env.settings, env.consumer, env.services):
+        async with lock(PROVIDER, "ok-1"):  # another worker's sync of the same pair
+            # A producer outside the service: no coalescing marker, only the lock protects.
+            await env.redis.xadd(
+                env.keys.stream, {"type": "github:fetch", "payload": '{"userId": "ok-1"}'}
+            )
+
+            async def deferred() -> list[Any]:
+                return list(await env.redis.zrange(env.keys.delayed, 0, -1))
+
+            [member] = await wait_for(deferred)
+            fields = json.loads(member)
+            assert dict(zip(fields[::2], fields[1::2], strict=True))["deferrals"] == "1"
+            assert await env.runs("ok") == []
+        await wait_for(lambda: env.runs("ok"), timeout=20)
+    assert await env.dead() == []

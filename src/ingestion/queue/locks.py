@@ -10,7 +10,6 @@ of running it beside the other one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +42,8 @@ class RedisSyncLock:
         self._acquire = redis.register_script(scripts.LOCK_ACQUIRE)
         self._renew = redis.register_script(scripts.LOCK_RENEW)
         self._release = redis.register_script(scripts.LOCK_RELEASE)
+        self._held: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def __call__(self, provider: str, user_id: str) -> AsyncIterator[None]:
@@ -54,28 +55,33 @@ class RedisSyncLock:
                 f"a {provider} sync for this user is already running elsewhere",
                 retry_after=self.busy_retry,
             )
-        renewer = asyncio.create_task(self._keep(key, token))
+        self._held[key] = token
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._keep())
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            self._held.pop(key, None)
+            if not self._held and self._renewer is not None:
+                self._renewer.cancel()
+                self._renewer = None
             try:
                 await self._release(keys=[key], args=[token])
             except RedisError as exc:  # it expires on its own
                 log.warning("could not release sync lock", key=key, error=str(exc))
 
-    async def _keep(self, key: str, token: str) -> None:
+    async def _keep(self) -> None:
+        """One task renews every lock this process holds, every third of the lock's ttl."""
         interval = self.ttl_ms / 3000
-        while True:
+        while self._held:
             await asyncio.sleep(interval)
-            try:
-                if not int(await self._renew(keys=[key], args=[token, self.ttl_ms])):
-                    log.error("sync lock lost while the sync was running", key=key)
-                    return
-            except RedisError as exc:
-                log.warning("could not renew sync lock", key=key, error=str(exc))
+            for key, token in list(self._held.items()):
+                try:
+                    renewed = int(await self._renew(keys=[key], args=[token, self.ttl_ms]))
+                    if not renewed and self._held.get(key) == token:
+                        log.error("sync lock lost while the sync was running", key=key)
+                except RedisError as exc:
+                    log.warning("could not renew sync lock", key=key, error=str(exc))
 
 
 class LocalSyncLock:
