@@ -149,6 +149,9 @@ async def test_accounts_route_shows_sync_state_per_provider_and_no_token(
     assert "refresh-secret" not in response.text
     missing = await client.get("/v1/accounts/nobody")
     assert missing.status_code == 404
+    # The same rows as the status document has for that user.
+    status = (await client.get("/v1/status")).json()
+    assert document["providers"] == [r for r in status["accounts"] if r["userId"] == "u1"]
 
 
 async def test_status_page_renders_users_providers_and_runs(client: httpx.AsyncClient) -> None:

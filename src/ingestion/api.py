@@ -44,7 +44,7 @@ from ingestion.queue.jobs import Job, options_from_json
 from ingestion.status import QueueStatsFn, gather_status
 from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
-from ingestion.web import STATIC_DIR, render_status_page
+from ingestion.web import ROW_LIMIT, STATIC_DIR, render_status_page
 
 __all__ = ["create_app", "run_api", "serve"]
 
@@ -188,9 +188,36 @@ class _Api:
         return JSONResponse(await gather_status(self.services.db, self.queue_stats))
 
     async def account(self, request: Request) -> Response:
+        """The rows `/v1/status` has for one user, read by key (not by scanning everyone)."""
         user_id = request.path_params["user_id"]
-        document = await gather_status(self.services.db, None, runs=0)
-        rows = [r for r in document["accounts"] if r["userId"] == user_id]
+        store = SyncStateStore(self.services.db)
+        connected: set[str] = set()
+        async with self.services.db.session() as session:
+            for account_provider in sorted({account_provider_of(p) for p in PROVIDER_NAMES}):
+                if await find_account(session, user_id, account_provider) is not None:
+                    connected.add(account_provider)
+        rows: list[dict[str, Any]] = []
+        for provider in sorted(PROVIDER_NAMES):
+            account_provider = account_provider_of(provider)
+            state = await store.load(user_id, provider)
+            if account_provider not in connected and state.updated_at is None:
+                continue
+            rows.append(
+                {
+                    "userId": user_id,
+                    "provider": provider,
+                    "accountProvider": account_provider if account_provider in connected else None,
+                    "connected": account_provider in connected,
+                    "status": state.status,
+                    "lastSyncTime": _iso(state.last_sync_time),
+                    "itemsFetched": state.items_fetched,
+                    "itemsUpserted": state.items_upserted,
+                    "itemsDeleted": state.items_deleted,
+                    "lastError": state.last_error,
+                    "reauthRequired": state.status == "reauth_required",
+                    "updatedAt": _iso(state.updated_at),
+                }
+            )
         if not rows:
             return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
         return JSONResponse({"userId": user_id, "providers": rows})
@@ -215,15 +242,20 @@ class _Api:
         return JSONResponse({"retried": retried})
 
     # --- the page -----------------------------------------------------------------------
-    async def page(self, _request: Request) -> Response:
+    async def page(self, request: Request) -> Response:
         document = await gather_status(self.services.db, self.queue_stats)
         html = render_status_page(
             document,
             key_required=self._key is not None,
             queue_available=self.queue is not None,
             now=datetime.now(UTC),
+            limit=None if request.query_params.get("all") == "1" else ROW_LIMIT,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 async def _check(probe: Callable[[], Awaitable[Any]]) -> str:

@@ -14,12 +14,15 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-__all__ = ["REFRESH_SECONDS", "STATIC_DIR", "render_status_page"]
+__all__ = ["REFRESH_SECONDS", "ROW_LIMIT", "STATIC_DIR", "render_status_page"]
 
 _HERE = Path(__file__).parent
 STATIC_DIR = _HERE / "static"
 #: The page reloads itself this often (paused while a person types the key or an action runs).
 REFRESH_SECONDS = 15
+#: Above this many (user, provider) rows the page shows those needing attention first and
+#: stops at the limit (`/?all=1` shows every row): a table people can read, a page phones load.
+ROW_LIMIT = 200
 
 _env = Environment(
     loader=FileSystemLoader(_HERE / "templates"),
@@ -54,17 +57,36 @@ def _duration(started: str | None, finished: str | None) -> str:
     return f"{(end - start).total_seconds():.1f} s"
 
 
+def _needs_attention(row: dict[str, Any]) -> bool:
+    return bool(row["reauthRequired"] or row["lastError"] or row["status"] == "error")
+
+
 def render_status_page(
-    document: dict[str, Any], *, key_required: bool, queue_available: bool, now: datetime
+    document: dict[str, Any],
+    *,
+    key_required: bool,
+    queue_available: bool,
+    now: datetime,
+    limit: int | None = ROW_LIMIT,
 ) -> str:
-    """The page for one status document (see `ingestion.status.gather_status`)."""
+    """The page for one status document (see `ingestion.status.gather_status`).
+
+    Every row is shown up to `limit` rows (None: no limit); above it, the rows needing
+    attention (an error, a reconnect) come first, and the page says how many it left out.
+    """
     accounts = document["accounts"]
     counts: dict[str, int] = {}
     for row in accounts:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    shown = accounts
+    if limit is not None and len(accounts) > limit:
+        attention = [r for r in accounts if _needs_attention(r)]
+        rest = [r for r in accounts if not _needs_attention(r)]
+        shown = (attention + rest)[:limit]
     template = _env.get_template("status.html")
     return template.render(
-        accounts=accounts,
+        accounts=shown,
+        total_rows=len(accounts),
         users=sorted({row["userId"] for row in accounts}),
         status_counts=sorted(counts.items()),
         queue=document["queue"],

@@ -1,0 +1,68 @@
+"""The status page's rendering: the row limit with rows needing attention first, escaping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ingestion.web import ROW_LIMIT, render_status_page
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def row(user: str, provider: str, **changes: Any) -> dict[str, Any]:
+    base = {
+        "userId": user,
+        "provider": provider,
+        "accountProvider": "google",
+        "connected": True,
+        "status": "ok",
+        "lastSyncTime": (NOW - timedelta(minutes=3)).isoformat().replace("+00:00", "Z"),
+        "itemsFetched": 10,
+        "itemsUpserted": 10,
+        "itemsDeleted": 0,
+        "lastError": None,
+        "reauthRequired": False,
+        "updatedAt": None,
+    }
+    base.update(changes)
+    return base
+
+
+def document(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"accounts": rows, "queue": {"kind": "none"}, "recentRuns": []}
+
+
+def render(rows: list[dict[str, Any]], **kwargs: Any) -> str:
+    return render_status_page(
+        document(rows), key_required=False, queue_available=True, now=NOW, **kwargs
+    )
+
+
+def test_small_tables_are_shown_whole_in_order() -> None:
+    page = render([row("a", "gmail"), row("b", "gmail", status="error", lastError="HTTP 500")])
+    assert page.index('data-user="a"') < page.index('data-user="b"')
+    assert 'id="row-limit"' not in page
+    assert "3 min ago" in page
+
+
+def test_large_tables_show_rows_needing_attention_first_up_to_the_limit() -> None:
+    rows = [row(f"user-{n:04d}", "github") for n in range(ROW_LIMIT + 100)]
+    rows[-1] = row("zed", "twitter", status="reauth_required", reauthRequired=True)
+    rows[-2] = row("yan", "gmail", status="error", lastError="HTTP 503")
+    page = render(rows)
+    assert page.count("<tr data-user=") == ROW_LIMIT
+    assert page.index('data-user="yan"') < page.index('data-user="user-0000"')
+    assert page.index('data-user="zed"') < page.index('data-user="user-0000"')
+    assert f"Showing {ROW_LIMIT} of {ROW_LIMIT + 100} syncs" in page
+    assert 'href="/?all=1"' in page
+    everything = render(rows, limit=None)
+    assert everything.count("<tr data-user=") == ROW_LIMIT + 100
+    assert 'id="row-limit"' not in everything
+
+
+def test_values_are_escaped() -> None:
+    page = render([row('<b>"x"</b>', "gmail", lastError="<img src=x onerror=alert(1)>")])
+    assert "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<b>" not in page
