@@ -206,6 +206,12 @@ def run_peer(url: str, repos: list[str], workdir: Path) -> list[dict[str, Any]]:
 # --- report ----------------------------------------------------------------------------------
 
 
+def _flags(args: argparse.Namespace) -> str:
+    chosen = {"repos": args.repos, "commits": args.commits, "issues": args.issues}
+    defaults = {"repos": 20, "commits": 5000, "issues": 5000}
+    return "".join(f" --{k} {v}" for k, v in chosen.items() if v != defaults[k])
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -219,7 +225,8 @@ def report(
     lines = [
         "# GitHub provider benchmark",
         "",
-        f"`uv run python bench/bench_github.py` — {args.repos} repositories, {args.commits} "
+        f"`uv run python bench/bench_github.py{_flags(args)}` — {args.repos} repositories, "
+        f"{args.commits} "
         f"commits with details, {args.issues} issues and pull requests (40 % PRs, 30 % with "
         "comments), one emulator in a child process (tests/emulators/github.py); "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, Python {platform.python_version()}, "
