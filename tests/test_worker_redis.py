@@ -313,3 +313,21 @@ async def test_job_for_a_pair_already_syncing_elsewhere_is_deferred_then_runs(en
             assert await env.runs("ok") == []
         await wait_for(lambda: env.runs("ok"), timeout=20)
     assert await env.dead() == []
+
+
+async def test_retry_all_dead_letters_and_purge(env: Env) -> None:
+    dead = {"error": "boom", "failedAt": "2026-01-01T00:00:00Z", "attempts": "5"}
+    await env.redis.xadd(
+        env.keys.dead, {"type": "github:fetch", "payload": '{"userId":"ok-1"}', **dead}
+    )
+    await env.redis.xadd(env.keys.dead, {"type": "nope", **dead})
+    assert await env.queue.retry_dead(None) == 2
+    entries = [fields for _, fields in await env.redis.xrange(env.keys.stream)]
+    assert [f["type"] for f in entries] == ["github:fetch", "nope"]
+    assert all(f["attempt"] == "1" and "error" not in f for f in entries)
+    # The valid job holds its pair's coalescing marker again.
+    assert (await env.queue.enqueue(Job(PROVIDER, "ok-1"))).coalesced
+    assert await env.queue.retry_dead(["0-1"]) == 0
+    await env.redis.xadd(env.keys.dead, {"type": "nope", **dead})
+    assert await env.queue.purge_dead() == 1
+    assert await env.redis.xlen(env.keys.dead) == 0

@@ -207,15 +207,12 @@ class RedisJobQueue:
             fresh["enqueuedAt"] = datetime.now(UTC).isoformat()
             job_id = fresh.setdefault("jobId", uuid.uuid4().hex)
             delivery = Delivery.parse(entry_id, fresh)
-            active = (
-                self.keys.active(delivery.job.provider, delivery.job.user_id)
-                if delivery.job
-                else self.keys.dead
-            )
+            job = delivery.job
+            active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
             moved += int(
                 await self._requeue_dead(
                     keys=[self.keys.dead, self.keys.stream, active],
-                    args=[entry_id, job_id, self.active_ttl, *_flat(fresh)],
+                    args=[entry_id, job_id if job else "", self.active_ttl, *_flat(fresh)],
                 )
             )
         return moved

@@ -94,8 +94,8 @@ end
 return #due
 """
 
-#: KEYS: dead, stream, active. ARGV: deadId, jobId, activeTtl, fields…  Move one dead letter
-#: back onto the stream; returns 0 when it was already gone.
+#: KEYS: dead, stream, active. ARGV: deadId, jobId ('' = not a valid job: no marker), activeTtl,
+#: fields…  Move one dead letter back onto the stream; returns 0 when it was already gone.
 REQUEUE_DEAD = """
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return 0
@@ -104,7 +104,9 @@ local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[2], 'NX', 'EX', ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[2], 'NX', 'EX', ARGV[3])
+end
 return 1
 """
 
