@@ -229,8 +229,12 @@ def test_sigkill_mid_backfill_resumes_at_the_checkpoint(
     result = run_cli("sync", "gmail", "--user", USER, "--json", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     with engine.lock:
-        assert len(engine.records) == total
-        assert max(engine.upserts.values()) == 1  # no record was sent twice
+        assert {r["sourceId"] for r in engine.records.values()} == set(
+            gmail.mailboxes[USER].messages
+        )
+        # The kill may land between the engine's acceptance and the cursor's commit: then
+        # that one page is sent again (same ids, idempotent upserts), never more.
+        assert sum(count - 1 for count in engine.upserts.values()) <= page
     resumed = gmail.requests[mark:]
     assert "getProfile" not in [r.endpoint for r in resumed]  # no new backfill was started
     first_listing = next(r for r in resumed if r.endpoint == "messages.list")
