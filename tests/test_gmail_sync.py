@@ -252,8 +252,9 @@ async def test_max_results_caps_and_since_narrows_the_backfill(world: World) -> 
 
 async def test_quota_pacing_stays_under_the_budget(servers: Any, tmp_path: Path) -> None:
     gmail: GmailState = servers[0]
-    # Emulated per-user limit: 3,000 units/minute, a bucket of 75 units (1.5 s of quota).
-    gmail.set_quota(3000, burst=75)
+    # Emulated per-user limit: 3,000 units/minute, a bucket of 100 units (2 s of quota: room
+    # for requests that the network delivers closer together than the client paced them).
+    gmail.set_quota(3000, burst=100)
     paced = await open_world(servers, tmp_path, gmail_quota_units_per_minute=3000)
     try:
         for i in range(40):
@@ -271,7 +272,7 @@ async def test_quota_pacing_stays_under_the_budget(servers: Any, tmp_path: Path)
 async def test_without_pacing_the_emulator_does_throttle(servers: Any, tmp_path: Path) -> None:
     """The control of the test above: a budget far above the limit runs into 429s (retried)."""
     gmail: GmailState = servers[0]
-    gmail.set_quota(3000, burst=75)
+    gmail.set_quota(3000, burst=100)
     unpaced = await open_world(servers, tmp_path, gmail_quota_units_per_minute=600_000)
     try:
         for i in range(40):
