@@ -111,7 +111,7 @@ class GmailProvider:
                 if restarted:
                     raise
                 ctx.log.warning("gmail page token refused, listing again from the first page")
-                restarted, page_token = True, None
+                restarted, page_token, count = True, None, 0
                 continue
             refs: list[dict[str, Any]] = list(listing.get("messages") or [])
             if remaining is not None:
