@@ -295,6 +295,33 @@ async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_ke
     assert "mona/empty#1" in stored  # the empty repository's 409 did not stop its issues
 
 
+async def test_repository_answering_404_is_skipped_and_keeps_its_cursor(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    state, server = github
+    stays = state.add_repo("mona", "stays")
+    goes = state.add_repo("mona", "goes")
+    for repo in (stays, goes):
+        state.add_commit(repo, f"first in {repo.name}", author="mona", files=[GhFile("a.py")])
+        state.add_issue(repo, f"issue in {repo.name}", user="mona")
+    services = await services_for(server.url)
+    await sync(services)
+    before = (await services.engine.state.load("u1", "github")).cursor["repos"]["mona/goes"]
+
+    goes.vanishing = True
+    state.add_commit(goes, "lost work", author="mona", files=[GhFile("b.py")])
+    state.add_commit(stays, "second in stays", author="mona", files=[GhFile("b.py")])
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    assert state.count(status=404) >= 1
+    after = (await services.engine.state.load("u1", "github")).cursor["repos"]["mona/goes"]
+    assert after["commits"] == before["commits"]
+    assert after["issues"] == before["issues"]
+    stored = await records(services)
+    assert sum(1 for k in stored if k.startswith("mona/stays@")) == 2
+
+
 async def test_enterprise_base_url_with_path_prefix(services_for: Any) -> None:
     state = GitHubState(path_prefix="/api/v3", html_base="https://ghe.example.com")
     state.add_user("mona", token=TOKEN)

@@ -149,6 +149,8 @@ class GhRepo:
     issues: dict[int, GhIssue] = field(default_factory=dict)
     deleted: bool = False
     blocked: bool = False
+    #: Deleted a moment ago: still in `/user/repos` (listings lag), 404 everywhere else.
+    vanishing: bool = False
 
     @property
     def full_name(self) -> str:
@@ -871,7 +873,8 @@ class _Handler:
             )
         else:
             found = self.state.repos.get(f"{params['owner']}/{params['repo']}")
-        if found is None or found.deleted or not (found.visible_to(login) or not found.private):
+        hidden = found is None or found.deleted or found.vanishing
+        if hidden or not (found.visible_to(login) or not found.private):
             raise _error(404, "Not Found")
         if found.blocked:
             raise _error(

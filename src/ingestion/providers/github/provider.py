@@ -55,6 +55,8 @@ T = TypeVar("T")
 COMMIT_CHUNK = 50
 #: GitHub serves at most 3,000 files of a commit, 300 per page.
 MAX_FILE_PAGES = 10
+#: A repository pushed to this recently gets its commit listing asked again next time.
+PUSH_SETTLE = timedelta(minutes=2)
 #: A repository answering these to a repository-level call is skipped, cursor kept.
 GONE = (403, 404, 410, 451)
 
@@ -179,6 +181,15 @@ class _Run:
             yield page
         yield self.page([])
 
+    def _settled(self, pushed_at: str | None) -> str | None:
+        """`pushed_at` if it is older than `PUSH_SETTLE` (GitHub stamps whole seconds: a push
+        in the same second as the last one would leave it unchanged), else None, so the next
+        sync asks the (conditional, usually 304) commit listing again."""
+        when = parse_time(pushed_at)
+        if when is None or when > self.ctx.clock.now() - PUSH_SETTLE:
+            return None
+        return pushed_at
+
     def _in_scope(self, info: RepoInfo) -> bool:
         if not info.listed:
             return False
@@ -286,7 +297,7 @@ class _Run:
             walk = await self._walk(url, "commits", etags, repo=info.full_name)
             if walk is None or not walk.changed:
                 # Unchanged, or empty repository (409) / refused query (422): nothing to take.
-                info.commits_pushed_at = info.pushed_at
+                info.commits_pushed_at = self._settled(info.pushed_at)
                 yield self.page([])
                 return
             fresh = {str(c["sha"]): _commit_date(c) for c in walk.items}
@@ -314,7 +325,7 @@ class _Run:
             if moved is None or moved.since == since:
                 # One page (or a window that cannot shrink): ask the same URL next time.
                 info.commits = StreamCursor(since=since, seen=fresh, etags=walk.etags)
-                info.commits_pushed_at = info.pushed_at
+                info.commits_pushed_at = self._settled(info.pushed_at)
                 yield self.page([])
                 return
             info.commits = start = moved
