@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingestion.storage.db import Database
 from ingestion.storage.models import SyncRun, SyncStateRow
@@ -89,12 +92,26 @@ class SyncStateStore:
             ).scalars()
             return [StateView.of(r) for r in rows]
 
-    async def _row(self, session: Any, user_id: str, provider: str) -> SyncStateRow:
+    async def _row(self, session: AsyncSession, user_id: str, provider: str) -> SyncStateRow:
+        """The pair's row, created if absent; safe when several processes create it at once."""
         row = await session.get(SyncStateRow, (user_id, provider))
-        if row is None:
-            row = SyncStateRow(user_id=user_id, provider=provider, status="idle", cursor={})
-            session.add(row)
-        return row  # type: ignore[no-any-return]
+        if row is not None:
+            return row
+        insert = sqlite_insert if self.db.kind == "sqlite" else pg_insert
+        await session.execute(
+            insert(SyncStateRow)
+            .values(
+                user_id=user_id,
+                provider=provider,
+                status="idle",
+                cursor={},
+                updated_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["user_id", "provider"])
+        )
+        created = await session.get(SyncStateRow, (user_id, provider))
+        assert created is not None
+        return created
 
     async def begin(self, user_id: str, provider: str, job_id: str | None) -> int:
         """Mark the pair running and open a run-history row; returns the run id."""
