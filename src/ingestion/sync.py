@@ -102,10 +102,8 @@ class SyncEngine:
         started = time.perf_counter()
         bound = log.bind(provider=provider_name, user_id=user_id, job_id=job_id)
         async with self.lock(provider_name, user_id):
-            async with self.db.session() as session:
-                account = await find_account(session, user_id, provider.account_provider)
-                account_print = fingerprint(account) if account else None
-            if account is None:
+            account_print = await self._fingerprint(user_id, provider.account_provider)
+            if account_print is None:
                 raise PermanentError(
                     f"user {user_id!r} has no connected {provider.account_provider} account "
                     f"(add one with `ingestion accounts add` or `ingestion connect`)"
@@ -138,6 +136,9 @@ class SyncEngine:
                     summary.retry_after = exc.retry_after
                 elif isinstance(exc, ReauthRequired):
                     summary.status = "reauth_required"
+                    # The tokens that failed, not those at the start: a refresh may have
+                    # succeeded mid-sync before a later one hit the dead grant.
+                    account_print = await self._fingerprint(user_id, provider.account_provider)
                 else:
                     summary.status = "error"
                 await self.state.finish(
@@ -172,6 +173,11 @@ class SyncEngine:
             )
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
             return summary
+
+    async def _fingerprint(self, user_id: str, account_provider: str) -> str | None:
+        async with self.db.session() as session:
+            account = await find_account(session, user_id, account_provider)
+            return fingerprint(account) if account else None
 
     async def _accept(
         self,
