@@ -43,7 +43,7 @@ def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
             "kind": "redis",
             "length": 7,
             "pending": 2,
-            "waiting": None,
+            "notMeasuredHere": None,
             "deadLetters": 1,
             "oldestPendingSeconds": 12.5,
         },
@@ -60,7 +60,7 @@ def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
     assert 'ingestion_queue{figure="pending"} 2.0' in text
     assert 'ingestion_queue{figure="dead_letters"} 1.0' in text
     assert 'ingestion_queue{figure="oldest_pending_seconds"} 12.5' in text
-    assert 'figure="waiting"' not in text
+    assert 'figure="not_measured_here"' not in text  # None: no sample
     assert 'figure="kind"' not in text
     assert 'ingestion_cursor_age_seconds{provider="twitter",stat="max"} 600.0' in text
     assert 'ingestion_cursor_age_seconds{provider="twitter",stat="median"} 120.0' in text
