@@ -322,6 +322,22 @@ async def test_repository_answering_404_is_skipped_and_keeps_its_cursor(
     assert sum(1 for k in stored if k.startswith("mona/stays@")) == 2
 
 
+async def test_max_results_stops_early_and_the_next_sync_continues(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    state, server = github
+    seed_activity(state, "mona", repos=1, commits_per_repo=30, issues_per_repo=0)
+    services = await services_for(server.url)
+
+    first = await sync(services, max_results=5)
+    rest = await sync(services)
+
+    assert first.status == "ok"
+    assert 5 <= first.upserted < 30
+    assert first.upserted + rest.upserted == 30
+    assert len(await records(services)) == 30
+
+
 async def test_enterprise_base_url_with_path_prefix(services_for: Any) -> None:
     state = GitHubState(path_prefix="/api/v3", html_base="https://ghe.example.com")
     state.add_user("mona", token=TOKEN)

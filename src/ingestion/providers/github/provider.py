@@ -152,6 +152,11 @@ class _Run:
             stats=stats,
         )
 
+    def _chunk_size(self) -> int:
+        if self.max_results is None:
+            return COMMIT_CHUNK
+        return max(1, min(COMMIT_CHUNK, self.max_results - self.upserted))
+
     def _check_budget(self) -> None:
         if self.max_results is not None and self.upserted >= self.max_results:
             raise _Stop
@@ -305,15 +310,17 @@ class _Run:
                 (c for c in walk.items if start.is_new(str(c["sha"]), fresh[str(c["sha"])])),
                 key=lambda c: (_commit_date(c), str(c["sha"])),
             )
-            for first in range(0, len(todo), COMMIT_CHUNK):
+            first = 0
+            while first < len(todo):
                 self._check_budget()
-                chunk = todo[first : first + COMMIT_CHUNK]
+                chunk = todo[first : first + self._chunk_size()]
+                first += len(chunk)
                 records = await _all(self._commit_record(info, c) for c in chunk)
                 # Oldest first: everything committed before `last` has been taken.
                 last = _commit_date(chunk[-1])
-                taken = todo[: first + len(chunk)]
                 info.commits = StreamCursor(
-                    since=last, seen={str(c["sha"]): last for c in taken if _commit_date(c) == last}
+                    since=last,
+                    seen={str(c["sha"]): last for c in todo[:first] if _commit_date(c) == last},
                 )
                 yield self.page(records)
             latest = newest(fresh.values())
