@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -241,6 +242,8 @@ class RedisConsumer:
         self.visibility_ms = settings.job_visibility_timeout * 1000
         self._claim_cursor = "0-0"
         self._last_trim = 0.0
+        self._acks: list[tuple[Delivery, asyncio.Future[None]]] = []
+        self._ack_flusher: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._ack = self.redis.register_script(scripts.ACK)
         self._reschedule = self.redis.register_script(scripts.RESCHEDULE)
@@ -303,12 +306,42 @@ class RedisConsumer:
         return claimed
 
     async def complete(self, delivery: Delivery) -> None:
-        job = delivery.job
-        active = self.keys.active(job.provider, job.user_id) if job else self.keys.stream
-        await self._ack(
-            keys=[self.keys.stream, active],
-            args=[self.keys.group, delivery.entry_id, delivery.job_id],
-        )
+        """Acknowledge a finished job (and clear its marker) in one atomic script.
+
+        Completions that arrive while an acknowledgement is in flight are sent together in one
+        pipeline (each still its own atomic script): fewer round trips at high concurrency.
+        Returns once this job's acknowledgement was applied; raises if it could not be sent.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.append((delivery, future))
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = asyncio.create_task(self._flush_acks())
+        await future
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for delivery, _ in batch:
+                        job = delivery.job
+                        active = (
+                            self.keys.active(job.provider, job.user_id) if job else self.keys.stream
+                        )
+                        await self._ack(
+                            keys=[self.keys.stream, active],
+                            args=[self.keys.group, delivery.entry_id, delivery.job_id],
+                            client=pipe,
+                        )
+                    await pipe.execute()
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         fields = job.to_fields()
