@@ -327,3 +327,20 @@ async def test_401_refreshes_the_token_once_and_the_sync_continues(
     finally:
         await world.services.aclose()
         oauth_server.stop()
+
+
+async def test_one_request_per_message_when_batching_is_off(servers: Any, tmp_path: Path) -> None:
+    world = await open_world(servers, tmp_path, gmail_batch_size=0)
+    try:
+        ids = [world.add(i) for i in range(5)]
+        summary = await world.sync()
+        assert summary.upserted == 5
+        assert set(world.stored()) == set(ids)
+        with world.gmail.lock:
+            kinds = [(r.endpoint, r.batch) for r in world.gmail.requests]
+        assert (
+            kinds
+            == [("getProfile", False), ("messages.list", False)] + [("messages.get", False)] * 5
+        )
+    finally:
+        await world.services.aclose()
