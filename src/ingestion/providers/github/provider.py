@@ -25,7 +25,7 @@ one stream, never the whole sync; 401 goes through the token service (then `Reau
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -409,13 +409,13 @@ class _Run:
         path: str,
         extra: Mapping[str, str],
         endpoint: str,
-        get_cursor: Any,
-        set_cursor: Any,
+        get_cursor: Callable[[], StreamCursor],
+        set_cursor: Callable[[StreamCursor], None],
         repo: str | None,
     ) -> AsyncIterator[SyncPage]:
         """A listing sorted by `updated` ascending: pages are yielded as read, the cursor
         following the last item taken."""
-        start: StreamCursor = get_cursor()
+        start = get_cursor()
         since = start.since or format_time(self.floor)
         etags = start.etags if since == start.since else []
         while True:
