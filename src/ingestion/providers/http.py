@@ -148,16 +148,18 @@ class Pacer:
         self.waited = 0.0
 
     async def acquire(self, units: float = 1.0) -> None:
-        units = min(units, self.capacity)
+        # A call dearer than the bucket waits for a full bucket and leaves it in debt, so the
+        # average rate stays at `units / per_seconds` whatever the cost of single calls.
+        needed = min(units, self.capacity)
         async with self._lock:
             while True:
                 now = time.monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= units:
+                if self._tokens >= needed:
                     self._tokens -= units
                     return
-                wait = (units - self._tokens) / self.rate
+                wait = (needed - self._tokens) / self.rate
                 self.waited += wait
                 metrics.RATE_LIMIT_WAIT_SECONDS.labels(reason="pacing").inc(wait)
                 await asyncio.sleep(wait)
