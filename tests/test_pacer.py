@@ -20,8 +20,6 @@ async def test_calls_dearer_than_the_bucket_are_paced_at_the_budget() -> None:
 
 async def test_cheap_calls_within_the_burst_do_not_wait() -> None:
     pacer = Pacer(100, 1.0, burst=10)
-    started = time.monotonic()
     for _ in range(10):
         await pacer.acquire(1)
-    assert time.monotonic() - started < 0.2
     assert pacer.waited == 0
