@@ -38,3 +38,21 @@ async def test_concurrent_first_runs_create_one_state_row(
     finally:
         for db in databases:
             await db.dispose()
+
+
+async def test_a_run_left_running_by_a_dead_process_is_closed_by_the_next(
+    sqlite_url: str,
+) -> None:
+    settings = Settings(_env_file=None, database_url=sqlite_url)  # type: ignore[call-arg]
+    db = await open_database(settings, migrate=True)
+    try:
+        store = SyncStateStore(db)
+        await store.begin("u1", "gmail", "killed-job")  # its process dies: never finished
+        second = await store.begin("u1", "gmail", "next-job")
+        await store.finish("u1", "gmail", second, "ok")
+        runs = {r.job_id: r for r in await store.recent_runs()}
+        assert runs["killed-job"].status == "abandoned"
+        assert runs["killed-job"].finished_at is not None
+        assert runs["next-job"].status == "ok"
+    finally:
+        await db.dispose()

@@ -8,6 +8,7 @@ there; stable record ids make the overlap harmless. Jobs may therefore run more 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -157,11 +158,24 @@ class SyncEngine:
                     "sync stopped", status=summary.status, error=str(exc), **_counts(summary)
                 )
                 raise
-            except BaseException as exc:
+            except asyncio.CancelledError:
+                # Shutdown past its grace period: the job stays pending and runs again.
+                summary.status = "cancelled"
+                summary.seconds = time.perf_counter() - started
+                await self.state.finish(
+                    user_id, provider_name, run_id, "cancelled", details=summary.stats
+                )
+                bound.warning("sync cancelled", **_counts(summary))
+                raise
+            except Exception as exc:
                 summary.status = "error"
+                summary.seconds = time.perf_counter() - started
                 message = f"unexpected {type(exc).__name__}: {exc}"
                 await self.state.finish(
                     user_id, provider_name, run_id, "error", error=message, details=summary.stats
+                )
+                metrics.SYNC_DURATION.labels(provider=provider_name, status="error").observe(
+                    summary.seconds
                 )
                 bound.error("sync crashed", error=message, exc_info=True)
                 raise

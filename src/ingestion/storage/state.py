@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -120,6 +120,17 @@ class SyncStateStore:
             row = await self._row(session, user_id, provider)
             row.status = "running"
             row.started_at = now
+            # One sync per pair runs at a time: a run still "running" belonged to a process
+            # that died (SIGKILL, power loss); close it so history does not show it forever.
+            await session.execute(
+                update(SyncRun)
+                .where(
+                    SyncRun.user_id == user_id,
+                    SyncRun.provider == provider,
+                    SyncRun.status == "running",
+                )
+                .values(status="abandoned", finished_at=now, error="the process running it died")
+            )
             run = SyncRun(
                 job_id=job_id,
                 user_id=user_id,
@@ -170,7 +181,7 @@ class SyncStateStore:
         details: Mapping[str, Any] | None = None,
         fingerprint: str | None = None,
     ) -> None:
-        """Close the run. `status`: ok | error | deferred | reauth_required."""
+        """Close the run. `status`: ok | error | deferred | cancelled | reauth_required."""
         now = datetime.now(UTC)
         error = error[:_ERROR_LIMIT] if error else None
         async with self.db.session() as session:
@@ -180,7 +191,7 @@ class SyncStateStore:
                 row.last_sync_time = now
                 row.last_error = None
                 row.reauth_fingerprint = None
-            elif status == "deferred":
+            elif status in ("deferred", "cancelled"):
                 row.status = "ok" if row.last_sync_time else "idle"
                 row.last_error = error
             else:
