@@ -1,10 +1,12 @@
 """No-op jobs per second through the service's Redis queue, beside a bare redis-py loop.
 
-    uv run python bench/bench_queue.py [--jobs N] [--redis-url URL]
+    uv run python bench/bench_queue.py [--jobs N] [--rounds R] [--redis-url URL]
 
 Every run pre-fills the stream with N jobs for distinct users (so nothing is coalesced), then
 starts consumer processes and measures from the first job taken to the last acknowledgement
 (each process reports its own first-take and last-ack times; process start-up is not timed).
+Cases run in R interleaved rounds and each keeps its best round, since a busy machine only
+ever slows a run down.
 
 - **bare**: a plain redis-py asyncio loop, `XREADGROUP COUNT 4` then one `XACK` per entry.
 - **service**: `ingestion.worker.Worker` on `RedisJobQueue` (concurrency 4) with a runner that
@@ -204,7 +206,8 @@ def run_case(url: str, mode: str, processes: int, jobs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
@@ -223,7 +226,14 @@ def main() -> None:
         ("service", 2),
         ("service+lock", 2),
     ]
-    results = [run_case(args.redis_url, mode, n, args.jobs) for mode, n in cases]
+    # Two interleaved rounds; each case keeps its better round (a busy machine only slows runs).
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for _ in range(args.rounds):
+        for mode, n in cases:
+            result = run_case(args.redis_url, mode, n, args.jobs)
+            if (mode, n) not in best or result["rate"] > best[(mode, n)]["rate"]:
+                best[(mode, n)] = result
+    results = [best[case] for case in cases]
     bare = {r["processes"]: r["rate"] for r in results if r["mode"] == "bare"}
     lines = [
         "| consumer | processes | jobs | seconds | jobs/s | bare ÷ this | enqueue/s |",
@@ -249,7 +259,8 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         "# Queue throughput\n\n"
-        f"`uv run python bench/bench_queue.py --jobs {args.jobs}` — no-op jobs through the queue, "
+        f"`uv run python bench/bench_queue.py --jobs {args.jobs} --rounds {args.rounds}` — no-op "
+        "jobs through the queue (best of the rounds for each row), "
         "consumer concurrency 4, same Redis, same run. "
         "`bare ÷ this` is the service's overhead factor against the bare loop with the same "
         "number of processes (goal: at most 2x).\n\n"
