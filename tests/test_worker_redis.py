@@ -175,8 +175,8 @@ async def test_permanent_reauth_and_rate_limited_jobs(env: Env) -> None:
 
 
 async def test_flaky_job_retries_and_succeeds(env: Env) -> None:
-    await add_accounts(env.services, ["flaky-1"])
-    await env.queue.enqueue(Job(PROVIDER, "flaky-1"))
+    await add_accounts(env.services, ["flaky-redis"])
+    await env.queue.enqueue(Job(PROVIDER, "flaky-redis"))
     async with running_worker(env.settings, env.consumer, env.services):
         await wait_for(lambda: env.runs("ok"))
     assert len(await env.runs("error")) == 1
