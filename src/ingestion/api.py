@@ -3,8 +3,9 @@
 - `GET /healthz`: 200 while the process runs.
 - `GET /readyz`: 200 when the database and the queue answer; 503 naming what does not.
 - `GET /metrics`: Prometheus text (every process on the host in multiprocess mode).
-- `POST /v1/sync` `{"provider", "userId", "options"?}`: 202 `{"jobId", "coalesced"}`;
-  422 bad input, 404 no such account, 503 no queue in this process.
+- `POST /v1/sync` `{"provider", "userId", "options"?}`: 202 `{"jobId", "coalesced"}`, plus
+  `"widening"` (`merged` | `follow-up` | `covered`, see `queue.base.Widening`) when a coalesced
+  request asked for a full sync; 422 bad input, 404 no such account, 503 no queue in this process.
 - `GET /v1/status`: exactly `ingestion status --json`.
 - `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
 - `POST /v1/dlq/retry` `{"ids"?: [...]}`: `{"retried": n}` (all dead letters without `ids`).
@@ -179,10 +180,12 @@ class _Api:
             user_id=user_id,
             job_id=result.job_id,
             coalesced=result.coalesced,
+            widening=result.widening,
         )
-        return JSONResponse(
-            {"jobId": result.job_id, "coalesced": result.coalesced}, status_code=202
-        )
+        answer: dict[str, Any] = {"jobId": result.job_id, "coalesced": result.coalesced}
+        if result.widening is not None:
+            answer["widening"] = result.widening
+        return JSONResponse(answer, status_code=202)
 
     async def status(self, _request: Request) -> Response:
         return JSONResponse(await gather_status(self.services.db, self.queue_stats))

@@ -450,7 +450,12 @@ def enqueue(
     job = Job(provider, user, FetchOptions(force_full_sync=full))
     result = run_async(lambda: _with_queue(settings, lambda q: q.enqueue(job)))
     verb = "coalesced into queued job" if result.coalesced else "enqueued job"
-    out.print(f"{verb} {result.job_id}", markup=False, highlight=False)
+    note = {
+        "merged": "; it will run as a full sync",
+        "follow-up": "; it is running: a full sync follows when it finishes",
+        "covered": "; it is already running as a full sync",
+    }.get(result.widening or "", "")
+    out.print(f"{verb} {result.job_id}{note}", markup=False, highlight=False)
 
 
 @dlq_app.command("list")

@@ -222,7 +222,33 @@ class Worker:
         with structlog.contextvars.bound_contextvars(
             job_id=job.job_id, provider=job.provider, user_id=job.user_id
         ):
-            await self._run(delivery, job)
+            started = await self._begin(delivery, job)
+            if started is None:
+                return  # shutting down with the queue unreachable: the entry stays pending
+            await self._run(delivery, started)
+
+    async def _begin(self, delivery: Delivery, job: Job) -> Job | None:
+        """Mark the job running and widen it with what coalesced requests asked for (e.g. a
+        full sync). A widened job's entry fields are updated so a dead letter shows it too."""
+        backoff = _Backoff()
+        while True:
+            try:
+                started = await self.consumer.begin(delivery, job)
+                break
+            except Exception as exc:
+                if self._stop.is_set():
+                    return None
+                wait = backoff.next()
+                self.log.warning(
+                    "could not start job; retrying",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(wait, 2),
+                )
+                await asyncio.sleep(wait)
+        if started.options != job.options:
+            self.log.info("job widened by a coalesced request", options=started.payload())
+            delivery.fields["payload"] = started.payload()
+        return started
 
     async def _run(self, delivery: Delivery, job: Job) -> None:
         """Run one job and settle it: the one place where errors become queue actions."""
@@ -351,6 +377,7 @@ async def serve_worker(settings: Settings, concurrency: int | None = None) -> No
     from ingestion.app import Services, install_stop_signals, load_plugins
     from ingestion.queue import redis_queue
 
+    metrics.check_multiprocess(settings)
     load_plugins(settings)
     queue = redis_queue(settings)
     consumer = queue.consumer()

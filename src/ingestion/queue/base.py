@@ -2,21 +2,29 @@
 
 Guarantees (both kinds): a job is removed only after its sync committed (at-least-once);
 a second job for a (provider, user) that is queued or running is coalesced, not run in
-parallel; a job that failed `JOB_MAX_ATTEMPTS` times, or permanently, is dead-lettered with
-its error.
+parallel, and a coalesced request that widens the job (`forceFullSync`) is never dropped: the
+queued job takes it when it starts, or a follow-up job with it is enqueued in the same step
+that acknowledges the running one; a job that failed `JOB_MAX_ATTEMPTS` times, or
+permanently, is dead-lettered with its error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ingestion.errors import MalformedJob
 from ingestion.queue.jobs import Job
 from ingestion.sync import SyncLockFactory
 
-__all__ = ["Consumer", "DeadLetter", "Delivery", "EnqueueResult", "JobQueue"]
+__all__ = ["Consumer", "DeadLetter", "Delivery", "EnqueueResult", "JobQueue", "Widening"]
+
+#: What became of a coalesced request's widening options (`forceFullSync`):
+#: `merged`: the queued job has not started; it runs with them.
+#: `follow-up`: the job is running without them; a job with them is enqueued when it finishes.
+#: `covered`: the job is already running with them; nothing more to do.
+Widening = Literal["merged", "follow-up", "covered"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class EnqueueResult:
     job_id: str
     #: True when an equivalent job was already queued or running and this one was merged.
     coalesced: bool = False
+    #: For a coalesced request that asked for more than a plain sync (`forceFullSync`): how the
+    #: queue honours it. None when nothing was coalesced or there was nothing to widen.
+    widening: Widening | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,15 @@ class Consumer(Protocol):
         """Entries left pending by another consumer longer than the visibility timeout."""
         ...
 
-    async def complete(self, delivery: Delivery) -> None: ...
+    async def begin(self, delivery: Delivery, job: Job) -> Job:
+        """Mark `job` running and return it with the widening options that requests coalesced
+        into it asked for (taken atomically: a later request gets a follow-up job instead)."""
+        ...
+
+    async def complete(self, delivery: Delivery) -> None:
+        """Acknowledge; when widening requests arrived while the job ran, enqueue one follow-up
+        job with them in the same atomic step."""
+        ...
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         """Acknowledge and put `job` back, runnable at epoch `due` (None: now)."""

@@ -9,8 +9,8 @@ An entry has `type` (`{provider}:fetch`) and `payload` (JSON text
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,18 @@ from ingestion.config import PROVIDER_NAMES
 from ingestion.errors import MalformedJob
 from ingestion.providers.base import FetchOptions
 
-__all__ = ["Job", "options_from_json", "options_to_json"]
+__all__ = [
+    "WIDENING_FLAGS",
+    "Job",
+    "options_from_json",
+    "options_to_json",
+    "widened",
+    "widening_flags",
+]
+
+#: Options that make a job do more than the job it may be coalesced into (wire names). A
+#: coalesced request carrying one is recorded by the queue, never dropped.
+WIDENING_FLAGS = ("forceFullSync",)
 
 
 def _text(value: str | bytes) -> str:
@@ -65,6 +76,18 @@ def options_to_json(options: FetchOptions) -> dict[str, Any]:
     if options.force_full_sync:
         result["forceFullSync"] = True
     return result
+
+
+def widening_flags(options: FetchOptions) -> list[str]:
+    """The `WIDENING_FLAGS` that `options` sets."""
+    return ["forceFullSync"] if options.force_full_sync else []
+
+
+def widened(options: FetchOptions, flags: Iterable[str]) -> FetchOptions:
+    """`options` with the widening `flags` applied (unknown names are ignored)."""
+    if "forceFullSync" in set(flags) and not options.force_full_sync:
+        return replace(options, force_full_sync=True)
+    return options
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,15 @@ class Keys:
         """Marks a (provider, user) job queued or running, for coalescing."""
         return f"{self.namespace}:active:{provider}:{user_id}"
 
+    def widen(self, provider: str, user_id: str) -> str:
+        """Hash of widening options (e.g. `forceFullSync`) asked for by requests coalesced into
+        the pair's job and not yet taken by a run: the next run of the pair takes them."""
+        return f"{self.namespace}:widen:{provider}:{user_id}"
+
+    def running(self, provider: str, user_id: str) -> str:
+        """Hash of the pair's running job: `job` (its id) and the widening options it runs with."""
+        return f"{self.namespace}:running:{provider}:{user_id}"
+
     def sync_lock(self, provider: str, user_id: str) -> str:
         """Held while one sync of (provider, user) runs: one at a time across workers."""
         return f"{self.namespace}:lock:sync:{provider}:{user_id}"

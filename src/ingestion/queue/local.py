@@ -1,6 +1,7 @@
 """The in-process queue of embedded mode (`ingestion run` with REDIS_URL unset).
 
-Same job model, same retry, dead-letter and coalescing behaviour as the Redis queue, held in
+Same job model, same retry, dead-letter, coalescing and widening behaviour (a coalesced
+`forceFullSync` is taken by the queued job or becomes a follow-up job) as the Redis queue, held in
 memory by one process. Jobs do not survive a restart: the next scheduler tick re-enqueues them
 and the sync state (the cursor) is durable in the database. There is no other consumer, so
 nothing is ever reclaimed and `keep_alive` has nothing to do.
@@ -15,11 +16,13 @@ import itertools
 import time
 import uuid
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult
-from ingestion.queue.jobs import Job
+from ingestion.providers.base import FetchOptions
+from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
+from ingestion.queue.jobs import Job, widened, widening_flags
 from ingestion.queue.locks import LocalSyncLock
 from ingestion.sync import SyncLockFactory
 
@@ -37,6 +40,10 @@ class LocalJobQueue:
         self._pending: dict[str, tuple[float, dict[str, str]]] = {}
         self._delayed: list[tuple[float, int, dict[str, str]]] = []
         self._active: dict[tuple[str, str], str] = {}
+        #: Widening flags of coalesced requests not yet taken by a run of the pair.
+        self._widen: dict[tuple[str, str], set[str]] = {}
+        #: The pair's running job: its id and the widening flags it runs with.
+        self._running: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self._ticks: set[tuple[str, str, int]] = set()
         self._dead: list[tuple[str, dict[str, str]]] = []
         self._seq = itertools.count(1)
@@ -54,23 +61,38 @@ class LocalJobQueue:
         self._wakeup.set()
 
     # --- producer side ---------------------------------------------------------------------------
-    def _add(self, job: Job, due: float, tick: int | None) -> tuple[str, str]:
+    def _add(self, job: Job, due: float, tick: int | None) -> tuple[str, str, Widening | None]:
         pair = (job.provider, job.user_id)
         if tick is not None:
             if (*pair, tick) in self._ticks:
-                return "duplicate", ""
+                return "duplicate", "", None
             self._ticks.add((*pair, tick))
         if pair in self._active:
-            return "coalesced", self._active[pair]
+            current = self._active[pair]
+            return "coalesced", current, self._record_widening(pair, current, job)
         job_id = job.job_id or uuid.uuid4().hex
         self._active[pair] = job_id
         fields = Job(job.provider, job.user_id, job.options, job_id=job_id).to_fields()
         self._push(fields, due)
-        return "enqueued", job_id
+        return "enqueued", job_id, None
+
+    def _record_widening(self, pair: tuple[str, str], current: str, job: Job) -> Widening | None:
+        flags = set(widening_flags(job.options))
+        if not flags:
+            return None
+        running = self._running.get(pair)
+        if running is not None and running[0] == current:
+            if flags <= running[1]:
+                return "covered"
+            widening: Widening = "follow-up"
+        else:
+            widening = "merged"
+        self._widen.setdefault(pair, set()).update(flags)
+        return widening
 
     async def enqueue(self, job: Job) -> EnqueueResult:
-        outcome, job_id = self._add(job, 0.0, None)
-        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced")
+        outcome, job_id, widening = self._add(job, 0.0, None)
+        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced", widening=widening)
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
         return self._add(job, due, tick_epoch)[0]
@@ -165,14 +187,42 @@ class LocalJobQueue:
     async def reclaim(self, count: int) -> list[Delivery]:
         return []
 
+    async def begin(self, delivery: Delivery, job: Job) -> Job:
+        pair = (job.provider, job.user_id)
+        running = self._running.get(pair)
+        flags = running[1] if running is not None and running[0] == job.job_id else set()
+        flags |= set(widening_flags(job.options)) | self._widen.pop(pair, set())
+        self._running[pair] = (job.job_id, flags)
+        options = widened(job.options, flags)
+        return job if options == job.options else replace(job, options=options)
+
     def _settle(self, delivery: Delivery, *, clear: bool) -> None:
         self._pending.pop(delivery.entry_id, None)
         job = delivery.job
-        if clear and job and self._active.get((job.provider, job.user_id)) == job.job_id:
-            del self._active[(job.provider, job.user_id)]
+        if job is None:
+            return
+        pair = (job.provider, job.user_id)
+        running = self._running.get(pair)
+        if running is not None and running[0] == job.job_id:
+            del self._running[pair]
+        if clear and self._active.get(pair) == job.job_id:
+            del self._active[pair]
 
     async def complete(self, delivery: Delivery) -> None:
+        """Acknowledge; widening requested while the job ran becomes one follow-up job."""
+        job = delivery.job
+        follow_up = (
+            job is not None
+            and self._active.get((job.provider, job.user_id)) == job.job_id
+            and self._widen.get((job.provider, job.user_id))
+        )
         self._settle(delivery, clear=True)
+        if job is not None and follow_up:
+            pair = (job.provider, job.user_id)
+            options = widened(FetchOptions(), self._widen.pop(pair))
+            next_job = Job(job.provider, job.user_id, options, job_id=uuid.uuid4().hex)
+            self._active[pair] = next_job.job_id
+            self._push(next_job.to_fields(), 0.0)
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         self._settle(delivery, clear=False)

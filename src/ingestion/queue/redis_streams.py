@@ -9,6 +9,9 @@ Guarantees:
 - **Coalescing.** `enqueue` sets a per-(provider, user) marker in the same step as the XADD; a
   second job while one is queued, delayed or running is merged into it. The marker is cleared
   when the job is acknowledged or dead-lettered, and expires on its own as a safety net.
+- **Widening requests are never lost.** A coalesced request with `forceFullSync` is recorded in
+  the pair's widen hash in the same step: a job that has not started takes it when it begins
+  (one atomic step); for a running job the acknowledging step enqueues one follow-up job with it.
 - **Delayed jobs wait in Redis** (a sorted set scored by due time), never in a sleeping worker;
   any worker moves due ones onto the stream.
 - **Trimming** never passes the oldest pending entry nor an undelivered one.
@@ -23,6 +26,7 @@ import secrets
 import socket
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,8 +37,8 @@ from redis.exceptions import ResponseError
 from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.queue import scripts
-from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult
-from ingestion.queue.jobs import Job
+from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
+from ingestion.queue.jobs import Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
 from ingestion.sync import SyncLockFactory
@@ -45,6 +49,8 @@ log = structlog.get_logger("ingestion.queue")
 
 #: How long a tick key lives: longer than any cron interval anyone would use for a sync.
 _TICK_TTL_SECONDS = 2 * 86400
+#: How long an untaken widening request waits for the pair's next job (any tick takes it).
+_WIDEN_TTL_SECONDS = 7 * 86400
 _DEAD_FIELDS = ("error", "failedAt", "attempts")
 
 
@@ -64,6 +70,16 @@ def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
 
 def _entry_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
+
+
+def _widening(value: str) -> Widening | None:
+    if value == "merged":
+        return "merged"
+    if value == "follow-up":
+        return "follow-up"
+    if value == "covered":
+        return "covered"
+    return None
 
 
 class RedisJobQueue:
@@ -92,10 +108,18 @@ class RedisJobQueue:
         s = self.settings
         return int(s.job_retry_max_seconds + 3 * s.job_visibility_timeout + 600)
 
+    @property
+    def widen_ttl(self) -> int:
+        return max(_WIDEN_TTL_SECONDS, self.active_ttl)
+
     async def enqueue(self, job: Job) -> EnqueueResult:
-        """Add `job` unless one for the same (provider, user) is queued or running."""
-        outcome, job_id = await self._add(job, due=0.0, tick_epoch=None)
-        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced")
+        """Add `job` unless one for the same (provider, user) is queued or running.
+
+        A coalesced job's widening options (`forceFullSync`) are recorded, not dropped; the
+        result's `widening` says how they will be honoured.
+        """
+        outcome, job_id, widening = await self._add(job, due=0.0, tick_epoch=None)
+        return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced", widening=widening)
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
         """Scheduler enqueue: once per (provider, user, tick) across every scheduler.
@@ -103,10 +127,12 @@ class RedisJobQueue:
         Returns `enqueued`, `coalesced` (a job for the pair is queued or running) or
         `duplicate` (another scheduler already handled this tick).
         """
-        outcome, _ = await self._add(job, due=due, tick_epoch=tick_epoch)
+        outcome, _, _ = await self._add(job, due=due, tick_epoch=tick_epoch)
         return outcome
 
-    async def _add(self, job: Job, *, due: float, tick_epoch: int | None) -> tuple[str, str]:
+    async def _add(
+        self, job: Job, *, due: float, tick_epoch: int | None
+    ) -> tuple[str, str, Widening | None]:
         job_id = job.job_id or uuid.uuid4().hex
         fields = Job(job.provider, job.user_id, job.options, attempt=1, job_id=job_id).to_fields()
         if tick_epoch is not None:
@@ -116,25 +142,40 @@ class RedisJobQueue:
             if tick_epoch is not None
             else self.keys.stream
         )
+        flags = widening_flags(job.options)
         result = await self._enqueue(
             keys=[
                 self.keys.active(job.provider, job.user_id),
                 self.keys.stream,
                 self.keys.delayed,
                 tick_key,
+                self.keys.widen(job.provider, job.user_id),
+                self.keys.running(job.provider, job.user_id),
             ],
             args=[
                 job_id,
                 self.active_ttl,
                 f"{due:.3f}" if due > time.time() else "0",
                 _TICK_TTL_SECONDS if tick_epoch is not None else 0,
+                self.widen_ttl,
+                len(flags),
+                *flags,
                 *_flat(fields),
             ],
         )
         outcome = str(result[0])
+        widening = _widening(str(result[2]))
         if outcome == "coalesced":
             metrics.JOBS.labels(provider=job.provider, outcome="coalesced").inc()
-        return outcome, str(result[1])
+            if widening is not None:
+                log.info(
+                    "widening request recorded for a coalesced job",
+                    provider=job.provider,
+                    job_id=str(result[1]),
+                    options=flags,
+                    widening=widening,
+                )
+        return outcome, str(result[1]), widening
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) when missing; BUSYGROUP is fine."""
@@ -246,6 +287,7 @@ class RedisConsumer:
         self._ack_flusher: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._ack = self.redis.register_script(scripts.ACK)
+        self._begin = self.redis.register_script(scripts.BEGIN)
         self._reschedule = self.redis.register_script(scripts.RESCHEDULE)
         self._dead = self.redis.register_script(scripts.DEAD_LETTER)
         self._promote = self.redis.register_script(scripts.PROMOTE)
@@ -305,8 +347,21 @@ class RedisConsumer:
             log.info("reclaimed stalled jobs", entries=[d.entry_id for d in claimed])
         return claimed
 
+    async def begin(self, delivery: Delivery, job: Job) -> Job:
+        """Mark the pair's running job and take the widening flags recorded for it (BEGIN)."""
+        flags = await self._begin(
+            keys=[
+                self.keys.running(job.provider, job.user_id),
+                self.keys.widen(job.provider, job.user_id),
+            ],
+            args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
+        )
+        options = widened(job.options, [str(flag) for flag in flags or []])
+        return job if options == job.options else replace(job, options=options)
+
     async def complete(self, delivery: Delivery) -> None:
-        """Acknowledge a finished job (and clear its marker) in one atomic script.
+        """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
+        the widening options requested while it ran) in one atomic script.
 
         Completions that arrive while an acknowledgement is in flight are sent together in one
         pipeline (each still its own atomic script): fewer round trips at high concurrency.
@@ -324,29 +379,62 @@ class RedisConsumer:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for delivery, _ in batch:
-                        job = delivery.job
-                        active = (
-                            self.keys.active(job.provider, job.user_id) if job else self.keys.stream
-                        )
                         await self._ack(
-                            keys=[self.keys.stream, active],
-                            args=[self.keys.group, delivery.entry_id, delivery.job_id],
+                            keys=self._pair_keys(delivery.job),
+                            args=self._ack_args(delivery),
                             client=pipe,
                         )
-                    await pipe.execute()
+                    results = await pipe.execute()
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for _, future in batch:
+                for (delivery, future), result in zip(batch, results, strict=True):
+                    follow_up = str(result[1]) if result and len(result) > 1 else ""
+                    if follow_up and delivery.job:
+                        log.info(
+                            "follow-up job enqueued with options requested while it ran",
+                            job_id=delivery.job_id,
+                            follow_up_job_id=follow_up,
+                            provider=delivery.job.provider,
+                        )
                     if not future.done():
                         future.set_result(None)
+
+    def _pair_keys(self, job: Job | None) -> list[str]:
+        """stream, active, widen, running of the job's pair (placeholders for no job)."""
+        if job is None:
+            return [self.keys.stream] * 4
+        return [
+            self.keys.stream,
+            self.keys.active(job.provider, job.user_id),
+            self.keys.widen(job.provider, job.user_id),
+            self.keys.running(job.provider, job.user_id),
+        ]
+
+    def _ack_args(self, delivery: Delivery) -> list[str | int]:
+        job = delivery.job
+        return [
+            self.keys.group,
+            delivery.entry_id,
+            delivery.job_id,
+            uuid.uuid4().hex,
+            job.type if job else "",
+            job.user_id if job else "",
+            datetime.now(UTC).isoformat(),
+            self.queue.active_ttl,
+        ]
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         fields = job.to_fields()
         await self._reschedule(
-            keys=[self.keys.stream, self.keys.delayed, self.keys.active(job.provider, job.user_id)],
+            keys=[
+                self.keys.stream,
+                self.keys.delayed,
+                self.keys.active(job.provider, job.user_id),
+                self.keys.running(job.provider, job.user_id),
+            ],
             args=[
                 self.keys.group,
                 delivery.entry_id,
@@ -366,8 +454,9 @@ class RedisConsumer:
         )
         job = delivery.job
         active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
+        running = self.keys.running(job.provider, job.user_id) if job else self.keys.dead
         await self._dead(
-            keys=[self.keys.stream, self.keys.dead, active],
+            keys=[self.keys.stream, self.keys.dead, active, running],
             args=[self.keys.group, delivery.entry_id, delivery.job_id, *_flat(fields)],
         )
 
@@ -386,8 +475,12 @@ class RedisConsumer:
             )
             for delivery in deliveries:
                 if delivery.job:
-                    key = self.keys.active(delivery.job.provider, delivery.job.user_id)
-                    pipe.expire(key, self.queue.active_ttl, xx=True)
+                    job = delivery.job
+                    for key in (
+                        self.keys.active(job.provider, job.user_id),
+                        self.keys.running(job.provider, job.user_id),
+                    ):
+                        pipe.expire(key, self.queue.active_ttl, xx=True)
             await pipe.execute()
 
     async def housekeeping(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACK",
+    "BEGIN",
     "DEAD_LETTER",
     "ENQUEUE",
     "LOCK_ACQUIRE",
@@ -18,44 +19,114 @@ __all__ = [
     "RESCHEDULE",
 ]
 
-#: KEYS: active, stream, delayed, tick. ARGV: jobId, activeTtl, due (0 = now), tickTtl (0 = no
-#: tick check), fields…  Returns {outcome, jobId}: outcome enqueued | coalesced | duplicate.
-#: The tick check, the coalescing check and the XADD/ZADD happen in one step, so several
-#: schedulers enqueue a (provider, user, tick) once.
+#: KEYS: active, stream, delayed, tick, widen, running. ARGV: jobId, activeTtl, due (0 = now),
+#: tickTtl (0 = no tick check), widenTtl, n, n widening flags, fields…
+#: Returns {outcome, jobId, widening}: outcome enqueued | coalesced | duplicate; widening (for a
+#: coalesced job with flags) merged | follow-up | covered, else ''.
+#: The tick check, the coalescing check, the record of the widening flags and the XADD/ZADD
+#: happen in one step, so several schedulers enqueue a (provider, user, tick) once and a
+#: widening request is either taken by the job's start (BEGIN) or seen by its ACK.
 ENQUEUE = """
 if ARGV[4] ~= '0' then
   if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', ARGV[4]) then
-    return {'duplicate', ''}
+    return {'duplicate', '', ''}
   end
 end
+local nflags = tonumber(ARGV[6])
 local current = redis.call('GET', KEYS[1])
 if current then
-  return {'coalesced', current}
+  if nflags == 0 then
+    return {'coalesced', current, ''}
+  end
+  local widening = 'merged'
+  if redis.call('HGET', KEYS[6], 'job') == current then
+    widening = 'covered'
+    for i = 7, 6 + nflags do
+      if redis.call('HGET', KEYS[6], ARGV[i]) ~= '1' then
+        widening = 'follow-up'
+      end
+    end
+  end
+  if widening ~= 'covered' then
+    for i = 7, 6 + nflags do
+      redis.call('HSET', KEYS[5], ARGV[i], '1')
+    end
+    redis.call('EXPIRE', KEYS[5], ARGV[5])
+  end
+  return {'coalesced', current, widening}
 end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7 + nflags, #ARGV do fields[#fields + 1] = ARGV[i] end
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZADD', KEYS[3], ARGV[3], cjson.encode(fields))
 else
   redis.call('XADD', KEYS[2], '*', unpack(fields))
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {'enqueued', ARGV[1]}
+return {'enqueued', ARGV[1], ''}
 """
 
-#: KEYS: stream, active. ARGV: group, entryId, jobId. Acknowledge a finished job and clear the
-#: pair's coalescing marker if it is still this job's.
+#: KEYS: running, widen. ARGV: jobId, runningTtl, the job's own widening flags…
+#: A job starts: it becomes the pair's running job and takes every widening flag recorded for
+#: the pair. Returns all the flags it runs with (a reclaimed job keeps those it took before).
+BEGIN = """
+if redis.call('HGET', KEYS[1], 'job') ~= ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'job', ARGV[1])
+end
+for i = 3, #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], '1')
+end
+for _, flag in ipairs(redis.call('HKEYS', KEYS[2])) do
+  redis.call('HSET', KEYS[1], flag, '1')
+end
+redis.call('DEL', KEYS[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local flags = {}
+for _, flag in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if flag ~= 'job' then
+    flags[#flags + 1] = flag
+  end
+end
+return flags
+"""
+
+#: KEYS: stream, active, widen, running. ARGV: group, entryId, jobId, followUpJobId, type,
+#: userId, enqueuedAt, activeTtl. Acknowledge a finished job. If it still holds the pair's
+#: coalescing marker: with widening flags recorded while it ran, enqueue one follow-up job with
+#: them (the marker passes to it); otherwise clear the marker. Returns {acked, followUpJobId|''}.
 ACK = """
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('DEL', KEYS[2])
+if ARGV[3] == '' then
+  return {n, ''}
 end
-return n
+if redis.call('HGET', KEYS[4], 'job') == ARGV[3] then
+  redis.call('DEL', KEYS[4])
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return {n, ''}
+end
+local flags = redis.call('HKEYS', KEYS[3])
+if #flags == 0 then
+  redis.call('DEL', KEYS[2])
+  return {n, ''}
+end
+local options = {}
+for _, flag in ipairs(flags) do
+  options[flag] = true
+end
+local payload = cjson.encode({userId = ARGV[6], options = options})
+redis.call('XADD', KEYS[1], '*', 'type', ARGV[5], 'payload', payload, 'attempt', '1',
+  'enqueuedAt', ARGV[7], 'jobId', ARGV[4])
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[8])
+return {n, ARGV[4]}
 """
 
-#: KEYS: stream, delayed, active. ARGV: group, entryId, due (<= 0 = now), jobId, activeTtl,
-#: fields…  Put a job back (now, or in the delayed set until `due`) and acknowledge the old
-#: entry in one step: a retry is never lost nor doubled.
+#: KEYS: stream, delayed, active, running. ARGV: group, entryId, due (<= 0 = now), jobId,
+#: activeTtl, fields…  Put a job back (now, or in the delayed set until `due`) and acknowledge
+#: the old entry in one step: a retry is never lost nor doubled. The job is no longer running
+#: (its fields carry the widening flags it took).
 RESCHEDULE = """
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -68,11 +139,14 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[4], 'job') == ARGV[4] then
+  redis.call('DEL', KEYS[4])
+end
 return 1
 """
 
-#: KEYS: stream, dead, active. ARGV: group, entryId, jobId, fields…  Dead-letter and acknowledge
-#: in one step.
+#: KEYS: stream, dead, active, running. ARGV: group, entryId, jobId, fields…  Dead-letter and
+#: acknowledge in one step. Widening flags recorded while it ran stay for the pair's next job.
 DEAD_LETTER = """
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -80,6 +154,9 @@ local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
+end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[4], 'job') == ARGV[3] then
+  redis.call('DEL', KEYS[4])
 end
 return id
 """
