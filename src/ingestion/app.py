@@ -106,6 +106,7 @@ async def run_service(settings: Settings) -> None:
     running jobs finish within SHUTDOWN_GRACE_PERIOD. If one part fails, the others stop too
     and the failure is raised.
     """
+    from ingestion import metrics
     from ingestion.api import create_app, serve
     from ingestion.queue import LocalJobQueue, RedisJobQueue
     from ingestion.queue.base import Consumer
@@ -113,6 +114,7 @@ async def run_service(settings: Settings) -> None:
     from ingestion.worker import Worker, engine_runner
 
     log = structlog.get_logger("ingestion.run")
+    metrics.check_multiprocess(settings)
     load_plugins(settings)
     stop = asyncio.Event()
     install_stop_signals(stop)

@@ -27,6 +27,7 @@ from typing import Protocol
 import structlog
 from croniter import croniter
 
+from ingestion import metrics
 from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
 from ingestion.providers.registry import REGISTRY, account_provider_of
@@ -158,6 +159,7 @@ async def serve_scheduler(settings: Settings) -> None:
     from ingestion.queue import redis_queue
     from ingestion.storage.db import open_database
 
+    metrics.check_multiprocess(settings)
     load_plugins(settings)
     queue = redis_queue(settings)
     stop = asyncio.Event()
