@@ -131,6 +131,9 @@ def test_emulator_payloads_have_the_keys_of_githubs_openapi_examples(
         f"{base}/pulls/{pull.number}": "pull-request",
         f"{base}/issues/{issue.number}/comments": "issue-comment-items",
         f"{base}/pulls/{pull.number}/comments": "pull-request-review-comment-items",
+        f"{base}/pulls?state=all": "pull-request-simple-items",
+        f"{base}/issues/comments": "issue-comment-items",
+        f"{base}/pulls/comments": "pull-request-review-comment-items",
     }
     for path, example in checks.items():
         response = client.get(path)
@@ -145,6 +148,75 @@ def test_emulator_payloads_have_the_keys_of_githubs_openapi_examples(
         as_pr = next(i for i in items if "pull_request" in i)
         _assert_covers(as_pr, _first(examples[example]), example)
         assert any("pull_request" not in i for i in items)
+
+
+def test_pull_listing_is_the_list_form_of_a_pull_request(
+    examples: dict[str, Any], emulator: tuple[GitHubState, RunningServer, httpx.Client]
+) -> None:
+    """The list form carries no counts and no `merged`, like GitHub's `pull-request-simple`."""
+    _, _, client = emulator
+    detail_only = set(_first(examples["pull-request"])) - set(
+        _first(examples["pull-request-simple-items"])
+    )
+    assert {"merged", "review_comments", "comments"} <= detail_only
+    listed = client.get("/repos/mona/project-00/pulls", params={"state": "all"}).json()
+    assert listed
+    assert not detail_only & set(listed[0])
+
+
+def test_repository_wide_listings_honour_since_sort_direction_and_paging(
+    emulator: tuple[GitHubState, RunningServer, httpx.Client],
+) -> None:
+    state, _, client = emulator
+    repo = state.repos["mona/project-00"]
+    base = f"/repos/{repo.full_name}"
+    pulls = [i for i in repo.issues.values() if i.is_pull]
+    everything = client.get(f"{base}/pulls", params={"state": "all"}).json()
+    assert len(everything) == len(pulls)
+    # Default sort `created` is newest first; `updated` defaults to ascending.
+    assert [p["number"] for p in everything] == sorted((p.number for p in pulls), reverse=True)
+    asc = client.get(f"{base}/pulls", params={"state": "all", "sort": "updated"}).json()
+    assert [p["updated_at"] for p in asc] == sorted(p["updated_at"] for p in asc)
+    first = client.get(
+        f"{base}/pulls",
+        params={"state": "all", "sort": "updated", "direction": "desc", "per_page": 1},
+    )
+    assert len(first.json()) == 1
+    nxt = next_link(first.headers["link"])
+    assert nxt is not None
+    assert nxt.startswith(f"{client.base_url}/repositories/{repo.id}/pulls?")
+    assert "page=2" in nxt
+    again = client.get(nxt)
+    assert again.json()[0]["number"] != first.json()[0]["number"]
+    assert client.get(f"{base}/pulls", params={"state": "nope"}).status_code == 422
+
+    comments = [(i, c) for i in repo.issues.values() for c in i.comments]
+    listed = client.get(f"{base}/issues/comments", params={"per_page": 100}).json()
+    assert [c["id"] for c in listed] == sorted(c.id for _, c in comments)  # ascending ids
+    assert {c["issue_url"].rsplit("/", 1)[1] for c in listed} == {
+        str(i.number) for i, _ in comments
+    }
+    newest = max(c.updated_at for _, c in comments)
+    recent = client.get(
+        f"{base}/issues/comments",
+        params={"since": newest.strftime("%Y-%m-%dT%H:%M:%SZ"), "sort": "updated"},
+    ).json()
+    assert recent
+    assert all(c["updated_at"] >= newest.strftime("%Y-%m-%dT%H:%M:%SZ") for c in recent)
+    desc = client.get(
+        f"{base}/pulls/comments", params={"sort": "updated", "direction": "desc"}
+    ).json()
+    assert [c["updated_at"] for c in desc] == sorted((c["updated_at"] for c in desc), reverse=True)
+    assert all(c["pull_request_url"].startswith(f"{client.base_url}{base}/pulls/") for c in desc)
+    paged = client.get(f"{base}/pulls/comments", params={"per_page": 1})
+    assert 'rel="next"' in paged.headers["link"]
+    etag = paged.headers["etag"]
+    assert (
+        client.get(
+            f"{base}/pulls/comments", params={"per_page": 1}, headers={"If-None-Match": etag}
+        ).status_code
+        == 304
+    )
 
 
 def test_emulator_pagination_and_headers_match_recorded_traffic(

@@ -17,6 +17,11 @@ What it does like github.com (and GitHub Enterprise Server under `path_prefix="/
 - secondary limits on demand (`secondary_limit_requests`): 403 "You have exceeded a secondary
   rate limit…" with `retry-after` when `secondary_retry_after` is set.
 - repositories that are deleted (404), blocked (403) or empty (409 on commits).
+- repository-wide listings: `/repos/{o}/{r}/pulls` (`state`, `base`, `sort` created | updated |
+  popularity | long-running, `direction` defaulting to desc for created and asc otherwise) in
+  the list form without counts or `merged`; `/repos/{o}/{r}/issues/comments` and
+  `/repos/{o}/{r}/pulls/comments` (`since` = updated at or after, `sort` created | updated,
+  `direction` ignored without `sort`; by default ascending ids).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from tests.emulators.github_payloads import (
     issue_payload,
     private_user,
     pull_payload,
+    pull_simple_payload,
     repo_payload,
     review_comment_payload,
 )
@@ -687,6 +693,69 @@ class _Handler:
         api = self.api(request)
         return [comment_payload(self.state, repo, issue, c, api) for c in chosen], link
 
+    def pulls(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        state_q = request.query_params.get("state", "open")
+        if state_q not in ("open", "closed", "all"):
+            raise _error(422, "Validation Failed")
+        base = request.query_params.get("base")
+        found = [
+            i
+            for i in repo.issues.values()
+            if i.is_pull
+            and (state_q == "all" or i.state == state_q)
+            and (base is None or i.base_ref == base)
+        ]
+        sort = request.query_params.get("sort", "created")
+        key: Callable[[GhIssue], Any] = {
+            "updated": lambda i: (i.updated_at, i.number),
+            "popularity": lambda i: (len(i.comments), i.number),
+            "long-running": lambda i: (i.created_at, i.number),
+        }.get(sort, lambda i: (i.created_at, i.number))
+        default_dir = "desc" if sort == "created" else "asc"
+        found.sort(key=key, reverse=request.query_params.get("direction", default_dir) == "desc")
+        chosen, link = self.page(request, found, path=f"/repositories/{repo.id}/pulls")
+        api = self.api(request)
+        return [pull_simple_payload(self.state, repo, i, api, login) for i in chosen], link
+
+    def _repo_comments(
+        self, request: Request, repo: GhRepo, *, review: bool
+    ) -> list[tuple[GhIssue, GhComment]]:
+        """Every comment of a repository (`since`, `sort`, `direction` as GitHub reads them)."""
+        since = _since(request)
+        pairs = [
+            (i, c)
+            for i in repo.issues.values()
+            for c in (i.review_comments if review else i.comments)
+            if since is None or c.updated_at >= since
+        ]
+        sort = request.query_params.get("sort")
+        if sort in ("created", "created_at", "updated"):
+            field_of: Callable[[GhComment], datetime] = (
+                (lambda c: c.updated_at) if sort == "updated" else (lambda c: c.created_at)
+            )
+            desc = request.query_params.get("direction", "desc") == "desc"
+            pairs.sort(key=lambda p: (field_of(p[1]), p[1].id), reverse=desc)
+        elif sort is not None:
+            raise _error(422, "Validation Failed")
+        else:
+            pairs.sort(key=lambda p: p[1].id)
+        return pairs
+
+    def repo_issue_comments(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        pairs = self._repo_comments(request, repo, review=False)
+        chosen, link = self.page(request, pairs, path=f"/repositories/{repo.id}/issues/comments")
+        api = self.api(request)
+        return [comment_payload(self.state, repo, i, c, api) for i, c in chosen], link
+
+    def repo_pull_comments(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        pairs = self._repo_comments(request, repo, review=True)
+        chosen, link = self.page(request, pairs, path=f"/repositories/{repo.id}/pulls/comments")
+        api = self.api(request)
+        return [review_comment_payload(self.state, repo, i, c, api) for i, c in chosen], link
+
     def pull(self, request: Request, login: str) -> tuple[Any, str | None]:
         repo = self.repo(request, login)
         return pull_payload(
@@ -824,7 +893,10 @@ def create_app(state: GitHubState) -> Starlette:
         *route("/user/repos", handler.user_repos),
         *route("/issues", handler.issues),
         *route("/repos/{owner}/{repo}/issues", handler.repo_issues),
+        *route("/repos/{owner}/{repo}/issues/comments", handler.repo_issue_comments),
         *route("/repos/{owner}/{repo}/issues/{number:int}/comments", handler.issue_comments),
+        *route("/repos/{owner}/{repo}/pulls", handler.pulls),
+        *route("/repos/{owner}/{repo}/pulls/comments", handler.repo_pull_comments),
         *route("/repos/{owner}/{repo}/pulls/{number:int}", handler.pull),
         *route("/repos/{owner}/{repo}/pulls/{number:int}/comments", handler.pull_comments),
         *route("/repos/{owner}/{repo}/commits", handler.commits),

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tests.emulators.github import GhComment, GhCommit, GhFile, GhIssue, GhRepo, GitHubState
 
 __all__ = [
+    "DETAIL_ONLY_PULL_KEYS",
     "comment_payload",
     "commit_payload",
     "file_payload",
@@ -23,6 +24,7 @@ __all__ = [
     "label_payload",
     "private_user",
     "pull_payload",
+    "pull_simple_payload",
     "repo_payload",
     "review_comment_payload",
     "simple_user",
@@ -441,6 +443,31 @@ def pull_payload(
         "deletions": 2,
         "changed_files": 1,
     }
+
+
+#: Keys of a full pull request that its list form ("pull-request-simple") does not carry.
+DETAIL_ONLY_PULL_KEYS = (
+    "additions",
+    "changed_files",
+    "comments",
+    "commits",
+    "deletions",
+    "maintainer_can_modify",
+    "mergeable",
+    "mergeable_state",
+    "merged",
+    "merged_by",
+    "rebaseable",
+    "review_comments",
+)
+
+
+def pull_simple_payload(
+    state: GitHubState, repo: GhRepo, i: GhIssue, api: str, login: str
+) -> dict[str, Any]:
+    """A pull request as `GET /repos/{o}/{r}/pulls` lists it: no counts, no `merged`."""
+    full = pull_payload(state, repo, i, api, login)
+    return {k: v for k, v in full.items() if k not in DETAIL_ONLY_PULL_KEYS}
 
 
 def comment_payload(

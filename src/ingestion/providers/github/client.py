@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -257,7 +257,7 @@ class GitHubClient:
         endpoint: str,
         etags: list[tuple[str, str]] | None = None,
         max_pages: int | None = None,
-    ) -> AsyncIterator[ListingPage]:
+    ) -> AsyncGenerator[ListingPage, None]:
         """Every page of a listing, following `Link: rel="next"`.
 
         `etags` are the (url, etag) pairs of the previous walk of the same listing: each page

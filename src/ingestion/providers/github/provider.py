@@ -12,8 +12,10 @@ Scope of one sync (configurable through `GITHUB_REPOS_ALLOW`/`_DENY`, `BACKFILL_
 3. per owned repository, every issue and PR updated since the cursor;
 4. `GET /issues?filter=all&state=all` updated since the cursor (issues and PRs the person can
    see, created, was assigned, mentioned in or commented on), within the allow/deny globs;
-5. an issue that is a PR (`pull_request` key) is enriched from `/pulls/{n}`; comments and
-   review comments are read only when the counts say there are some.
+5. the conversation of the issues and PRs of one listing page comes from repository-wide
+   listings where they are cheaper (`conversations.py`: `/pulls` for merged/draft/refs,
+   `/issues/comments`, `/pulls/comments`), else per item: `/pulls/{n}` for a PR, and its
+   comment listings (issue comments only when the `comments` count says there are some).
 
 Guarantees: pages are yielded oldest-first within a stream with a complete state, so a
 deferral (`RateLimited` at the primary-limit reset or before the reserve is spent) resumes
@@ -34,6 +36,7 @@ from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import SyncContext, SyncPage
 from ingestion.providers.github.client import GitHubClient, Reply
+from ingestion.providers.github.conversations import Conversations
 from ingestion.providers.github.sync import (
     COMMIT_LOOKBACK,
     GitHubState,
@@ -418,6 +421,7 @@ class _Run:
         start = get_cursor()
         since = start.since or format_time(self.floor)
         etags = start.etags if since == start.since else []
+        conversations = Conversations(self.client, self.settings.github_page_size)
         while True:
             params = {
                 **extra,
@@ -446,7 +450,11 @@ class _Run:
                     fresh[_issue_key(item, repo)] = str(item.get("updated_at"))
                 self._check_budget()
                 todo = [i for i in items if self._wanted(i, repo, start)]
-                records = await _all(self._issue_record(i, repo) for i in todo)
+                await conversations.prepare(
+                    [(repo or _repo_of(i) or "", i) for i in todo],
+                    parse_time(since) or self.floor,
+                )
+                records = await _all(self._issue_record(i, repo, conversations) for i in todo)
                 if items:
                     # Ascending order: everything updated before `last` has been read.
                     last = str(items[-1].get("updated_at"))
@@ -483,12 +491,15 @@ class _Run:
         self.taken[source_id] = stamp
         return True
 
-    async def _issue_record(self, item: Mapping[str, Any], repo: str | None) -> MemoryRecord:
+    async def _issue_record(
+        self, item: Mapping[str, Any], repo: str | None, conversations: Conversations
+    ) -> MemoryRecord:
         full = repo or _repo_of(item) or ""
         number = int(item["number"])
         base = f"/repos/{full}"
-        pull: Mapping[str, Any] | None = None
-        if item.get("pull_request") is not None:
+        is_pull = item.get("pull_request") is not None
+        pull: Mapping[str, Any] | None = conversations.pull(full, item) if is_pull else None
+        if is_pull and pull is None:
             reply = await self.client.get(
                 self.client.url(f"{base}/pulls/{number}"), endpoint="pull"
             )
@@ -503,16 +514,19 @@ class _Run:
                 )
             else:
                 raise api_error("github", "pull", reply.response)
-        comments = (
-            await self._collect(f"{base}/issues/{number}/comments", "issue_comments")
-            if int(item.get("comments") or 0) > 0
-            else []
-        )
-        reviews = (
-            await self._collect(f"{base}/pulls/{number}/comments", "pull_comments")
-            if pull is not None and int(pull.get("review_comments") or 0) > 0
-            else []
-        )
+        comments: list[Mapping[str, Any]] = []
+        if int(item.get("comments") or 0) > 0:
+            comments = list(
+                conversations.answer(full, "comments", item) or []
+            ) or await self._collect(f"{base}/issues/{number}/comments", "issue_comments")
+        reviews: list[Mapping[str, Any]] = []
+        if pull is not None:
+            known = conversations.answer(full, "reviews", item)
+            if known is not None:
+                reviews = list(known)
+            elif "review_comments" not in pull or int(pull.get("review_comments") or 0) > 0:
+                # The list form of a PR has no count: ask its review comments.
+                reviews = await self._collect(f"{base}/pulls/{number}/comments", "pull_comments")
         return issue_record(
             user_id=self.ctx.user_id,
             repo=full,

@@ -248,7 +248,9 @@ def issue_record(
                 "draft": bool(source.get("draft", issue.get("draft", False))),
                 "baseRef": (source.get("base") or {}).get("ref"),
                 "headRef": (source.get("head") or {}).get("ref"),
-                "reviewComments": int(source.get("review_comments") or 0),
+                "reviewComments": int(source["review_comments"] or 0)
+                if "review_comments" in source
+                else len(review_comments),
             }
         )
     return MemoryRecord.build(
