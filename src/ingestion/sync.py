@@ -4,6 +4,10 @@ For each page the provider yields, in this order: deletes and upserts go to the 
 and only when the sink accepted them is the page's cursor stored (`SyncStateStore.checkpoint`).
 A failure at any point leaves the cursor at the last accepted page, so the next attempt resumes
 there; stable record ids make the overlap harmless. Jobs may therefore run more than once.
+
+Between the sink and the cursor, the page's deliveries are remembered, and a completed full
+enumeration (or a scope gone) deletes the remembered records it no longer has
+(`ingestion.reconcile`); the reconciliation state is stored with the cursor.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ingestion.memory.base import MemorySink
 from ingestion.memory.record import record_id
 from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
 from ingestion.providers.registry import create_provider
+from ingestion.reconcile import DeliveredRecords, Reconciliation
 from ingestion.storage.accounts import find_account, fingerprint
 from ingestion.storage.db import Database
 from ingestion.storage.state import SyncStateStore
@@ -110,6 +115,8 @@ class SyncEngine:
                     f"(add one with `ingestion accounts add` or `ingestion connect`)"
                 )
             state = await self.state.load(user_id, provider_name)
+            reconciliation = Reconciliation.of(state.reconcile)
+            delivered = DeliveredRecords(self.db, self.sink, user_id, provider_name)
             run_id = await self.state.begin(user_id, provider_name, job_id)
             metrics.JOBS.labels(provider=provider_name, outcome="started").inc()
             ctx = SyncContext(
@@ -126,7 +133,16 @@ class SyncEngine:
             bound.info("sync started", full=options.force_full_sync or not state.cursor)
             try:
                 async for page in provider.sync(ctx):
-                    await self._accept(provider_name, user_id, run_id, page, summary, options)
+                    await self._accept(
+                        provider_name,
+                        user_id,
+                        run_id,
+                        page,
+                        summary,
+                        options,
+                        delivered,
+                        reconciliation,
+                    )
                     if progress is not None:
                         progress(summary, page)
             except IngestionError as exc:
@@ -201,14 +217,38 @@ class SyncEngine:
         page: SyncPage,
         summary: SyncSummary,
         options: FetchOptions,
+        delivered: DeliveredRecords,
+        reconciliation: Reconciliation,
     ) -> None:
-        """Sink first, cursor second: the order every guarantee rests on."""
+        """Sink first, then what was delivered and the sweeps, cursor last: the order every
+        guarantee rests on."""
         delete_ids = [record_id(provider_name, user_id, sid) for sid in page.deletes]
         if delete_ids:
             await self.sink.delete(user_id, delete_ids)
         sent = 0
         if page.upserts:
             sent = await self.sink.upsert(user_id, page.upserts, force=options.force_full_sync)
+        for scope in page.enumeration_started:
+            reconciliation.start(scope)
+        await delivered.remember(page.upserts, page.deletes, reconciliation)
+        swept = 0
+        for prefix in page.scopes_gone:
+            reconciliation.abandon_under(prefix)
+            swept += await delivered.sweep_gone(prefix)
+        for prefix in page.enumeration_completed:
+            finished = reconciliation.finish(prefix)
+            if finished is None:
+                log.info(
+                    "enumeration completed without a start; nothing swept",
+                    provider=provider_name,
+                    user_id=user_id,
+                    prefix=prefix,
+                )
+                continue
+            swept += await delivered.sweep_unseen(finished)
+        if swept:
+            summary.stats["swept"] = summary.stats.get("swept", 0) + swept
+            log.info("records swept", provider=provider_name, user_id=user_id, swept=swept)
         last_item = page.upserts[-1].source_id if page.upserts else None
         await self.state.checkpoint(
             user_id,
@@ -217,13 +257,14 @@ class SyncEngine:
             page.state,
             fetched=page.fetched,
             upserted=len(page.upserts),
-            deleted=len(delete_ids),
+            deleted=len(delete_ids) + swept,
             last_item_id=last_item,
+            reconcile=reconciliation.to_json(),
         )
         summary.pages += 1
         summary.fetched += page.fetched
         summary.upserted += len(page.upserts)
-        summary.deleted += len(delete_ids)
+        summary.deleted += len(delete_ids) + swept
         for key, value in page.stats.items():
             summary.stats[key] = summary.stats.get(key, 0) + value
         metrics.ITEMS.labels(provider=provider_name, action="fetched").inc(page.fetched)
@@ -231,7 +272,7 @@ class SyncEngine:
         metrics.ITEMS.labels(provider=provider_name, action="unchanged").inc(
             len(page.upserts) - sent
         )
-        metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids))
+        metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids) + swept)
 
 
 def _counts(summary: SyncSummary) -> dict[str, int]:

@@ -393,6 +393,12 @@ class CalendarState:
                 body["updated"] = rfc3339(datetime.now(UTC))
                 self._store(calendar, body)
 
+    def purge_event(self, calendar_id: str, event_id: str) -> None:
+        """Forget an event entirely, as Google does some time after a deletion: it is no
+        longer listed, not even with `showDeleted` or to an old sync token."""
+        with self._lock:
+            del self.calendars[calendar_id].events[event_id]
+
     def move_instance(
         self,
         calendar_id: str,

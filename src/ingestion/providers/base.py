@@ -10,6 +10,13 @@ and only after the sink accepted them stores `page.state` as the new cursor. So:
   position at or before the items of the pages still to come;
 - re-yielding an item that was already accepted is harmless (ids are stable, upserts idempotent).
 
+Deletions a provider cannot see (an expired cursor forces a full re-enumeration, a calendar that
+is gone cannot be listed) are reconciled by the engine, which remembers every record it delivered:
+a page may declare that a full enumeration of a `Scope` starts (`enumeration_started`) or is
+complete (`enumeration_completed`), or that a scope is gone (`scopes_gone`); see
+`ingestion.reconcile`.
+Only the FIRST page of a fresh enumeration declares its start; pages of a resumed one do not.
+
 A provider raises `ingestion.errors` exceptions: `RateLimited` to defer the job (pages yielded
 before are kept), `RetryableError`, `ReauthRequired`, `PermanentError`.
 
@@ -36,6 +43,7 @@ __all__ = [
     "FetchOptions",
     "OAuthEndpoints",
     "Provider",
+    "Scope",
     "SyncContext",
     "SyncPage",
     "TokenSource",
@@ -82,6 +90,21 @@ class SyncContext:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """A set of records a provider can enumerate in full: every `sourceId` starting with
+    `prefix` (`""` = all of the provider's records), narrowed to records whose `occurredAt` is
+    strictly after `since` and strictly before `until` when those are set.
+
+    The bounds must be conservative: a record inside them that still exists must be listed by
+    the enumeration, or the engine deletes it when the enumeration completes.
+    """
+
+    prefix: str
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class SyncPage:
     """A unit of progress: items to upsert and delete, and the cursor to store afterwards."""
 
@@ -95,6 +118,14 @@ class SyncPage:
     total_estimate: int | None = None
     #: Optional counters to add to the run history's `details` (e.g. requests, quota used).
     stats: Mapping[str, int] = field(default_factory=dict)
+    #: A fresh full enumeration of each scope starts with this page (its upserts included).
+    enumeration_started: Sequence[Scope] = ()
+    #: Prefixes whose enumeration is complete with this page: once the page is accepted, every
+    #: remembered record of the scope the enumeration did not deliver is deleted.
+    enumeration_completed: Sequence[str] = ()
+    #: Prefixes that can no longer be listed at all: every remembered record under them is
+    #: deleted (and any enumeration in progress under them is abandoned).
+    scopes_gone: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Account",
     "Base",
+    "DeliveredRow",
     "MemoryRow",
     "SentHash",
     "SyncRun",
@@ -130,6 +131,9 @@ class SyncStateRow(Base):
     reauth_fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
+    #: The engine's reconciliation state (migration 0003), stored with every cursor: the
+    #: enumerations in progress, by scope prefix (`ingestion.reconcile.Reconciliation`).
+    reconcile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class SyncRun(Base):
@@ -188,3 +192,18 @@ class SentHash(Base):
     record_id: Mapped[str] = mapped_column(String(512), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class DeliveredRow(Base):
+    """`ingestion_delivered` (migration 0003): every record the sink accepted and that was not
+    deleted since, per (user, provider), whichever the sink. `generation` is the enumeration
+    that last delivered it (0 = none); `occurred_at` is NULL when unknown (rows carried over
+    from before the table existed), which keeps the record out of time-bounded sweeps."""
+
+    __tablename__ = "ingestion_delivered"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)

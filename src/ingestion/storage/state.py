@@ -7,7 +7,7 @@ after the memory sink accepted a page: the stored cursor never runs ahead of acc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,8 @@ class StateView:
     items_deleted: int
     reauth_fingerprint: str | None
     updated_at: datetime | None
+    #: The engine's reconciliation state stored with the cursor (`ingestion.reconcile`).
+    reconcile: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, user_id: str, provider: str) -> StateView:
@@ -56,6 +58,7 @@ class StateView:
             row.items_deleted,
             row.reauth_fingerprint,
             row.updated_at,
+            dict(row.reconcile or {}),
         )
 
 
@@ -154,11 +157,15 @@ class SyncStateStore:
         upserted: int,
         deleted: int,
         last_item_id: str | None = None,
+        reconcile: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store the cursor of an accepted page and add its counts (one transaction)."""
+        """Store the cursor of an accepted page and add its counts (one transaction); the
+        engine's reconciliation state, when given, is stored in the same transaction."""
         async with self.db.session() as session:
             row = await self._row(session, user_id, provider)
             row.cursor = dict(cursor)
+            if reconcile is not None:
+                row.reconcile = dict(reconcile)
             row.items_fetched += fetched
             row.items_upserted += upserted
             row.items_deleted += deleted

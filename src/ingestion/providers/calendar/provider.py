@@ -9,11 +9,11 @@ One sync, in order:
    queued for removal, one that joins it gets a full sync. These consequences are written into
    the cursor together with the new list token, so storing that token never loses them.
 2. **Removals.** A removed calendar's events are listed one last time (no time window) and every
-   listed id is deleted. The cursor keeps no event ids (it would grow with the calendar), so
-   a calendar that is *no longer readable* at all (deleted, or its owner stopped sharing it:
-   404) cannot be enumerated: it is dropped with a warning and counted in the run's
-   `calendarsUnreadable` statistic. Unsubscribing, hiding and losing event-detail access keep
-   it readable, and are handled exactly.
+   listed id is deleted; then the calendar is declared a scope gone (`{calendarId}/`), so the
+   engine deletes every record it remembers delivering from it, listed or not. A calendar that
+   is *no longer readable* at all (deleted, or its owner stopped sharing it: 404) cannot be
+   listed: it is declared gone at once (counted in the run's `calendarsUnreadable` statistic),
+   and so is a mirrored calendar that starts answering 404.
 3. **Each calendar.** A full sync lists the window `CALENDAR_PAST_DAYS` back to
    `CALENDAR_FUTURE_DAYS` ahead with `singleEvents=false` (series stay one master with its
    RRULE; moved or cancelled occurrences are their own events with `recurringEventId`),
@@ -22,7 +22,10 @@ One sync, in order:
    cancelled ones deleted. No change costs one request per calendar and upserts nothing.
    A 410 clears that calendar's token and re-runs its full sync alone, with `showDeleted` so
    events deleted while the token was dead are deleted here too; ids are stable, so nothing is
-   duplicated.
+   duplicated Every fresh full listing is a full enumeration of
+   the scope `{calendarId}/` within its window (a day inside each end, for all-day events in
+   any zone): when its last page is accepted, the engine deletes the records of that calendar
+   and window it remembers but the listing no longer had (events purged during a 410 gap).
 
 A cancelled *occurrence* of a series that still exists is kept as a record of its own
 (`Cancelled: …`, status `cancelled`), because the master's RRULE still produces that date and
@@ -40,12 +43,15 @@ from typing import Any, ClassVar
 from ingestion.config import Settings
 from ingestion.errors import PermanentError
 from ingestion.memory.record import MemoryRecord
-from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.base import Scope, SyncContext, SyncPage
 from ingestion.providers.calendar.client import CalendarApi, CalendarGone, SyncTokenExpired
 from ingestion.providers.calendar.sync import CalendarCursor, CalendarEntry, is_mirrored
 from ingestion.providers.calendar.transform import event_record, source_id
 
 __all__ = ["CalendarProvider"]
+
+#: How far inside the listing window the swept window stays (all-day events and time zones).
+_WINDOW_MARGIN = timedelta(days=1)
 
 #: Series masters looked up (for cancelled occurrences) are remembered up to this many per run.
 _SERIES_CACHE = 512
@@ -127,6 +133,9 @@ class _CalendarRun:
         deletes: list[str] | None = None,
         fetched: int = 0,
         stats: Mapping[str, int] | None = None,
+        started: Scope | None = None,
+        completed: str | None = None,
+        gone: str | None = None,
     ) -> SyncPage:
         requests = self.api.requests - self._counted_requests
         self._counted_requests = self.api.requests
@@ -137,6 +146,9 @@ class _CalendarRun:
             deletes=deletes or [],
             fetched=fetched,
             stats={"requests": requests, **(stats or {})},
+            enumeration_started=[started] if started else [],
+            enumeration_completed=[completed] if completed is not None else [],
+            scopes_gone=[gone] if gone is not None else [],
         )
 
     def _enough(self) -> bool:
@@ -203,23 +215,29 @@ class _CalendarRun:
                     raise
                 continue
             except (CalendarGone, PermanentError) as exc:
-                self.ctx.log.warning(
-                    "removed calendar is not readable; its records cannot be listed",
+                self.ctx.log.info(
+                    "removed calendar is not readable; deleting every record delivered from it",
                     calendar_id=calendar_id,
                     error=str(exc),
                 )
                 del self.cursor.removing[calendar_id]
-                yield self._page(stats={"calendarsUnreadable": 1})
+                yield self._page(stats={"calendarsUnreadable": 1}, gone=_scope(calendar_id))
                 return
             deletes = [source_id(calendar_id, str(e["id"])) for e in page.items if e.get("id")]
-            if page.next_page_token:
-                self.cursor.removing[calendar_id] = page.next_page_token
-            else:
+            last = not page.next_page_token
+            if last:
                 del self.cursor.removing[calendar_id]
-            yield self._page(deletes=deletes, fetched=len(page.items))
+            else:
+                self.cursor.removing[calendar_id] = str(page.next_page_token)
+            yield self._page(
+                deletes=deletes,
+                fetched=len(page.items),
+                gone=_scope(calendar_id) if last else None,
+            )
 
     # --- one calendar's events -----------------------------------------------------------
     async def _full(self, calendar_id: str, entry: CalendarEntry) -> AsyncIterator[SyncPage]:
+        started: Scope | None = None
         if entry.window is None:
             now = self.ctx.clock.now()
             start = now - timedelta(days=self.settings.calendar_past_days)
@@ -227,6 +245,12 @@ class _CalendarRun:
                 start = self.ctx.options.since
             end = now + timedelta(days=self.settings.calendar_future_days)
             entry.window = (_rfc3339(start), _rfc3339(end))
+            # A fresh listing (a resumed one was declared by its first page).
+            started = Scope(
+                _scope(calendar_id),
+                since=_parse_rfc3339(entry.window[0]) + _WINDOW_MARGIN,
+                until=_parse_rfc3339(entry.window[1]) - _WINDOW_MARGIN,
+            )
         time_min, time_max = entry.window
         restarted = False
         while True:
@@ -256,7 +280,14 @@ class _CalendarRun:
             else:
                 entry.page_token, entry.window, entry.show_deleted = None, None, False
                 entry.sync_token = page.next_sync_token
-            yield self._page(upserts=upserts, deletes=deletes, fetched=len(page.items))
+            yield self._page(
+                upserts=upserts,
+                deletes=deletes,
+                fetched=len(page.items),
+                started=started,
+                completed=_scope(calendar_id) if entry.page_token is None else None,
+            )
+            started = None
             if entry.page_token is None or self._enough():
                 return
 
@@ -300,11 +331,12 @@ class _CalendarRun:
                 return
 
     def _vanished(self, calendar_id: str) -> SyncPage:
-        """A listed calendar answered 404: drop it and re-read the whole list next time."""
+        """A listed calendar answered 404: drop it, delete every record delivered from it, and
+        re-read the whole list next time."""
         self.ctx.log.warning("calendar is no longer readable", calendar_id=calendar_id)
         self.cursor.calendars.pop(calendar_id, None)
         self.cursor.list_sync_token = None
-        return self._page(stats={"calendarsUnreadable": 1})
+        return self._page(stats={"calendarsUnreadable": 1}, gone=_scope(calendar_id))
 
     # --- events → records ----------------------------------------------------------------
     async def _records(
@@ -359,17 +391,34 @@ class _CalendarRun:
 
 
 def _merge(earlier: SyncPage, later: SyncPage) -> SyncPage:
-    """`later` (whose state already includes `earlier`'s) with `earlier`'s counts added."""
+    """`later` (whose state already includes `earlier`'s) with `earlier`'s counts and
+    reconciliation declarations added (earlier ones first)."""
     stats = dict(later.stats)
     for key, value in earlier.stats.items():
         stats[key] = stats.get(key, 0) + value
-    return replace(later, fetched=earlier.fetched + later.fetched, stats=stats)
+    return replace(
+        later,
+        fetched=earlier.fetched + later.fetched,
+        stats=stats,
+        enumeration_started=[*earlier.enumeration_started, *later.enumeration_started],
+        enumeration_completed=[*earlier.enumeration_completed, *later.enumeration_completed],
+        scopes_gone=[*earlier.scopes_gone, *later.scopes_gone],
+    )
 
 
 def _with_stat(page: SyncPage, key: str, value: int) -> SyncPage:
     stats = dict(page.stats)
     stats[key] = stats.get(key, 0) + value
     return replace(page, stats=stats)
+
+
+def _scope(calendar_id: str) -> str:
+    """The reconciliation scope of one calendar: the `sourceId` prefix of its events."""
+    return source_id(calendar_id, "")
+
+
+def _parse_rfc3339(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _rfc3339(value: datetime) -> str:

@@ -15,6 +15,10 @@ What a sync promises (the engine stores each page's state only after the sink ac
   labels are current. A message that is gone when fetched (404) is deleted. With no change the
   sync makes exactly one request and upserts nothing.
 - A 404 on a stale `historyId` starts a full resync by itself (stable ids: no duplicates).
+- A fresh, uncapped backfill (first sync, forced full sync, history expired) is a full
+  enumeration of the mailbox within its `after:` window: its first page declares it and its last
+  page completes it, so messages deleted while history was expired are deleted then. Messages
+  older than the window are never swept. A backfill capped by `maxResults` declares nothing.
 - One message that cannot be transformed is logged and skipped; a malformed one is ingested
   as well as possible and logged with its defects. A 403 other than a rate limit (a missing
   scope) fails the sync with Google's message.
@@ -23,17 +27,20 @@ What a sync promises (the engine stores each page's state only after the sink ac
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
-from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.base import Scope, SyncContext, SyncPage
 from ingestion.providers.gmail.client import GmailApi, HistoryExpired, PageTokenRejected
 from ingestion.providers.gmail.sync import BACKFILL, INCREMENTAL, Backfill, GmailCursor
 from ingestion.providers.gmail.transform import transform
 
-__all__ = ["HIDDEN_LABELS", "GmailProvider"]
+__all__ = ["HIDDEN_LABELS", "MAILBOX", "GmailProvider"]
+
+#: The reconciliation scope of a backfill: every message (within the window's time bound).
+MAILBOX = ""
 
 #: Messages with one of these labels are not mirrored (and are deleted when they gain one).
 HIDDEN_LABELS = frozenset({"SPAM", "TRASH"})
@@ -68,14 +75,20 @@ class GmailProvider:
             except HistoryExpired:
                 ctx.log.info("gmail history expired, starting a full resync")
                 cursor = None
+        fresh: Scope | None = None
         if cursor is None:
-            cursor = await self._start_backfill(api, ctx)
-        async for page in self._backfill(api, ctx, cursor):
+            cursor, after = await self._start_backfill(api, ctx)
+            if ctx.options.max_results is None:
+                fresh = Scope(MAILBOX, since=after)
+        async for page in self._backfill(api, ctx, cursor, fresh):
             yield page
 
     # --- backfill ------------------------------------------------------------------------------
 
-    async def _start_backfill(self, api: GmailApi, ctx: SyncContext) -> GmailCursor:
+    async def _start_backfill(
+        self, api: GmailApi, ctx: SyncContext
+    ) -> tuple[GmailCursor, datetime]:
+        """The cursor of a new backfill, and the time its listing starts after."""
         profile = await api.profile()
         after = ctx.clock.now() - timedelta(days=self.settings.backfill_days)
         since = ctx.options.since
@@ -83,15 +96,18 @@ class GmailProvider:
             after = since
         query = f"after:{int(after.timestamp())} -in:spam -in:trash"
         ctx.log.info("gmail backfill starting", history_id=profile.get("historyId"), query=query)
-        return GmailCursor(
+        cursor = GmailCursor(
             BACKFILL,
             str(profile["historyId"]),
             Backfill(query=query, limit=ctx.options.max_results),
         )
+        return cursor, after
 
     async def _backfill(
-        self, api: GmailApi, ctx: SyncContext, cursor: GmailCursor
+        self, api: GmailApi, ctx: SyncContext, cursor: GmailCursor, fresh: Scope | None
     ) -> AsyncIterator[SyncPage]:
+        """The backfill's pages; `fresh` is the scope of a new uncapped backfill, declared
+        with its first page (a resumed one is already declared)."""
         assert cursor.backfill is not None
         backfill = cursor.backfill
         page_token, count, limit = backfill.page_token, backfill.count, backfill.limit
@@ -142,7 +158,12 @@ class GmailProvider:
                 fetched=len(refs),
                 total_estimate=estimate,
                 stats=stats,
+                enumeration_started=[fresh] if fresh is not None else [],
+                # Only an uncapped listing saw the whole window (else the engine has no
+                # enumeration open for it and sweeps nothing).
+                enumeration_completed=[MAILBOX] if done and limit is None else [],
             )
+            fresh = None
             if done:
                 return
 
