@@ -28,6 +28,10 @@ from ingestion.sync import SyncLockFactory
 
 __all__ = ["LocalJobQueue"]
 
+#: Scheduled ticks are remembered this long (as the Redis queue's tick keys live), then forgotten,
+#: so a long-running process with a seconds-level cron does not grow without bound.
+_TICK_MEMORY_SECONDS = 2 * 86400
+
 
 class LocalJobQueue:
     """A `JobQueue` and a `Consumer` in one object, for a single process."""
@@ -45,6 +49,7 @@ class LocalJobQueue:
         #: The pair's running job: its id and the widening flags it runs with.
         self._running: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self._ticks: set[tuple[str, str, int]] = set()
+        self._ticks_pruned = time.time()
         self._dead: list[tuple[str, dict[str, str]]] = []
         self._seq = itertools.count(1)
         self._wakeup = asyncio.Event()
@@ -67,6 +72,7 @@ class LocalJobQueue:
             if (*pair, tick) in self._ticks:
                 return "duplicate", "", None
             self._ticks.add((*pair, tick))
+            self._forget_old_ticks()
         if pair in self._active:
             current = self._active[pair]
             return "coalesced", current, self._record_widening(pair, current, job)
@@ -75,6 +81,13 @@ class LocalJobQueue:
         fields = Job(job.provider, job.user_id, job.options, job_id=job_id).to_fields()
         self._push(fields, due)
         return "enqueued", job_id, None
+
+    def _forget_old_ticks(self) -> None:
+        now = time.time()
+        if now - self._ticks_pruned < 3600:
+            return
+        self._ticks_pruned = now
+        self._ticks = {t for t in self._ticks if t[2] >= now - _TICK_MEMORY_SECONDS}
 
     def _record_widening(self, pair: tuple[str, str], current: str, job: Job) -> Widening | None:
         flags = set(widening_flags(job.options))
