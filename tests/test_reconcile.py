@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, select, text
 
 from ingestion.app import Services
 from ingestion.config import Settings
+from ingestion.errors import PermanentError
 from ingestion.memory.record import MemoryRecord, record_id
 from ingestion.providers.base import FetchOptions, Scope, SyncPage
 from ingestion.reconcile import DeliveredRecords, Reconciliation
@@ -229,6 +230,32 @@ async def test_gmail_crash_mid_resync_sweeps_nothing_then_completes(gmail_world:
     assert await world.stored() == set(ids) - {ids[3]}
     assert await world.remembered() == set(ids) - {ids[3]}
     assert await world.open_scopes() == {}
+
+
+@pytest.mark.parametrize("gmail_world", ["sqlite-http"], indirect=True)
+async def test_gmail_sweep_refused_by_the_engine_is_finished_by_the_next_run(
+    gmail_world: World,
+) -> None:
+    world = gmail_world
+    ids = [add_mail(world, i) for i in range(5)]
+    await world.sync()
+    world.gmail.delete_message(USER, ids[0])
+    world.gmail.delete_message(USER, ids[4])
+    world.gmail.expire_history(USER)
+    world.engine.fail_next(400, path="/memories/delete")
+    with pytest.raises(PermanentError):
+        await world.sync()
+    # The last page was accepted but its cursor not stored: the enumeration is still open.
+    assert (await cursor_of(world))["mode"] == "backfill"
+    assert list(await world.open_scopes()) == [""]
+    summary = await world.sync()
+    assert summary.stats["swept"] == 2
+    assert await world.stored() == set(ids[1:4])
+    assert (await cursor_of(world))["mode"] == "incremental"
+
+
+async def cursor_of(world: World) -> dict[str, Any]:
+    return dict((await world.services.engine.state.load(USER, world.provider)).cursor)
 
 
 @pytest.mark.parametrize("gmail_world", ["sqlite-http"], indirect=True)
