@@ -157,6 +157,39 @@ async def test_full_sync_requested_while_a_full_sync_runs_is_covered(env: Env) -
     assert [r.job_id for r in await env.ok_runs(user)] == [first.job_id]
 
 
+async def test_taken_full_sync_survives_a_retry_and_a_dead_letter(env: Env) -> None:
+    queue, consumer, user = env.queue, env.consumer, "u-2"
+    await queue.enqueue(Job(PROVIDER, user))
+    assert (await queue.enqueue(Job(PROVIDER, user, FULL))).widening == "merged"
+    [delivery] = await consumer.fetch(1, 1.0)
+    assert delivery.job is not None
+    started = await consumer.begin(delivery, delivery.job)
+    assert started.options.force_full_sync
+
+    # A retry carries it in its own fields and takes it again.
+    await consumer.reschedule(delivery, started, None)
+    [retry] = await consumer.fetch(1, 1.0)
+    assert retry.job is not None
+    assert retry.job.options.force_full_sync
+    assert (await consumer.begin(retry, retry.job)).options.force_full_sync
+
+    # It dies: the full sync is still owed, and the pair's next job runs as one.
+    await consumer.dead_letter(retry, "gave up", 3)
+    assert not (await queue.enqueue(Job(PROVIDER, user))).coalesced
+    [following] = await consumer.fetch(1, 1.0)
+    assert following.job is not None
+    assert not following.job.options.force_full_sync
+    assert (await consumer.begin(following, following.job)).options.force_full_sync
+    await consumer.complete(following)
+
+    # Once a run with it completed, it is no longer owed.
+    assert not (await queue.enqueue(Job(PROVIDER, user))).coalesced
+    [plain] = await consumer.fetch(1, 1.0)
+    assert plain.job is not None
+    assert not (await consumer.begin(plain, plain.job)).options.force_full_sync
+    await consumer.complete(plain)
+
+
 async def _free(env: Env, user: str) -> bool:
     """No job queued, delayed or running for the pair (its coalescing marker is gone)."""
     if isinstance(env.queue, RedisJobQueue):

@@ -209,7 +209,7 @@ class LocalJobQueue:
         options = widened(job.options, flags)
         return job if options == job.options else replace(job, options=options)
 
-    def _settle(self, delivery: Delivery, *, clear: bool) -> None:
+    def _settle(self, delivery: Delivery, *, clear: bool, completed: bool = False) -> None:
         self._pending.pop(delivery.entry_id, None)
         job = delivery.job
         if job is None:
@@ -218,6 +218,8 @@ class LocalJobQueue:
         running = self._running.get(pair)
         if running is not None and running[0] == job.job_id:
             del self._running[pair]
+            if not completed and running[1]:  # taken flags wait for the next run
+                self._widen.setdefault(pair, set()).update(running[1])
         if clear and self._active.get(pair) == job.job_id:
             del self._active[pair]
 
@@ -229,7 +231,7 @@ class LocalJobQueue:
             and self._active.get((job.provider, job.user_id)) == job.job_id
             and self._widen.get((job.provider, job.user_id))
         )
-        self._settle(delivery, clear=True)
+        self._settle(delivery, clear=True, completed=True)
         if job is not None and follow_up:
             pair = (job.provider, job.user_id)
             options = widened(FetchOptions(), self._widen.pop(pair))

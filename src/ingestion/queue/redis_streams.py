@@ -434,6 +434,7 @@ class RedisConsumer:
                 self.keys.delayed,
                 self.keys.active(job.provider, job.user_id),
                 self.keys.running(job.provider, job.user_id),
+                self.keys.widen(job.provider, job.user_id),
             ],
             args=[
                 self.keys.group,
@@ -441,6 +442,7 @@ class RedisConsumer:
                 f"{due:.3f}" if due and due > time.time() else "0",
                 job.job_id,
                 self.queue.active_ttl,
+                self.queue.widen_ttl,
                 *_flat(fields),
             ],
         )
@@ -455,9 +457,16 @@ class RedisConsumer:
         job = delivery.job
         active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
         running = self.keys.running(job.provider, job.user_id) if job else self.keys.dead
+        widen = self.keys.widen(job.provider, job.user_id) if job else self.keys.dead
         await self._dead(
-            keys=[self.keys.stream, self.keys.dead, active, running],
-            args=[self.keys.group, delivery.entry_id, delivery.job_id, *_flat(fields)],
+            keys=[self.keys.stream, self.keys.dead, active, running, widen],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                self.queue.widen_ttl,
+                *_flat(fields),
+            ],
         )
 
     async def keep_alive(self, deliveries: list[Delivery]) -> None:

@@ -123,13 +123,37 @@ redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[8])
 return {n, ARGV[4]}
 """
 
-#: KEYS: stream, delayed, active, running. ARGV: group, entryId, due (<= 0 = now), jobId,
-#: activeTtl, fields…  Put a job back (now, or in the delayed set until `due`) and acknowledge
-#: the old entry in one step: a retry is never lost nor doubled. The job is no longer running
-#: (its fields carry the widening flags it took).
-RESCHEDULE = """
+#: Lua: a job that did not complete stops being the pair's running job; the widening flags it
+#: had taken go back to the widen hash, so its next run (or the pair's next job) takes them again.
+_GIVE_BACK = """
+local function give_back(running, widen, job_id, widen_ttl)
+  if job_id == '' or redis.call('HGET', running, 'job') ~= job_id then
+    return
+  end
+  local flags = redis.call('HKEYS', running)
+  local given = 0
+  for _, flag in ipairs(flags) do
+    if flag ~= 'job' then
+      redis.call('HSET', widen, flag, '1')
+      given = given + 1
+    end
+  end
+  if given > 0 then
+    redis.call('EXPIRE', widen, widen_ttl)
+  end
+  redis.call('DEL', running)
+end
+"""
+
+#: KEYS: stream, delayed, active, running, widen. ARGV: group, entryId, due (<= 0 = now), jobId,
+#: activeTtl, widenTtl, fields…  Put a job back (now, or in the delayed set until `due`) and
+#: acknowledge the old entry in one step: a retry is never lost nor doubled. The job is no
+#: longer running; the widening flags it took go back to the widen hash (see `_GIVE_BACK`).
+RESCHEDULE = (
+    _GIVE_BACK
+    + """
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZADD', KEYS[2], ARGV[3], cjson.encode(fields))
 else
@@ -139,27 +163,29 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[4], 'job') == ARGV[4] then
-  redis.call('DEL', KEYS[4])
-end
+give_back(KEYS[4], KEYS[5], ARGV[4], ARGV[6])
 return 1
 """
+)
 
-#: KEYS: stream, dead, active, running. ARGV: group, entryId, jobId, fields…  Dead-letter and
-#: acknowledge in one step. Widening flags recorded while it ran stay for the pair's next job.
-DEAD_LETTER = """
+#: KEYS: stream, dead, active, running, widen. ARGV: group, entryId, jobId, widenTtl, fields…
+#: Dead-letter and acknowledge in one step. The widening flags the job took, and those recorded
+#: while it ran, stay in the widen hash for the pair's next job: a full sync asked for is
+#: dropped only once a run with it completed.
+DEAD_LETTER = (
+    _GIVE_BACK
+    + """
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
 end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[4], 'job') == ARGV[3] then
-  redis.call('DEL', KEYS[4])
-end
+give_back(KEYS[4], KEYS[5], ARGV[3], ARGV[4])
 return id
 """
+)
 
 #: KEYS: delayed, stream. ARGV: now (epoch seconds), limit. Move due jobs onto the stream.
 PROMOTE = """
