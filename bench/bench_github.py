@@ -123,6 +123,7 @@ async def run_ours(url: str, workdir: Path) -> list[dict[str, Any]]:
                     "units": stats["unitsUsed"],
                     "notModified": stats["notModified"],
                     "byStatus": stats["byStatus"],
+                    "byEndpoint": stats.get("byEndpoint", {}),
                 }
             )
     finally:
@@ -264,10 +265,20 @@ def report(
         "",
         "- Items: ours = records upserted (commits + issues + PRs); tap-github = `issues` + "
         f"`commits` records (all its records in the full sync: {peer_records}).",
-        "- Our requests include what the tap does not fetch: PR details (`/pulls/{n}`: merged, "
-        "draft, refs), issue comments and PR review comments (conversation in the content), and "
-        "the `/issues?filter=all` listing. The tap's `commit_diffs` asks each commit's "
-        "`application/vnd.github.v3.diff`; we ask the JSON detail (files with patches).",
+        "- Our records hold what the tap does not fetch: PR fields (merged, draft, base/head "
+        "refs), issue comments and PR review comments (the conversation in the content), and "
+        "the items of `/issues?filter=all`. They come from repository-wide listings "
+        "(`/pulls?state=all&sort=updated`, `/issues/comments` and `/pulls/comments` with "
+        "`since`), read once for the items of a listing page; `/pulls/{n}` and the per-item "
+        "comment listings remain only for items those listings cannot vouch for. The tap's "
+        "`commit_diffs` asks each commit's `application/vnd.github.v3.diff`; we ask the JSON "
+        "detail (files with patches).",
+        "- Where our full-sync requests go: "
+        + ", ".join(
+            f"`{k}` {v}"
+            for k, v in sorted(ours[0].get("byEndpoint", {}).items(), key=lambda kv: -kv[1])
+        )
+        + ".",
         "- Re-sync: we ask every listing with `If-None-Match` (304s cost no rate limit) and skip "
         "the commit listing of repositories whose `pushed_at` did not move; tap-github repeats "
         "its listings with `since` = its bookmark (GitHub's `since` is inclusive, so the newest "

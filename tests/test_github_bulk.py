@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +168,17 @@ async def test_new_comments_on_existing_issues_update_their_records_through_the_
         state.add_comment(pull, "mona", f"New nit on {pull.title}", review=True, path="y.py")
     state.merge_pull(pulls[0])
     state.merge_pull(pulls[1])
+    issues[2].body = "Edited description"
+    state.touch(issues[2])
     mark = len(state.log)
     summary = await sync(services)
 
     after = await records(services)
     second = state.log[mark:]
-    assert summary.upserted == 4
+    assert summary.upserted == 5
+    edited = after[f"mona/notes#{issues[2].number}"].content
+    assert "Edited description" in edited
+    assert f"First look at {issues[2].title}" in edited  # its older comment, still there
     for issue in issues[:2]:
         content = after[f"mona/notes#{issue.number}"].content
         # The older comment (before the cursor) and the new one, in order.
@@ -185,7 +190,7 @@ async def test_new_comments_on_existing_issues_update_their_records_through_the_
         assert record.meta["reviewComments"] == 2
         assert f"Old nit on {pull.title}" in record.content
         assert f"New nit on {pull.title}" in record.content
-    for untouched in (issues[2], issues[3], pulls[2]):
+    for untouched in (issues[3], pulls[2]):
         key = f"mona/notes#{untouched.number}"
         assert after[key].content_hash == before[key].content_hash
     # Through the repository-wide listings: no per-issue or per-PR call.
@@ -222,3 +227,35 @@ async def test_single_changed_item_uses_its_own_calls(
     assert "Second" in (await records(services))["mona/solo#1"].content
     assert not _matching(second, BULK)
     assert [r.path for r in _matching(second, PER_ITEM)] == ["/repos/mona/solo/issues/1/comments"]
+
+
+def test_an_index_vouches_only_for_versions_it_can_have_seen() -> None:
+    """Listed before the read at that `updated_at`, or changed before something the read saw."""
+    index = conversations.Index(
+        kind="comments",
+        entries={1: [{"id": 1}], 2: [{"id": 2}]},
+        listed={1: "2026-01-01T10:00:00Z"},
+        watermark=datetime(2026, 1, 1, 9, 0, tzinfo=UTC),
+        reach=datetime(2025, 12, 1, tzinfo=UTC),
+    )
+    item = {"number": 1, "updated_at": "2026-01-01T10:00:00Z", "comments": 1}
+    assert index.answer(item) == [{"id": 1}]
+    # The same issue changed after the read (it came back with a newer stamp): not vouched.
+    assert index.answer({**item, "updated_at": "2026-01-01T10:05:00Z", "comments": 2}) is None
+    # Never listed, last changed before the watermark: vouched; at the watermark: not.
+    other = {"number": 2, "updated_at": "2026-01-01T08:59:59Z", "comments": 1}
+    assert index.answer(other) == [{"id": 2}]
+    assert index.answer({**other, "updated_at": "2026-01-01T09:00:00Z"}) is None
+    # A count that does not match what the listing holds: not vouched.
+    assert index.answer({**other, "comments": 3}) is None
+    reviews = conversations.Index(
+        kind="reviews",
+        entries={},
+        listed={4: "2026-01-01T10:00:00Z", 5: "2026-01-01T10:00:00Z"},
+        reach=datetime(2025, 12, 1, tzinfo=UTC),
+        cut=True,
+    )
+    pr = {"number": 4, "updated_at": "2026-01-01T10:00:00Z", "pull_request": {}}
+    assert reviews.answer({**pr, "created_at": "2025-12-02T00:00:00Z"}) == []
+    # Created before what a cut listing read completely: its review comments may be missing.
+    assert reviews.answer({**pr, "number": 5, "created_at": "2025-12-01T00:00:00Z"}) is None

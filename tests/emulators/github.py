@@ -32,6 +32,7 @@ import itertools
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -831,6 +832,15 @@ class _Handler:
         return payload, link
 
 
+def _endpoint_of(path: str, prefix: str) -> str:
+    """A request path as its endpoint template (`/repos/{o}/{r}/pulls/{n}`)."""
+    path = path.removeprefix(prefix)
+    path = re.sub(r"^/repositories/\d+", "/repos/{o}/{r}", path)
+    path = re.sub(r"^/repos/[^/]+/[^/]+", "/repos/{o}/{r}", path)
+    path = re.sub(r"/[0-9a-f]{40}$", "/{sha}", path)
+    return re.sub(r"/\d+(?=/|$)", "/{n}", path)
+
+
 def create_app(state: GitHubState) -> Starlette:
     """The emulator as an ASGI app; mount point = `state.path_prefix` ("" or "/api/v3")."""
     handler = _Handler(state)
@@ -881,6 +891,9 @@ def create_app(state: GitHubState) -> Starlette:
                 "byStatus": {
                     str(code): state.count(status=code) for code in {r.status for r in state.log}
                 },
+                "byEndpoint": dict(
+                    Counter(_endpoint_of(r.path, state.path_prefix) for r in state.log)
+                ),
             }
         )
 

@@ -16,9 +16,10 @@ its issue was created), but no earlier than `COMMENT_REACH` before the stream's 
 
 Guarantees (anything not guaranteed falls back to the per-item call, so no data is lost):
 
-- an index answers for an item only if the item was listed before the index was read, or its
-  `updated_at` is older than the newest change the index saw (a later change to the item would
-  have moved its `updated_at` past that: new comments and review comments, merges, edits do);
+- an index answers for an item only if the item, at that very `updated_at`, was listed before
+  the index was read, or its `updated_at` is older than a change seen before the read (a later
+  change to the item would have moved its `updated_at` past that: new comments and review
+  comments, merges, edits do);
 - issue comments are answered only when their number equals the item's `comments` count;
 - review comments (the list form of a PR has no count) only when the PR was created within what
   the listing read completely;
@@ -118,8 +119,9 @@ class Index:
 
     kind: Kind
     entries: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    #: Numbers listed before this index was read: the index is current for them.
-    listed: frozenset[int] = frozenset()
+    #: Number → `updated_at` of the items listed before this index was read: the index is
+    #: current for those very versions (an item changed since shows a newer `updated_at`).
+    listed: Mapping[int, str] = field(default_factory=dict)
     #: A GitHub time before this listing was read: the newest `updated_at` it, an earlier
     #: listing of the repository or the issue listing showed (None when they were empty).
     watermark: datetime | None = None
@@ -128,7 +130,7 @@ class Index:
     cut: bool = False
 
     def current_for(self, item: Mapping[str, Any]) -> bool:
-        if int(item["number"]) in self.listed:
+        if self.listed.get(int(item["number"])) == str(item.get("updated_at")):
             return True
         updated = parse_time(item.get("updated_at"))
         return updated is not None and self.watermark is not None and updated < self.watermark
@@ -176,7 +178,7 @@ class Conversations:
         # Everything listed so far happened before any listing read from here on.
         seen = _newest(i.get("updated_at") for _, i in items)
         for repo, group in by_repo.items():
-            listed = frozenset(int(i["number"]) for i in group)
+            listed = {int(i["number"]): str(i.get("updated_at")) for i in group}
             for kind in _KINDS:
                 key = (repo, kind)
                 index = self._indexes.get(key)
@@ -215,7 +217,7 @@ class Conversations:
         repo: str,
         kind: Kind,
         items: Sequence[Mapping[str, Any]],
-        listed: frozenset[int],
+        listed: Mapping[int, str],
         window_start: datetime,
     ) -> Index | None:
         params: dict[str, Any] = {"sort": "updated", "direction": "desc"}
