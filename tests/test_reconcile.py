@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
+from ingestion import reconcile
 from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import PermanentError
@@ -367,8 +368,13 @@ async def test_calendar_that_cannot_be_listed_has_its_records_removed(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_sweeps_match_prefixes_exactly_and_respect_time_bounds(
-    backend: str, request: pytest.FixtureRequest, emulators: Any, tmp_path: Path
+    backend: str,
+    request: pytest.FixtureRequest,
+    emulators: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(reconcile, "SWEEP_BATCH", 1)  # every sweep takes several batches
     world = await open_world("calendar", backend, request, emulators, tmp_path)
     try:
         sink = world.services.sink
@@ -389,6 +395,7 @@ async def test_sweeps_match_prefixes_exactly_and_respect_time_bounds(
 
         everything = [
             record("a_%/1", 0),  # in scope, inside the bounds, unseen: swept
+            record("a_%/5", 0),  # likewise
             record("a_%/2", -10),  # before `since`: kept
             record("a_%/3", 10),  # after `until`: kept
             record("a_%/4", 0),  # seen by the enumeration: kept
@@ -402,19 +409,24 @@ async def test_sweeps_match_prefixes_exactly_and_respect_time_bounds(
         opened = reconciliation.start(
             Scope("a_%/", since=day - timedelta(days=1), until=day + timedelta(days=1))
         )
-        await delivered.remember([everything[3]], [], reconciliation)
+        seen = [r for r in everything if r.source_id == "a_%/4"]
+        await delivered.remember(seen, [], reconciliation)
         # Survives the cursor round trip.
         again = Reconciliation.of(reconciliation.to_json())
         assert again.scopes == {"a_%/": opened}
         finished = again.finish("a_%/")
         assert finished is not None
-        assert await delivered.sweep_unseen(finished) == 1
-        assert await world.remembered() == {r.source_id for r in everything} - {"a_%/1"}
+        assert await delivered.sweep_unseen(finished) == 2
+        left = {r.source_id for r in everything} - {"a_%/1", "a_%/5"}
+        assert await world.remembered() == left
         if sink.kind == "embedded":
-            assert await world.stored() == {r.source_id for r in everything} - {"a_%/1"}
+            assert await world.stored() == left
         else:
             with world.engine.lock:
-                assert record_id("calendar", USER, "a_%/1") in world.engine.deleted
+                assert world.engine.deleted == [
+                    record_id("calendar", USER, "a_%/1"),
+                    record_id("calendar", USER, "a_%/5"),
+                ]
         assert await delivered.sweep_gone("a_%/") == 3
         assert await world.remembered() == {"aX%/1", "A_%/1"}
     finally:

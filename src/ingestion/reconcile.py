@@ -44,7 +44,7 @@ from ingestion.storage.models import DeliveredRow
 
 __all__ = ["SWEEP_BATCH", "DeliveredRecords", "OpenScope", "Reconciliation"]
 
-#: Records selected, deleted and forgotten per sweep step.
+#: Records selected, deleted and forgotten per sweep step (tests lower it).
 SWEEP_BATCH = 500
 #: Ids per `IN (…)` list (well under every driver's parameter limit).
 _CHUNK = 500
@@ -206,17 +206,19 @@ class DeliveredRecords:
         """Sink first, memory second, one bounded batch at a time: a failure leaves the rest
         remembered, so a later sweep finds it again."""
         swept = 0
+        after: str | None = None  # keyset: rows before it were swept or are kept
         while True:
+            query = select(DeliveredRow.source_id).where(self._mine(), condition)
+            if after is not None:
+                query = query.where(DeliveredRow.source_id > after)
             async with self.db.engine.connect() as connection:
                 rows = await connection.execute(
-                    select(DeliveredRow.source_id)
-                    .where(self._mine(), condition)
-                    .order_by(DeliveredRow.source_id)
-                    .limit(SWEEP_BATCH)
+                    query.order_by(DeliveredRow.source_id).limit(SWEEP_BATCH)
                 )
                 source_ids = [row.source_id for row in rows]
             if not source_ids:
                 return swept
+            after = source_ids[-1]
             await self.sink.delete(
                 self.user_id, [record_id(self.provider, self.user_id, s) for s in source_ids]
             )
