@@ -11,6 +11,9 @@ Guarantees:
   exponential backoff and jitter, never sooner than `retry_after`, and dead-lettered after
   `JOB_MAX_ATTEMPTS`; `ReauthRequired` → acknowledged, not retried (the account is marked);
   `PermanentError` and malformed entries → dead-lettered at once with their error.
+- **A coalesced full sync is honoured**: a job first takes (`Consumer.begin`) the widening options
+  that requests merged into it asked for, and runs with them; the queue enqueues a follow-up job
+  for those that arrived while it ran.
 - **Up to `WORKER_CONCURRENCY` jobs in flight**; one sync per (provider, user) at a time through
   the queue's lock.
 - **Graceful shutdown**: once `stop` is set no new entry is taken, running jobs get
