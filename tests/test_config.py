@@ -47,7 +47,12 @@ def test_invalid_variable_gives_one_line_and_exit_2(
 
 def test_bad_setting_stops_every_command(base_env: dict[str, str]) -> None:
     env = {**base_env, "CALENDAR_SYNC_CRON": "whenever"}
-    for args in (["run"], ["accounts", "list"], ["sync", "github", "--user", "u"], ["db", "upgrade"]):
+    for args in (
+        ["run"],
+        ["accounts", "list"],
+        ["sync", "github", "--user", "u"],
+        ["db", "upgrade"],
+    ):
         result = run_cli(*args, env=env)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().startswith("error: configuration error: CALENDAR_SYNC_CRON")
