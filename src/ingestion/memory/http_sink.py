@@ -24,7 +24,6 @@ What `HttpMemorySink` promises:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
 import time
@@ -42,6 +41,7 @@ from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.errors import ConfigurationError, PermanentError, RateLimited, RetryableError
 from ingestion.memory.record import MemoryRecord
+from ingestion.retry_after import parse_retry_after
 from ingestion.storage.db import Database
 from ingestion.storage.models import SentHash
 
@@ -245,7 +245,9 @@ class HttpMemorySink:
         if status == 429 or status >= 500:
             metrics.API_RETRIES.labels(provider=_METRIC_NAME, reason=f"HTTP {status}").inc()
             log.warning("memory engine busy", endpoint=endpoint, status=status, message=message)
-            raise _EngineBusy(status, _retry_after(response.headers.get("retry-after")), message)
+            raise _EngineBusy(
+                status, parse_retry_after(response.headers.get("retry-after")), message
+            )
         if status == 413:
             raise _TooLarge(message)
         path = url.removeprefix(self.base_url)
@@ -299,23 +301,6 @@ class HttpMemorySink:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _engine_message(response: httpx.Response) -> str:

@@ -20,7 +20,6 @@ Any other answer (2xx, 304, 404, 410...) is returned for the provider to interpr
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ingestion.errors import (
     RetryableError,
 )
 from ingestion.providers.base import TokenSource
+from ingestion.retry_after import parse_retry_after
 
 __all__ = [
     "ApiClient",
@@ -64,25 +64,6 @@ class Throttle:
 
 
 ClassifyFn = Callable[[httpx.Response], Throttle | None]
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else time.time()
-    return max(0.0, when.timestamp() - current)
 
 
 def default_classify(response: httpx.Response) -> Throttle | None:

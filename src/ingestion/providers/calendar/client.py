@@ -23,6 +23,7 @@ import httpx
 
 from ingestion.errors import PermanentError, RetryableError
 from ingestion.providers.base import TokenSource
+from ingestion.providers.gmail.client import error_reasons  # Google's shared error shape
 from ingestion.providers.http import ApiClient, Pacer, Throttle, api_error, parse_retry_after
 
 __all__ = [
@@ -58,22 +59,6 @@ class SyncTokenExpired(RetryableError):
 
 class CalendarGone(PermanentError):
     """HTTP 404: the calendar (or event) does not exist or is no longer visible to the user."""
-
-
-def error_reasons(response: httpx.Response) -> set[str]:
-    """The `reason`s of a Google error body (`{"error": {"errors": [{"reason"}]}}`)."""
-    try:
-        body: Any = response.json()
-    except ValueError:
-        return set()
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return set()
-    reasons = {str(e.get("reason")) for e in error.get("errors") or [] if isinstance(e, dict)}
-    for detail in error.get("details") or []:
-        if isinstance(detail, dict) and detail.get("reason"):
-            reasons.add(str(detail["reason"]))
-    return reasons
 
 
 def classify(response: httpx.Response) -> Throttle | None:

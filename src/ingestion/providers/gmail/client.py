@@ -62,7 +62,10 @@ class PageTokenRejected(IngestionError):
 
 
 def error_reasons(response: httpx.Response) -> set[str]:
-    """The `reason`s of a Google error body (`{"error": {"errors": [{"reason"}]}}`)."""
+    """The `reason`s of a Google error body (`errors[].reason` and `details[].reason`).
+
+    Gmail and Calendar share it: both speak Google's JSON error format.
+    """
     try:
         body: Any = response.json()
     except ValueError:
@@ -70,7 +73,11 @@ def error_reasons(response: httpx.Response) -> set[str]:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return set()
-    return {str(e.get("reason")) for e in error.get("errors") or [] if isinstance(e, dict)}
+    reasons = {str(e.get("reason")) for e in error.get("errors") or [] if isinstance(e, dict)}
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict) and detail.get("reason"):
+            reasons.add(str(detail["reason"]))
+    return reasons
 
 
 def classify(response: httpx.Response) -> Throttle | None:
