@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.emulators.server import free_port  # noqa: E402
 
-from ingestion.app import Services  # noqa: E402
 from ingestion.config import Settings  # noqa: E402
+from ingestion.services import Services  # noqa: E402
 from ingestion.storage.db import upgrade  # noqa: E402
 from ingestion.storage.models import Account, SyncStateRow, User  # noqa: E402
 

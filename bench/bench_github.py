@@ -92,9 +92,9 @@ def emulator_stats(url: str, *, reset: bool = False) -> dict[str, Any]:
 
 
 async def run_ours(url: str, workdir: Path) -> list[dict[str, Any]]:
-    from ingestion.app import Services
     from ingestion.config import Settings
     from ingestion.providers.base import FetchOptions
+    from ingestion.services import Services
     from ingestion.storage.accounts import save_account
 
     settings = Settings(

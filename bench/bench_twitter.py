@@ -28,9 +28,9 @@ from tests.emulators.memory_engine import create_app as engine_app  # noqa: E402
 from tests.emulators.server import serve  # noqa: E402
 from tests.emulators.twitter import TwitterState, create_app, days_ago  # noqa: E402
 
-from ingestion.app import Services  # noqa: E402
 from ingestion.config import Settings  # noqa: E402
 from ingestion.logs import configure_logging  # noqa: E402
+from ingestion.services import Services  # noqa: E402
 from ingestion.storage.accounts import save_account  # noqa: E402
 
 ME, OTHER = "100", "200"

@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue.base import Consumer
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.worker import Worker, engine_runner
 from tests.conftest import INGESTION

@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingestion.api import create_app
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue import Keys, RedisJobQueue
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
 from tests.emulators.server import free_port

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from ingestion.api import create_app
-from ingestion.app import Services
 from ingestion.config import Settings
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
 from tests.conftest import run_cli

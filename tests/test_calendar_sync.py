@@ -12,10 +12,10 @@ import pytest
 import stamina
 from sqlalchemy import select
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import RetryableError
 from ingestion.providers.base import FetchOptions
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.models import MemoryRow

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.connect import ConnectResult, connect_account
 from ingestion.errors import PermanentError
+from ingestion.services import Services
 from ingestion.storage.accounts import find_account
 from tests.conftest import INGESTION, run_cli
 from tests.emulators.oauth import OAuthState, create_app

@@ -34,9 +34,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue import Keys
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
 from tests.emulators import calendar as calendar_emulator

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ingestion.app import Services
 from ingestion.providers.github import conversations
+from ingestion.services import Services
 from tests.emulators.github import GhFile, GitHubState, LoggedRequest, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
 from tests.test_github_sync import TOKEN, ShiftedClock, open_services, records, sync

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ingestion.app import Services
 from ingestion.clock import SystemClock
 from ingestion.config import Settings
 from ingestion.errors import IngestionError, RateLimited
 from ingestion.providers.base import FetchOptions
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary

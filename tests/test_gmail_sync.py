@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import PermanentError
 from ingestion.providers.base import FetchOptions
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.sync import SyncSummary
 from tests.emulators import gmail as gmail_emulator

@@ -11,12 +11,12 @@ from typing import ClassVar
 import pytest
 import stamina
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import RetryableError
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers import registry
 from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from tests.emulators.memory_engine import MemoryEngineState, create_app
 from tests.emulators.server import RunningServer, serve

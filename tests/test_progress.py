@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from tests.conftest import INGESTION, run_cli
 

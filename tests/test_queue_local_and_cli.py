@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, LocalJobQueue, RedisJobQueue, queue_stats_for
 from ingestion.queue.jobs import Job
 from ingestion.scheduler import Scheduler
+from ingestion.services import Services
 from ingestion.storage.state import SyncStateStore
 from tests.conftest import run_cli
 from tests.queue_helpers import add_accounts, running_worker, wait_for

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, LocalJobQueue, RedisJobQueue
 from ingestion.queue.base import Consumer
 from ingestion.queue.jobs import Job
+from ingestion.services import Services
 from ingestion.storage.state import RunView, SyncStateStore
 from tests.conftest import run_cli
 from tests.queue_helpers import add_accounts, running_worker, wait_for

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from ingestion import reconcile
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import PermanentError
 from ingestion.memory.record import MemoryRecord, record_id
 from ingestion.providers.base import FetchOptions, Scope, SyncPage
 from ingestion.reconcile import DeliveredRecords, Reconciliation
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import sync_url, upgrade
 from ingestion.storage.models import DeliveredRow, MemoryRow

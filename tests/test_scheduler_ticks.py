@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue import Keys, LocalJobQueue, RedisJobQueue
 from ingestion.scheduler import Scheduler
+from ingestion.services import Services
 from ingestion.storage.accounts import find_account, fingerprint, save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.state import SyncStateStore

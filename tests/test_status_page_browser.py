@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue import Keys
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
 from tests.conftest import INGESTION

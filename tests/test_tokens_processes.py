@@ -24,12 +24,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.queue.jobs import Job
 from ingestion.queue.local import LocalJobQueue
 from ingestion.scheduler import Scheduler
+from ingestion.services import Services
 from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
 from ingestion.worker import Worker, engine_runner

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import ConfigurationError, ReauthRequired, RetryableError
 from ingestion.providers import registry
+from ingestion.services import Services
 from ingestion.storage.accounts import find_account, save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.state import SyncStateStore

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ingestion.app import Services
 from ingestion.config import Settings
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from tests.conftest import run_cli
 from tests.emulators.memory_engine import MemoryEngineState

@@ -15,10 +15,10 @@ import pytest
 import stamina
 from sqlalchemy import select
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.errors import RateLimited
 from ingestion.providers.base import FetchOptions
+from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.storage.state import SyncStateStore

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job
+from ingestion.services import Services
 from ingestion.storage.db import upgrade
 from ingestion.storage.state import SyncStateStore
 from tests.emulators import memory_engine

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from ingestion.app import Services
 from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job
 from ingestion.queue.redis_streams import RedisConsumer
+from ingestion.services import Services
 from ingestion.storage.state import SyncStateStore
 from tests.queue_helpers import add_accounts, running_worker, wait_for
 from tests.queue_scripted_provider import PROVIDER, ScriptedProvider

@@ -36,12 +36,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ingestion import metrics
-from ingestion.app import Services
 from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import MalformedJob
 from ingestion.providers.registry import account_provider_of
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job, options_from_json
+from ingestion.services import Services
 from ingestion.status import QueueStatsFn, gather_status
 from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
@@ -304,8 +304,8 @@ async def run_api(settings: Settings) -> None:
     With REDIS_URL the API enqueues on the Redis queue that the deployment's workers consume;
     without it there is no queue in this process and `POST /v1/sync` answers 503.
     """
-    from ingestion.app import install_stop_signals
     from ingestion.queue import RedisJobQueue
+    from ingestion.services import install_stop_signals
 
     metrics.check_multiprocess(settings)
     stop = asyncio.Event()

@@ -100,7 +100,7 @@ def print_json(value: Any) -> None:
 async def with_services(
     settings: Settings, body: Callable[[Any], Awaitable[T]], *, migrate: bool | None = None
 ) -> T:
-    from ingestion.app import Services, load_plugins
+    from ingestion.services import Services, load_plugins
 
     load_plugins(settings)
     services = await Services.open(settings, migrate=migrate)

@@ -155,8 +155,8 @@ class Scheduler:
 
 async def serve_scheduler(settings: Settings) -> None:
     """`ingestion scheduler`: enqueue on the Redis queue until SIGINT/SIGTERM."""
-    from ingestion.app import install_stop_signals, load_plugins
     from ingestion.queue import redis_queue
+    from ingestion.services import install_stop_signals, load_plugins
     from ingestion.storage.db import open_database
 
     metrics.check_multiprocess(settings)

@@ -377,8 +377,8 @@ def engine_runner(engine: SyncEngine) -> JobRunner:
 
 async def serve_worker(settings: Settings, concurrency: int | None = None) -> None:
     """`ingestion worker`: consume the Redis queue until SIGINT/SIGTERM, then exit cleanly."""
-    from ingestion.app import Services, install_stop_signals, load_plugins
     from ingestion.queue import redis_queue
+    from ingestion.services import Services, install_stop_signals, load_plugins
 
     metrics.check_multiprocess(settings)
     load_plugins(settings)
