@@ -13,6 +13,10 @@ import psycopg
 import pytest
 import redis
 
+from tests.emulators.oauth import OAuthState, create_app
+from tests.emulators.server import serve
+from tests.tokens_probe import ProbeApi, create_probe_app
+
 # Subprocesses (the CLI, workers) must be able to cache bytecode: without it every process
 # compiles the whole dependency tree again, which costs seconds per process.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -94,3 +98,22 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture
+def oauth() -> Iterator[tuple[OAuthState, str]]:
+    """The OAuth emulator (Google, GitHub and X token endpoints): its state and base URL."""
+    state = OAuthState()
+    server = serve(create_app(state))
+    yield state, server.url
+    state.release()
+    server.stop()
+
+
+@pytest.fixture
+def probe() -> Iterator[tuple[ProbeApi, str]]:
+    """A minimal provider API that checks Bearer tokens (see tests/tokens_probe.py)."""
+    api = ProbeApi()
+    server = serve(create_probe_app(api))
+    yield api, server.url
+    server.stop()

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,7 +24,7 @@ from ingestion.errors import PermanentError
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account
 from tests.conftest import INGESTION, run_cli
-from tests.emulators.oauth import OAuthState, create_app
+from tests.emulators.oauth import OAuthState
 from tests.emulators.server import free_port, serve
 from tests.tokens_probe import ProbeApi, create_probe_app
 
@@ -33,15 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 USER = "person-1"
 
 pytestmark = pytest.mark.timeout(300)  # CLI processes start slowly on a busy 2-core machine
-
-
-@pytest.fixture
-def oauth() -> Iterator[tuple[OAuthState, str]]:
-    state = OAuthState()
-    server = serve(create_app(state))
-    yield state, server.url
-    state.release()
-    server.stop()
 
 
 def env_for(base_env: dict[str, str], oauth: tuple[OAuthState, str]) -> dict[str, str]:

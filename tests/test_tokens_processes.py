@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,30 +33,12 @@ from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
 from ingestion.worker import Worker, engine_runner
 from tests.conftest import INGESTION, run_cli
-from tests.emulators.oauth import OAuthState, create_app
-from tests.emulators.server import serve
-from tests.tokens_probe import ProbeApi, ProbeProvider, create_probe_app
+from tests.emulators.oauth import OAuthState
+from tests.tokens_probe import ProbeApi, ProbeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "dev1"
 PAST = "2020-01-01T00:00:00Z"
-
-
-@pytest.fixture
-def oauth() -> Iterator[tuple[OAuthState, str]]:
-    state = OAuthState()
-    server = serve(create_app(state))
-    yield state, server.url
-    state.release()
-    server.stop()
-
-
-@pytest.fixture
-def probe() -> Iterator[tuple[ProbeApi, str]]:
-    api = ProbeApi()
-    server = serve(create_probe_app(api))
-    yield api, server.url
-    server.stop()
 
 
 def cli_env(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,28 +26,10 @@ from ingestion.services import Services
 from ingestion.storage.accounts import find_account, save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.state import SyncStateStore
-from tests.emulators.oauth import OAuthState, create_app
-from tests.emulators.server import serve
-from tests.tokens_probe import ProbeApi, ProbeProvider, create_probe_app
+from tests.emulators.oauth import OAuthState
+from tests.tokens_probe import ProbeApi, ProbeProvider
 
 USER = "u1"
-
-
-@pytest.fixture
-def oauth() -> Iterator[tuple[OAuthState, str]]:
-    state = OAuthState()
-    server = serve(create_app(state))
-    yield state, server.url
-    state.release()
-    server.stop()
-
-
-@pytest.fixture
-def probe() -> Iterator[tuple[ProbeApi, str]]:
-    api = ProbeApi()
-    server = serve(create_probe_app(api))
-    yield api, server.url
-    server.stop()
 
 
 def make_settings(database_url: str, state: OAuthState, oauth_url: str, **extra: Any) -> Settings:

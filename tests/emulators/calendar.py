@@ -49,6 +49,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.emulators.gmail import UNAUTHENTICATED
+
 __all__ = [
     "CALENDAR_SCOPE",
     "CalendarState",
@@ -69,24 +71,8 @@ _CALENDAR_SCOPES = (
 _ROLES = ("freeBusyReader", "reader", "writer", "owner")
 _SYNC_FORBIDDEN = ("timeMin", "timeMax", "updatedMin", "q", "orderBy", "iCalUID")
 
-AUTH_ERROR = {
-    "error": {
-        "code": 401,
-        "message": "Request had invalid authentication credentials. Expected OAuth 2 access "
-        "token, login cookie or other valid authentication credential. See "
-        "https://developers.google.com/identity/sign-in/web/devconsole-project.",
-        "errors": [
-            {
-                "message": "Invalid Credentials",
-                "domain": "global",
-                "reason": "authError",
-                "location": "Authorization",
-                "locationType": "header",
-            }
-        ],
-        "status": "UNAUTHENTICATED",
-    }
-}
+#: Google's answer to a missing or refused token (the same for every Google API).
+AUTH_ERROR = UNAUTHENTICATED
 GONE_ERROR = {
     "error": {
         "errors": [
