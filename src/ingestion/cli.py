@@ -98,16 +98,35 @@ def print_json(value: Any) -> None:
 
 
 async def with_services(
-    settings: Settings, body: Callable[[Any], Awaitable[T]], *, migrate: bool | None = None
+    settings: Settings,
+    body: Callable[[Any], Awaitable[T]],
+    *,
+    migrate: bool | None = None,
+    sync_lock: bool = False,
 ) -> T:
+    """Open the process's services around `body`.
+
+    `sync_lock`: with REDIS_URL set, syncs take the same per-(provider, user) Redis lock as the
+    workers, so a foreground sync never runs beside a worker's job for the same pair.
+    """
     from ingestion.services import Services, load_plugins
 
     load_plugins(settings)
-    services = await Services.open(settings, migrate=migrate)
+    queue = None
+    lock = None
+    if sync_lock and settings.redis_url:
+        from ingestion.queue import RedisJobQueue
+        from ingestion.queue.locks import RedisSyncLock
+
+        queue = RedisJobQueue(settings)
+        lock = RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout)
+    services = await Services.open(settings, migrate=migrate, lock=lock)
     try:
         return await body(services)
     finally:
         await services.aclose()
+        if queue is not None:
+            await queue.aclose()
 
 
 # --- run, worker, scheduler, api --------------------------------------------------------------
@@ -154,7 +173,7 @@ def sync(
             except IngestionError as exc:
                 return exc
 
-    result = run_async(lambda: with_services(settings, body))
+    result = run_async(lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         if as_json:
             print_json(
@@ -320,7 +339,7 @@ def connect(
         except IngestionError as exc:
             return exc
 
-    result = run_async(lambda: with_services(settings, body))
+    result = run_async(lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         err.print(f"connect failed: {result}", markup=False, highlight=False)
         raise typer.Exit(1)
