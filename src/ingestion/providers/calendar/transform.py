@@ -18,9 +18,8 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import html2text
-
 from ingestion.memory.record import MemoryRecord
+from ingestion.providers import html
 
 __all__ = ["describe_recurrence", "event_record", "event_start", "html_to_text", "source_id"]
 
@@ -40,14 +39,7 @@ def html_to_text(value: str) -> str:
     """Plain text of a description; Google stores many descriptions as HTML."""
     if not _HTML_HINT.search(value):
         return value.strip()
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_images = True
-    converter.ignore_emphasis = True
-    converter.protect_links = True
-    text: str = converter.handle(value)
-    text = "\n".join(line.rstrip() for line in text.splitlines())
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    return html.html_to_text(value)
 
 
 def _zone(name: str | None) -> ZoneInfo | None:

@@ -6,10 +6,10 @@ transfer encoding already removed (base64url `data`, bytes in the part's own cha
 
 - `title` is the decoded Subject (RFC 2047 encoded words, broken ones kept as text);
 - `content` is readable text: text/plain preferred in a multipart/alternative, else the HTML
-  converted by html2text; parts of a multipart/mixed are joined; a nested message/rfc822 is
-  rendered with its own From/Date/Subject; a trailing quoted reply chain ("On … wrote:" and `>`
-  lines, "-----Original Message-----") and an RFC 3676 signature are trimmed when new text
-  remains above them;
+  made text by `providers/html.py`; parts of a multipart/mixed are joined; a nested
+  message/rfc822 is rendered with its own From/Date/Subject; a trailing quoted reply chain
+  ("On … wrote:" and `>` lines, "-----Original Message-----") and an RFC 3676 signature are
+  trimmed when new text remains above them;
 - a wrong or unknown charset never fails the message: the declared charset, then UTF-8, then
   Windows-1252 are tried, and what is left is decoded with replacement characters;
 - metadata per design §6: `from` {name, email}, `to`/`cc` lists, `threadId`, `messageId`,
@@ -32,9 +32,8 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
-import html2text
-
 from ingestion.memory.record import MemoryRecord
+from ingestion.providers.html import html_to_text
 
 __all__ = ["WEB_URL", "Transformed", "decode_base64url", "html_to_text", "transform"]
 
@@ -67,21 +66,6 @@ def decode_base64url(data: str | None) -> bytes:
         return base64.b64decode(text)
     except (binascii.Error, ValueError):
         return base64.b64decode(re.sub(r"[^A-Za-z0-9+/]", "", text) + "==", validate=False)
-
-
-def html_to_text(html: str) -> str:
-    """Readable text of an HTML body (html2text: links kept inline, no images, no wrapping)."""
-    converter = html2text.HTML2Text()
-    converter.body_width = 0
-    converter.ignore_images = True
-    converter.ignore_emphasis = True
-    converter.unicode_snob = True
-    converter.protect_links = False
-    try:
-        text: str = converter.handle(html)
-    except Exception:  # a parser crash on hostile HTML: fall back to stripping tags
-        text = re.sub(r"<[^>]+>", " ", html)
-    return text.strip()
 
 
 class _Headers:
