@@ -104,7 +104,10 @@ def test_wrong_and_unknown_charsets_never_fail_the_message() -> None:
         b"na\xc3\xafve\r\n"
     )
     result = transform(full(unknown), "u1")
-    assert result.record.content == "naïve"
+    assert result.record.content == "naïve"  # valid UTF-8: the label is never needed
+    unknown_latin = unknown.replace(b"\xc3\xaf", b"\xef")
+    result = transform(full(unknown_latin), "u1")
+    assert result.record.content == "naïve"  # not UTF-8, unknown label: Windows-1252
     assert any("unknown charset" in d for d in result.defects)
 
 

@@ -10,7 +10,19 @@ Built from /work/shared/providers.md and Google's discovery document:
   `labelId`, paging, `{historyId}` alone when nothing changed, 404 `notFound` below the
   expiry horizon);
 - the `full` payload tree is built FROM the stored raw RFC 5322 bytes: part ids "", "0", "0.1"…,
-  headers as sent (unfolded), bodies with the transfer encoding removed as base64url `data`,
+  headers as sent (unfolded), bodies with the transfer encoding removed as base64url `data`;
+  a text part's `data` is converted to UTF-8 from the charset it declares while its headers
+  (`charset=iso-8859-1` included) are passed verbatim: `format=full` normalises `body.data` to
+  UTF-8 (github.com/openclaw/gogcli issue 446 and pull 511, ISO-2022-JP mail read through the
+  API; github.com/macro-inc/macro pull 6133, Windows-1252-labelled UTF-8 bodies), while
+  `format=raw` keeps the original bytes; bytes the declared charset cannot decode stay as
+  they are;
+- a text body larger than `GmailState.inline_body_limit` comes as `body.attachmentId` (and its
+  `size`) without `data`, to be read with `messages.attachments.get` (5 units) like a file:
+  MessagePartBody reference, "When present, contains the ID of an external attachment that can
+  be retrieved in a separate messages.attachments.get request". Google does not publish the
+  threshold; the default here is an assumption, tests lower it. That call answers the part's
+  bytes as stored (its declared charset);
   attachment parts (a filename or `Content-Disposition: attachment`, and message/rfc822) carry
   an `attachmentId` and no data; a multipart without a usable boundary is a leaf whose data is
   its raw text, as a lenient parser sees it;
@@ -50,6 +62,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 __all__ = ["QUOTA_UNITS", "GmailMessage", "GmailState", "Mailbox", "create_app"]
+
+#: Default size above which a text body is stored apart (see the module docstring).
+INLINE_BODY_LIMIT = 256 * 1024
 
 QUOTA_UNITS = {
     "messages.get": 5,
@@ -173,6 +188,8 @@ class GmailState:
         #: `startHistoryId` (None = all; `expire_history` prunes everything at once).
         self.history_keep: int | None = None
         self.units_spent: dict[str, int] = {}
+        #: Text bodies above this many bytes are served as an attachment (None = never).
+        self.inline_body_limit: int | None = INLINE_BODY_LIMIT
         self.lock = threading.RLock()
         self._random = random.Random(seed)
         self._next_id = 0x18B0_0000_0000_0000
@@ -395,7 +412,7 @@ class GmailState:
                 {},
             )
         wanted = [value for key, value in params if key == "metadataHeaders"]
-        return 200, render_message(message, fmt, wanted), {}
+        return 200, render_message(message, fmt, wanted, self.inline_body_limit), {}
 
     def _profile(self, box: Mailbox) -> dict[str, Any]:
         return {
@@ -651,7 +668,11 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _payload(
-    message_id: str, part: Message, part_id: str, header_filter: Sequence[str] | None
+    message_id: str,
+    part: Message,
+    part_id: str,
+    header_filter: Sequence[str] | None,
+    inline_limit: int | None = None,
 ) -> dict[str, Any]:
     headers = [{"name": k, "value": _clean_header(v)} for k, v in part.raw_items()]
     if header_filter is not None:
@@ -671,7 +692,7 @@ def _payload(
     if isinstance(payload, list):
         children = [c for c in payload if isinstance(c, Message)]
         node["parts"] = [
-            _payload(message_id, child, f"{part_id}.{i}" if part_id else str(i), None)
+            _payload(message_id, child, f"{part_id}.{i}" if part_id else str(i), None, inline_limit)
             for i, child in enumerate(children)
         ]
         if part.get_content_type() == "message/rfc822" and children:
@@ -681,6 +702,11 @@ def _payload(
             node["body"] = {"size": 0}
         return node
     data = _leaf_bytes(part)
+    if part.get_content_maintype() == "text" and not _is_attachment(part):
+        data = _as_utf8(data, part.get_content_charset())
+        if inline_limit is not None and len(data) > inline_limit:
+            node["body"] = {"attachmentId": _attachment_id(message_id, part_id), "size": len(data)}
+            return node
     if _is_attachment(part):
         node["body"] = {"attachmentId": _attachment_id(message_id, part_id), "size": len(data)}
     elif data:
@@ -688,6 +714,18 @@ def _payload(
     else:
         node["body"] = {"size": 0}
     return node
+
+
+def _as_utf8(data: bytes, charset: str | None) -> bytes:
+    """A text body as `format=full` hands it over: UTF-8, whatever the part declares."""
+    if not charset or charset.lower() in ("utf-8", "utf8", "us-ascii"):
+        return data
+    # Mail labelled GB2312/GBK is read as their superset, as mail readers do.
+    charset = {"gb2312": "gb18030", "gbk": "gb18030"}.get(charset.lower(), charset)
+    try:
+        return data.decode(charset).encode("utf-8")
+    except (LookupError, UnicodeDecodeError):
+        return data
 
 
 def _safe_bytes(message: Message) -> bool:
@@ -711,7 +749,10 @@ def _snippet(parsed: Message) -> str:
 
 
 def render_message(
-    message: GmailMessage, fmt: str, metadata_headers: Sequence[str] = ()
+    message: GmailMessage,
+    fmt: str,
+    metadata_headers: Sequence[str] = (),
+    inline_body_limit: int | None = INLINE_BODY_LIMIT,
 ) -> dict[str, Any]:
     """A Message resource in the given format."""
     parsed = email.message_from_bytes(message.raw)
@@ -727,7 +768,7 @@ def render_message(
     if fmt == "raw":
         body["raw"] = b64url(message.raw)
     elif fmt == "full":
-        body["payload"] = _payload(message.id, parsed, "", None)
+        body["payload"] = _payload(message.id, parsed, "", None, inline_body_limit)
     elif fmt == "metadata":
         body["payload"] = _payload(message.id, parsed, "", list(metadata_headers))
     return body

@@ -6,9 +6,9 @@ Every call goes through `ApiClient` (Bearer token, one refresh on 401, backoff h
 - `classify`: 429, 403 with reason `rateLimitExceeded` / `userRateLimitExceeded`, and every 5xx
   are throttles and retried. Any other 403 (a missing scope: `insufficientPermissions`) is a
   real refusal and raises a `PermanentError` with Google's message: never an empty success;
-- a `Pacer` spends Gmail quota units (messages.get 5, messages.list 5, history.list 2,
-  getProfile 1) below `GMAIL_QUOTA_UNITS_PER_MINUTE`, so a backfill runs near the per-user
-  quota instead of into it.
+- a `Pacer` spends Gmail quota units (messages.get 5, messages.attachments.get 5,
+  messages.list 5, history.list 2, getProfile 1) below `GMAIL_QUOTA_UNITS_PER_MINUTE`, so a
+  backfill runs near the per-user quota instead of into it.
 
 Messages are fetched through the batch endpoint (`POST /batch/gmail/v1`, `gmail_batch_size`
 calls per batch, `gmail_fetch_concurrency` batches in flight): measured faster than one request
@@ -30,6 +30,7 @@ import httpx
 
 from ingestion.errors import IngestionError
 from ingestion.providers.base import TokenSource
+from ingestion.providers.gmail.transform import decode_base64url
 from ingestion.providers.http import ApiClient, Pacer, Throttle, api_error, parse_retry_after
 
 __all__ = [
@@ -45,6 +46,7 @@ PROVIDER = "gmail"
 #: Gmail quota units per method (Google's published costs).
 QUOTA_UNITS: Mapping[str, int] = {
     "messages.get": 5,
+    "messages.attachments.get": 5,
     "messages.list": 5,
     "history.list": 2,
     "getProfile": 1,
@@ -206,6 +208,21 @@ class GmailApi:
             raise api_error(PROVIDER, "messages.get", response)
         result: dict[str, Any] = response.json()
         return result
+
+    async def attachment(self, message_id: str, attachment_id: str) -> bytes | None:
+        """The bytes of a part stored apart (`messages.attachments.get`), None when gone."""
+        response = await self._get(
+            f"{_BASE}/messages/{message_id}/attachments/{attachment_id}",
+            "messages.attachments.get",
+            {},
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise api_error(PROVIDER, "messages.attachments.get", response)
+        body: Any = response.json()
+        data = body.get("data") if isinstance(body, dict) else None
+        return decode_base64url(data) if isinstance(data, str) else b""
 
     async def get_messages(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Messages in the order asked (None for one that is gone), in batches when enabled."""

@@ -26,13 +26,15 @@ What a sync promises (the engine stores each page's state only after the sink ac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import Scope, SyncContext, SyncPage
+from ingestion.providers.gmail.bodies import fill_external_bodies
 from ingestion.providers.gmail.client import GmailApi, HistoryExpired, PageTokenRejected
 from ingestion.providers.gmail.sync import BACKFILL, INCREMENTAL, Backfill, GmailCursor
 from ingestion.providers.gmail.transform import transform
@@ -90,11 +92,18 @@ class GmailProvider:
     ) -> tuple[GmailCursor, datetime]:
         """The cursor of a new backfill, and the time its listing starts after."""
         profile = await api.profile()
-        after = ctx.clock.now() - timedelta(days=self.settings.backfill_days)
+        try:
+            after = ctx.clock.now() - timedelta(days=self.settings.backfill_days)
+        except OverflowError:  # a window reaching before year 1
+            after = datetime.min.replace(tzinfo=UTC)
         since = ctx.options.since
         if since is not None and since > after:
             after = since
-        query = f"after:{int(after.timestamp())} -in:spam -in:trash"
+        # Gmail's `after:` takes epoch seconds: a window starting before 1970 has no lower bound
+        # (a negative number would be read as a search word and match nothing).
+        epoch = int(after.timestamp())
+        bound = f"after:{epoch} " if epoch > 0 else ""
+        query = f"{bound}-in:spam -in:trash"
         ctx.log.info("gmail backfill starting", history_id=profile.get("historyId"), query=query)
         cursor = GmailCursor(
             BACKFILL,
@@ -216,7 +225,7 @@ class GmailProvider:
         stats = {"defective": 0, "skipped": 0}
         if not ids:
             return upserts, deletes, stats
-        for message_id, message in zip(ids, await api.get_messages(ids), strict=True):
+        for message_id, message in zip(ids, await _with_bodies(api, ctx, ids), strict=True):
             if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
                 deletes.append(message_id)
                 continue
@@ -239,6 +248,28 @@ class GmailProvider:
                 )
             upserts.append(result.record)
         return upserts, deletes, stats
+
+
+async def _with_bodies(
+    api: GmailApi, ctx: SyncContext, ids: Sequence[str]
+) -> list[dict[str, Any] | None]:
+    """The messages (None when gone), with the text bodies Gmail stores apart fetched in."""
+    messages = await api.get_messages(ids)
+    semaphore = asyncio.Semaphore(api.concurrency)
+
+    async def fetch(message_id: str, attachment_id: str) -> bytes | None:
+        async with semaphore:
+            return await api.attachment(message_id, attachment_id)
+
+    async def fill(message: dict[str, Any] | None) -> dict[str, Any] | None:
+        if message is None:
+            return None
+        filled, notes = await fill_external_bodies(message, fetch)
+        if notes:
+            ctx.log.warning("gmail text body not fetched", message_id=message.get("id"), why=notes)
+        return filled
+
+    return list(await asyncio.gather(*(fill(message) for message in messages)))
 
 
 def _current(item: dict[str, Any], actions: dict[str, str]) -> str | None:

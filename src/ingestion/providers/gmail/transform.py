@@ -10,8 +10,10 @@ transfer encoding already removed (base64url `data`, bytes in the part's own cha
   message/rfc822 is rendered with its own From/Date/Subject; a trailing quoted reply chain
   ("On … wrote:" and `>` lines, "-----Original Message-----") and an RFC 3676 signature are
   trimmed when new text remains above them;
-- a wrong or unknown charset never fails the message: the declared charset, then UTF-8, then
-  Windows-1252 are tried, and what is left is decoded with replacement characters;
+- text bodies are read as UTF-8 (what `format=full` delivers whatever the part declares); the
+  declared charset, then Windows-1252, only where the bytes are not valid UTF-8; a wrong or
+  unknown charset never fails the message, what is left is decoded with replacement
+  characters;
 - metadata per design §6: `from` {name, email}, `to`/`cc` lists, `threadId`, `messageId`,
   `labels`, `attachments` [{filename, mimeType, size, attachmentId}];
 - `occurredAt` is `internalDate` (epoch milliseconds), the time Gmail received the message;
@@ -40,7 +42,6 @@ __all__ = ["WEB_URL", "Transformed", "decode_base64url", "html_to_text", "transf
 #: Link to a message in Gmail's web interface (`#all` finds it whatever its labels).
 WEB_URL = "https://mail.google.com/mail/u/0/#all/{id}"
 
-_FALLBACK_CHARSETS = ("utf-8", "windows-1252")
 _ATTRIBUTION = re.compile(r"^\s*(On\b.*\bwrote:|Le\b.*\ba écrit\s*:|Am\b.*\bschrieb\b.*:)\s*$")
 _ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Forwarded message)\s*-{2,}\s*$", re.I)
 _OUTLOOK_FROM = re.compile(r"^\s*From:\s.+$")
@@ -164,24 +165,30 @@ def _decode_words(value: str) -> str:
 
 
 def _decode_text(data: bytes, charset: str | None, defects: list[str], where: str) -> str:
-    """Text of a body part: declared charset, then UTF-8, then Windows-1252, never failing."""
-    tried: list[str] = []
-    if charset:
-        charset = _CHARSET_SUPERSET.get(charset.strip().lower(), charset.strip())
-    for candidate in (charset, *_FALLBACK_CHARSETS):
-        if not candidate or candidate in tried:
+    """Text of a body part, never failing.
+
+    `format=full` hands every text body over as UTF-8 whatever charset its headers declare
+    (the headers are passed verbatim), so UTF-8 is tried first; the declared charset, then
+    Windows-1252, only read bytes that are not valid UTF-8 (a body fetched apart keeps its
+    original bytes). A 7-bit ISO-2022 body (escape sequences) is valid UTF-8 yet means nothing
+    as such: it is read in its declared charset first.
+    """
+    declared = _CHARSET_SUPERSET.get(charset.strip().lower(), charset.strip()) if charset else None
+    order: list[str] = ["utf-8", *([declared] if declared else []), "windows-1252"]
+    if declared and declared.lower().startswith("iso-2022") and b"\x1b" in data:
+        order.insert(0, declared)
+    tried: set[str] = set()
+    for candidate in order:
+        if candidate.lower() in tried:
             continue
-        tried.append(candidate)
+        tried.add(candidate.lower())
         try:
-            text = data.decode(candidate)
+            return data.decode(candidate)
         except LookupError:
             defects.append(f"{where}: unknown charset {candidate!r}")
-            continue
         except UnicodeDecodeError:
-            if candidate == charset:
+            if candidate == declared:
                 defects.append(f"{where}: body is not valid {candidate}")
-            continue
-        return text
     defects.append(f"{where}: undecodable body, invalid bytes replaced")
     return data.decode("utf-8", errors="replace")
 
