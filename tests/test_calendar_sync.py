@@ -152,7 +152,10 @@ async def test_nothing_new_costs_one_request_per_calendar_and_upserts_nothing(
     assert summary.deleted == 0
     assert summary.fetched == 0
     assert len(sent) == 1 + 3
-    assert all("syncToken" in r.params for r in sent)
+    lists = [r for r in sent if r.path.endswith("/calendarList")]
+    assert len(lists) == 1
+    assert "syncToken" not in lists[0].params  # the list is read whole: the truth each time
+    assert all("syncToken" in r.params for r in sent if r not in lists)
     assert all("timeMin" not in r.params for r in sent)
 
 
@@ -203,7 +206,8 @@ async def test_expired_sync_token_resyncs_that_calendar_alone_without_duplicates
     mark = len(world.state.requests)
     summary = await world.sync()
     assert summary.upserted == 0
-    assert all("syncToken" in r.params for r in world.requests_since(mark))
+    events = [r for r in world.requests_since(mark) if "/events" in r.path]
+    assert all("syncToken" in r.params for r in events)
 
 
 async def test_recurring_series_with_moved_and_cancelled_occurrences(world: World) -> None:
@@ -476,17 +480,17 @@ async def test_real_google_calendar_exports(world: World) -> None:
     assert summary.stats["requests"] == 1 + len(GOOGLE_EXPORTS)
 
 
-async def test_expired_calendar_list_token_relists_every_calendar(world: World) -> None:
+async def test_calendar_list_is_read_whole_whatever_its_tokens(world: World) -> None:
     ids = seed_calendars(world.state)
     await world.sync()
     team = MIRRORED[1]
-    world.state.expire_sync_tokens()  # the calendar list's tokens
+    world.state.expire_sync_tokens()  # the calendar list's tokens: never sent, never a 410
     world.state.unsubscribe(USER, team)
     mark = len(world.state.requests)
     summary = await world.sync()
     lists = [r for r in world.requests_since(mark) if r.path.endswith("/calendarList")]
-    assert [r.status for r in lists] == [410, 200]
-    assert "syncToken" not in lists[1].params
+    assert [r.status for r in lists] == [200]
+    assert "syncToken" not in lists[0].params
     assert summary.stats["calendarsRemoved"] == 1
     records = await world.records()
     assert not any(sid.startswith(f"{team}/") for sid in records)

@@ -141,7 +141,8 @@ class Settings(BaseSettings):
     gmail_page_size: int = Field(100, ge=1, le=500)
 
     # --- Google Calendar -----------------------------------------------------------------------
-    calendar_past_days: int = Field(365, ge=0)
+    #: First-sync window into the past; unset = `backfill_days` (design §4).
+    calendar_past_days: int | None = Field(None, ge=0)
     calendar_future_days: int = Field(365, ge=0)
     calendar_include_hidden: bool = False
     calendar_quota_requests_per_minute: int = Field(600, ge=1)

@@ -6,14 +6,22 @@ like www.googleapis.com/calendar/v3:
 - `GET /users/me/calendarList`: `maxResults` (default 100, max 250), `pageToken`, `syncToken`,
   `showHidden`, `showDeleted`, `minAccessRole`. With a sync token only entries changed since
   come back, deleted (`deleted: true`) and hidden ones always included; `minAccessRole` with a
-  sync token is a 400.
+  sync token is a 400. A change of the user's access role (the ACL) or of the calendar's own
+  properties (its summary) does NOT make an entry come back to a sync token: calendarList.list
+  reference, `syncToken`: "If only read-only fields such as calendar properties or ACLs have
+  changed, the entry won't be returned" (`set_role`, `rename_calendar`); a full listing
+  shows them.
 - `GET /calendars/{id}/events`: `maxResults` (default 250, max 2500), `pageToken`, `syncToken`,
   `showDeleted`, `singleEvents=false`, `timeMin`, `timeMax`, `updatedMin`. A sync token with
   `timeMin`/`timeMax`/`updatedMin`/`q`/`orderBy`/`iCalUID` is a 400; with a sync token cancelled
   events are always included; without one they are included with `showDeleted`, and cancelled
   occurrences of a series are included when `showDeleted` and `singleEvents` are both false.
   Recurring series stay a master with its `recurrence` plus exception events
-  (`{masterId}_{YYYYMMDDTHHMMSSZ}`, `recurringEventId`, `originalStartTime`).
+  (`{masterId}_{YYYYMMDDTHHMMSSZ}`, `recurringEventId`, `originalStartTime`). Deleting a series
+  reports the master as cancelled. The Events reference (`status`) speaks of cancelled
+  exceptions "of an uncancelled recurring event" only, so a client cannot count on each
+  exception of a deleted series being reported: by default (`delete_event(report_exceptions=
+  False)`) the master is reported alone and its exceptions are cancelled in place.
 - `nextPageToken` and `nextSyncToken` are exclusive; the sync token comes on the last page
   only. Listings are snapshots: a change during paging is reported by the next sync token.
 - An expired (or foreign) sync token → 410 `fullSyncRequired` with Google's exact body.
@@ -299,9 +307,15 @@ class CalendarState:
             self._touch_entry(user, calendar_id, hidden=hidden)
 
     def set_role(self, user: str, calendar_id: str, role: str) -> None:
+        """Change the user's access (an ACL change): a list sync token does not report it."""
         with self._lock:
             self.acl.setdefault(calendar_id, {})[user] = role
-            self._touch_entry(user, calendar_id, access_role=role)
+            self.lists[user][calendar_id].access_role = role
+
+    def rename_calendar(self, calendar_id: str, summary: str) -> None:
+        """The owner renames the calendar (a calendar property): not reported to list tokens."""
+        with self._lock:
+            self.calendars[calendar_id].summary = summary
 
     def revoke(self, user: str, calendar_id: str) -> None:
         """The owner stops sharing: gone from the list and unreadable (404)."""
@@ -364,20 +378,26 @@ class CalendarState:
             self._store(calendar, body)
             return dict(body)
 
-    def delete_event(self, calendar_id: str, event_id: str) -> None:
-        """Delete an event; deleting a series cancels its exceptions too."""
+    def delete_event(
+        self, calendar_id: str, event_id: str, *, report_exceptions: bool = False
+    ) -> None:
+        """Delete an event. Deleting a series cancels its exceptions too; they are reported
+        to sync tokens as cancelled only with `report_exceptions` (see the module docstring)."""
         with self._lock:
             calendar = self.calendars[calendar_id]
-            ids = [event_id] + [
-                e.body["id"]
-                for e in calendar.events.values()
-                if e.body.get("recurringEventId") == event_id
-            ]
-            for one in ids:
-                body = dict(calendar.events[one].body)
-                body["status"] = "cancelled"
-                body["updated"] = rfc3339(datetime.now(UTC))
-                self._store(calendar, body)
+            now = rfc3339(datetime.now(UTC))
+            for event in list(calendar.events.values()):
+                if event.body.get("recurringEventId") != event_id:
+                    continue
+                body = {**event.body, "status": "cancelled", "updated": now}
+                if report_exceptions:
+                    self._store(calendar, body)
+                else:  # cancelled in place: a later full listing sees it, a sync token not
+                    event.body = body
+            body = dict(calendar.events[event_id].body)
+            body["status"] = "cancelled"
+            body["updated"] = now
+            self._store(calendar, body)
 
     def purge_event(self, calendar_id: str, event_id: str) -> None:
         """Forget an event entirely, as Google does some time after a deletion: it is no

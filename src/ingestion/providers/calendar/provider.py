@@ -86,6 +86,8 @@ class _CalendarRun:
         self.upserted = 0
         self._counted_requests = 0
         self._series: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+        #: Scopes of the exceptions of series cancelled in the page being built.
+        self._series_gone: list[str] = []
 
     # --- pages ---------------------------------------------------------------------------
     async def pages(self) -> AsyncIterator[SyncPage]:
@@ -140,6 +142,7 @@ class _CalendarRun:
         requests = self.api.requests - self._counted_requests
         self._counted_requests = self.api.requests
         self.upserted += len(upserts or [])
+        series_gone, self._series_gone = self._series_gone, []
         return SyncPage(
             state=self.cursor.to_json(),
             upserts=upserts or [],
@@ -148,8 +151,14 @@ class _CalendarRun:
             stats={"requests": requests, **(stats or {})},
             enumeration_started=[started] if started else [],
             enumeration_completed=[completed] if completed is not None else [],
-            scopes_gone=[gone] if gone is not None else [],
+            scopes_gone=[*series_gone, *([gone] if gone is not None else [])],
         )
+
+    def _past_days(self) -> int:
+        """How far back a full listing reaches: `CALENDAR_PAST_DAYS` when set, else the
+        `BACKFILL_DAYS` every provider's first sync uses."""
+        past = self.settings.calendar_past_days
+        return self.settings.backfill_days if past is None else past
 
     def _enough(self) -> bool:
         limit = self.ctx.options.max_results
@@ -157,39 +166,48 @@ class _CalendarRun:
 
     # --- calendar list -------------------------------------------------------------------
     async def _refresh_list(self) -> dict[str, int]:
-        """Bring the set of mirrored calendars up to date; returns what changed."""
+        """Bring the set of mirrored calendars up to date from the whole list; returns what
+        changed.
+
+        The list is read in full on every sync (one request for up to 250 calendars), never
+        with its sync token: that token leaves out entries whose only change is a read-only
+        field or the ACL (calendarList.list reference), so access lowered to `freeBusyReader`
+        or a renamed calendar would never be seen.
+        """
         include_hidden = self.settings.calendar_include_hidden
-        token = self.cursor.list_sync_token
-        if self.cursor.include_hidden != include_hidden:
-            token = None
         entries: list[dict[str, Any]] = []
-        try:
-            next_token = await self._read_list(token, entries)
-        except SyncTokenExpired:
-            self.ctx.log.info("calendar list token expired; listing every calendar")
-            token = None
-            entries.clear()
-            next_token = await self._read_list(None, entries)
-        added = removed = 0
+        await self._read_list(None, entries)
+        added = removed = renamed = 0
         seen: set[str] = set()
         for entry in entries:
             calendar_id = entry.get("id")
             if not isinstance(calendar_id, str) or not calendar_id:
                 continue
             seen.add(calendar_id)
-            if is_mirrored(entry, include_hidden=include_hidden):
-                added += self.cursor.add(calendar_id, entry)
-            else:
+            if not is_mirrored(entry, include_hidden=include_hidden):
                 removed += self.cursor.remove(calendar_id)
-        if token is None:
-            # A complete list: whatever is not on it any more has left it.
-            for calendar_id in [c for c in self.cursor.calendars if c not in seen]:
-                removed += self.cursor.remove(calendar_id)
-        self.cursor.list_sync_token = next_token
+                continue
+            known = self.cursor.calendars.get(calendar_id)
+            before = known.name if known is not None else None
+            added += self.cursor.add(calendar_id, entry)
+            if known is not None and known.name != before:
+                # Every record names its calendar: list it again so they carry the new name.
+                known.restart_full(show_deleted=False)
+                renamed += 1
+        # A complete list: whatever is not on it any more has left it.
+        for calendar_id in [c for c in self.cursor.calendars if c not in seen]:
+            removed += self.cursor.remove(calendar_id)
+        self.cursor.list_sync_token = None
         self.cursor.include_hidden = include_hidden
-        if added or removed:
-            self.ctx.log.info("calendar list changed", added=added, removed=removed)
-        return {"calendarsAdded": added, "calendarsRemoved": removed} if added or removed else {}
+        changed = {
+            "calendarsAdded": added,
+            "calendarsRemoved": removed,
+            "calendarsRenamed": renamed,
+        }
+        changed = {key: value for key, value in changed.items() if value}
+        if changed:
+            self.ctx.log.info("calendar list changed", **changed)
+        return changed
 
     async def _read_list(self, sync_token: str | None, into: list[dict[str, Any]]) -> str | None:
         page_token: str | None = None
@@ -240,9 +258,7 @@ class _CalendarRun:
         started: Scope | None = None
         if entry.window is None:
             now = self.ctx.clock.now()
-            start = now - timedelta(days=self.settings.calendar_past_days)
-            if self.ctx.options.since is not None:
-                start = self.ctx.options.since
+            start = self.ctx.options.since or _window_start(now, self._past_days())
             end = now + timedelta(days=self.settings.calendar_future_days)
             entry.window = (_rfc3339(start), _rfc3339(end))
             # A fresh listing (a resumed one was declared by its first page).
@@ -354,6 +370,11 @@ class _CalendarRun:
                 series = None
                 if series_id:
                     series = in_page.get(series_id) or await self._series_of(calendar_id, series_id)
+                else:
+                    # A cancelled event that is not an occurrence may be a whole series: its
+                    # exceptions ({eventId}_{originalStart}) go with it, whether or not each
+                    # one is reported cancelled too.
+                    self._series_gone.append(_series_scope(calendar_id, str(event_id)))
                 if series is None or series.get("status") == "cancelled":
                     deletes.append(source_id(calendar_id, str(event_id)))
                     continue
@@ -412,9 +433,26 @@ def _with_stat(page: SyncPage, key: str, value: int) -> SyncPage:
     return replace(page, stats=stats)
 
 
+def _series_scope(calendar_id: str, series_id: str) -> str:
+    """The `sourceId` prefix of a series' exceptions: Google names an exception
+    `{seriesId}_{originalStart}` (the ids it generates are base32hex, without `_`)."""
+    return source_id(calendar_id, f"{series_id}_")
+
+
 def _scope(calendar_id: str) -> str:
     """The reconciliation scope of one calendar: the `sourceId` prefix of its events."""
     return source_id(calendar_id, "")
+
+
+#: The earliest window start sent (RFC 3339 wants four-digit years; nothing older is on a calendar).
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+def _window_start(now: datetime, days: int) -> datetime:
+    try:
+        return max(now - timedelta(days=days), _EARLIEST)
+    except OverflowError:  # a window reaching before year 1
+        return _EARLIEST
 
 
 def _parse_rfc3339(value: str) -> datetime:
