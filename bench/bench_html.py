@@ -37,6 +37,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,7 @@ def quality(convert: Callable[[str], str], docs: list[tuple[str, str]]) -> dict[
             empty += 1
         if _MARKUP.search(text) or _BASE64.search(text):
             markup_left += 1
-        for href in set(_HREF.findall(html)):
+        for href in {unescape(h) for h in _HREF.findall(html)}:
             links += 1
             links_shown += href in text
     return {

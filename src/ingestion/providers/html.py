@@ -9,8 +9,9 @@ expects. Guarantees:
 - the words a reader sees are kept; `script`, `style`, `head`, `template`, `noscript` and `svg`
   contents and every tag are dropped, entities are decoded, images are left out (so no
   `data:` base64 reaches the text);
-- block elements (paragraphs, divisions, list items, table rows, headings, `<br>`) end a line,
-  table cells are separated by a space, runs of blank lines collapse to one;
+- block elements (paragraphs, divisions, headings, lists, tables) stand apart by a blank line,
+  list items, table rows and `<br>` end a line, table cells are separated by a space, runs of
+  blank lines collapse to one;
 - a link whose address differs from its text reads `text (https://…)`; only `http`, `https`
   and `mailto` addresses are shown (never `javascript:`);
 - hostile input stays cheap: the HTML5 tree builder costs time proportional to depth times tags,
@@ -33,9 +34,11 @@ MAX_DEPTH = 1000
 _DROPPED = ["script", "style", "head", "template", "noscript", "svg", "title"]
 _BLOCKS = (
     "address,article,aside,blockquote,caption,center,dd,details,dialog,div,dl,dt,fieldset,"
-    "figcaption,figure,footer,form,h1,h2,h3,h4,h5,h6,header,hr,li,main,nav,ol,p,pre,section,"
-    "summary,table,tbody,tfoot,thead,tr,ul"
+    "figcaption,figure,footer,form,h1,h2,h3,h4,h5,h6,header,hr,main,nav,ol,p,pre,section,"
+    "summary,table,tbody,tfoot,thead,ul"
 )
+#: Elements that end a line without a blank one around them.
+_LINES = "br,li,tr,dt,dd"
 _CELLS = "td,th"
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 #: Elements that never nest (void) or close themselves implicitly: not counted as depth.
@@ -103,10 +106,10 @@ def _rendered(markup: str) -> str:
     for cell in root.css(_CELLS):
         cell.insert_after(" ")
     for block in root.css(_BLOCKS):
-        block.insert_before("\n")
-        block.insert_after("\n")
-    for line_break in root.css("br"):
-        line_break.insert_after("\n")
+        block.insert_before("\n\n")
+        block.insert_after("\n\n")
+    for line in root.css(_LINES):
+        line.insert_after("\n")
     return _tidy(root.text(deep=True, separator=""))
 
 
