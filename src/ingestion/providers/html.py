@@ -64,6 +64,8 @@ def html_to_text(markup: str) -> str:
     """Readable plain text of an HTML document or fragment (see the module docstring)."""
     if not markup or not markup.strip():
         return ""
+    if "<" not in markup:  # no element at all: only entities to decode
+        return _tidy(html_lib.unescape(markup))
     try:
         if _depth(markup) > MAX_DEPTH:
             return _stripped(markup)
