@@ -2,21 +2,23 @@
 
 One sync, in order:
 
-1. **Calendar list.** With the stored list token only changed entries come back (deleted and
-   hidden ones included), so a sync with nothing new costs one request here. Without a token
-   (first sync, or a 410) every page is read. Calendars the user owns or reads
-   (`owner`/`writer`/`reader`) and has not hidden are mirrored; one that leaves that set is
-   queued for removal, one that joins it gets a full sync. These consequences are written into
-   the cursor together with the new list token, so storing that token never loses them.
+1. **Calendar list.** Read in full every time (one request for up to 250 calendars), never
+   with its sync token, which leaves out entries whose only change is the ACL or a calendar
+   property (calendarList.list reference): what the list shows is the truth. Calendars the
+   user owns or reads (`owner`/`writer`/`reader`) and has not hidden are mirrored; one that
+   leaves that set (access lowered to `freeBusyReader`, hidden, removed) is queued for removal,
+   one that joins it gets a full sync, a renamed one is listed again so its records carry the
+   new name. These consequences are written into the cursor of the first page.
 2. **Removals.** A removed calendar's events are listed one last time (no time window) and every
    listed id is deleted; then the calendar is declared a scope gone (`{calendarId}/`), so the
    engine deletes every record it remembers delivering from it, listed or not. A calendar that
    is *no longer readable* at all (deleted, or its owner stopped sharing it: 404) cannot be
    listed: it is declared gone at once (counted in the run's `calendarsUnreadable` statistic),
    and so is a mirrored calendar that starts answering 404.
-3. **Each calendar.** A full sync lists the window `CALENDAR_PAST_DAYS` back to
-   `CALENDAR_FUTURE_DAYS` ahead with `singleEvents=false` (series stay one master with its
-   RRULE; moved or cancelled occurrences are their own events with `recurringEventId`),
+3. **Each calendar.** A full sync lists the window `CALENDAR_PAST_DAYS` (default
+   `BACKFILL_DAYS`) back to `CALENDAR_FUTURE_DAYS` ahead with `singleEvents=false` (series
+   stay one master with its RRULE; moved or cancelled occurrences are their own events with
+   `recurringEventId`),
    2500 per page, checkpointing the page token after every page; the `nextSyncToken` of the
    last page is stored. Later syncs send only the token: changed events are upserted,
    cancelled ones deleted. No change costs one request per calendar and upserts nothing.
@@ -30,7 +32,8 @@ One sync, in order:
 A cancelled *occurrence* of a series that still exists is kept as a record of its own
 (`Cancelled: …`, status `cancelled`), because the master's RRULE still produces that date and
 only this record tells a reader it will not happen. When the whole series is cancelled, its
-occurrences are deleted with it.
+exception records are deleted with it (the scope `{calendarId}/{seriesId}_`), whether or not
+each exception is reported cancelled.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Stored as the `metadata` JSON of `ingestion_sync_state`::
 
     {
       "version": 1,
-      "listSyncToken": "…",                 # calendarList nextSyncToken (null = list in full)
+      "listSyncToken": null,                # no longer used: the list is read whole each sync
       "includeHidden": false,               # the setting the list token was taken with
       "calendars": {                        # the calendars being mirrored, by id
         "work@example.com": {
