@@ -17,7 +17,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "betterauth"
-CACHE = ROOT / "tests" / ".cache" / "better-auth"
+#: Where install.sh puts the package (BETTER_AUTH_CACHE overrides, for both).
+CACHE = Path(os.environ.get("BETTER_AUTH_CACHE") or ROOT / "tests" / ".cache" / "better-auth")
 PINNED = json.loads((HERE / "package.json").read_text())["dependencies"]["better-auth"]
 
 
@@ -38,8 +39,9 @@ def install() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{type(exc).__name__}: {exc}"
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        return f"install.sh exited {result.returncode}: {' | '.join(tail)}"
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        # npm's first lines say what failed (code, FetchError); the rest is a stack trace.
+        return f"install.sh exited {result.returncode}: {' | '.join(lines[:4])}"
     return None
 
 

@@ -36,19 +36,23 @@ from typing import Any
 import psycopg
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from ingestion.config import Settings, describe_error
-from ingestion.errors import ConfigurationError
 from ingestion.providers import registry
+from ingestion.queue import Keys, RedisJobQueue
+from ingestion.queue.jobs import Job
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account, save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.encryption import TokenCipher, UnreadableToken
+from ingestion.storage.state import SyncStateStore
 from tests.better_auth_node import BetterAuthError, BetterAuthNode, install
 from tests.conftest import run_cli
 from tests.emulators.github import GitHubState, create_app, seed_activity
 from tests.emulators.oauth import OAuthState
 from tests.emulators.server import serve
+from tests.queue_helpers import running_worker, wait_for
 from tests.test_connect import run_flow, settings_for
 from tests.test_storage import BETTER_AUTH_PRISMA_SQL, SCHEMA_SNAPSHOT_SQL
 from tests.tokens_probe import ProbeApi, ProbeProvider
@@ -368,14 +372,14 @@ def test_a_secret_that_does_not_decrypt_fails_the_sync_with_one_line(
         env["BETTER_AUTH_SECRET"] = SECRET_1
     asyncio.run(store_raw(Settings(database_url=sqlite_db), "github", *stored))
 
-    outputs = ""
-    for _ in range(2):  # the second run fails the same way: nothing was retried or refreshed
-        result = run_cli("sync", "github", "--user", "u1", env=env, timeout=240)
-        assert result.returncode == 1, result.stderr[-3000:]
-        failed = [line for line in result.stderr.splitlines() if line.startswith("sync failed")]
-        assert len(failed) == 1, result.stderr[-3000:]
-        assert "BETTER_AUTH_SECRET" in failed[0]
-        outputs += result.stdout + result.stderr
+    result = run_cli("sync", "github", "--user", "u1", env=env, timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]
+    # Besides the JSON log lines, exactly one line: the failure.
+    failed = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(failed) == 1, result.stderr[-3000:]
+    assert failed[0].startswith("sync failed: cannot read the tokens of the github account")
+    assert "BETTER_AUTH_SECRET" in failed[0]
+    outputs = result.stdout + result.stderr
     status = run_cli("status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     outputs += status.stdout + status.stderr
@@ -468,14 +472,57 @@ async def test_connect_stores_encrypted_tokens(
     ) == [grant.access_token, grant.refresh_token]
 
 
-async def test_unreadable_tokens_are_a_configuration_error_not_reauth(
-    probe_services: Services, oauth: tuple[OAuthState, str]
+async def test_a_worker_dead_letters_an_unreadable_account_at_once(
+    namespace: str,
+    redis_url: str,
+    sqlite_db: str,
+    oauth: tuple[OAuthState, str],
+    probe: tuple[ProbeApi, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The class decides what the worker does: a ConfigurationError is a PermanentError
-    (dead-lettered at once, never retried), not ReauthRequired (account skipped)."""
-    state, _ = oauth
+    """No retry storm: the job fails once and is dead-lettered (a configuration error), the
+    account is `error` (not `reauth_required`), no token request and no API call are made."""
+    monkeypatch.setitem(registry._overrides, "github", ProbeProvider)
+    state, url = oauth
+    api, api_url = probe
+    values: dict[str, Any] = {k.lower(): v for k, v in state.settings_env(url).items()}
+    settings = Settings(
+        database_url=sqlite_db,
+        github_api_url=api_url,
+        redis_url=redis_url,
+        redis_namespace=namespace,
+        better_auth_secrets=f"2:{SECRET_2}",
+        job_max_attempts=5,
+        job_retry_base_seconds=0.01,
+        job_retry_max_seconds=0.05,
+        **values,
+    )
     sealed_elsewhere = cipher(None, f"2:{secrets.token_hex(16)}").seal("gho_other")
-    await store_raw(probe_services.settings, "github", sealed_elsewhere, None)
-    with pytest.raises(ConfigurationError, match="version 2 of BETTER_AUTH_SECRETS does not"):
-        await probe_services.engine.run("github", "u1")
+    await store_raw(settings, "github", sealed_elsewhere, None)
+    queue = RedisJobQueue(settings)
+    consumer = queue.consumer()
+    await consumer.start()
+    services = await Services.open(settings, lock=consumer.sync_lock())
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await queue.enqueue(Job("github", "u1"))
+        async with running_worker(settings, consumer, services):
+
+            async def dead() -> list[Any]:
+                return list(await redis.xrange(Keys(namespace).dead))
+
+            (entry,) = await wait_for(dead)
+            await asyncio.sleep(0.5)  # time for retries, were there any
+        runs = await SyncStateStore(services.db).recent_runs(10)
+        sync_state = await SyncStateStore(services.db).load("u1", "github")
+    finally:
+        await services.aclose()
+        await queue.aclose()
+        await redis.aclose()
+    fields = entry[1]
+    assert fields["attempts"] == "1"
+    assert "version 2 of BETTER_AUTH_SECRETS does not decrypt" in fields["error"]
+    assert [r.status for r in runs] == ["error"]
+    assert sync_state.status == "error"
     assert state.token_calls("github") == 0
+    assert api.requests == 0
