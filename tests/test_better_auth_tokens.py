@@ -113,6 +113,8 @@ def test_single_secret_both_directions(better_auth: BetterAuthNode) -> None:
         assert HEX.fullmatch(value)
         assert len(value) == 2 * (24 + len(token.encode()) + 16)
     assert ours.seal(tokens[0]) != sealed[0], "a fresh random nonce each time"
+    assert ours.single is not None
+    assert ours.single.hex() not in repr(ours) + str(ours), "keys never in a repr"
     requests = [("decrypt", v) for v in sealed] + [("read", v) for v in sealed]
     assert better_auth.values(requests, secret=SECRET_OLD) == tokens + tokens
 

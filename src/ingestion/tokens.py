@@ -53,7 +53,13 @@ from ingestion.config import Settings
 from ingestion.errors import PermanentError, ReauthRequired, RetryableError
 from ingestion.providers.base import OAuthEndpoints
 from ingestion.providers.registry import auth_for
-from ingestion.storage.accounts import find_account, fingerprint, read_tokens, seal_tokens
+from ingestion.storage.accounts import (
+    StoredTokens,
+    find_account,
+    fingerprint,
+    read_tokens,
+    seal_tokens,
+)
 from ingestion.storage.db import Database
 from ingestion.storage.encryption import TokenCipher
 from ingestion.storage.models import Account
@@ -90,8 +96,10 @@ class _Refused(Exception):
         self.note = note
 
 
-def _current(account: Account, cipher: TokenCipher) -> _Current:
-    tokens = read_tokens(account, cipher)
+def _current(account: Account, cipher: TokenCipher, tokens: StoredTokens | None = None) -> _Current:
+    """What a caller of `access_token` needs, from the row (decrypted unless `tokens` is the
+    row's `read_tokens` already)."""
+    tokens = tokens or read_tokens(account, cipher)
     return _Current(
         access_token=tokens.access_token,
         expires_at=account.access_token_expires_at,
@@ -161,9 +169,9 @@ class TokenService:
             account = self._require(
                 await find_account(session, user_id, account_provider), user_id, account_provider
             )
-            current = _current(account, self.cipher)
-            plain = read_tokens(account, self.cipher).plain
-        if plain:
+            tokens = read_tokens(account, self.cipher)
+            current = _current(account, self.cipher, tokens)
+        if tokens.plain:
             await self._seal_plain(user_id, account_provider)
         return current
 
@@ -213,7 +221,7 @@ class TokenService:
             async with self._locked(user_id, account_provider) as (session, row):
                 account = self._require(row, user_id, account_provider)
                 tokens = read_tokens(account, self.cipher)
-                current = _current(account, self.cipher)
+                current = _current(account, self.cipher, tokens)
                 if (rejected is None and not self.due(current)) or (
                     rejected is not None and current.access_token != rejected
                 ):

@@ -86,9 +86,9 @@ class TokenCipher:
     are, and encrypted-looking values cannot be read.
     """
 
-    versions: Mapping[int, bytes] = field(default_factory=dict)
+    versions: Mapping[int, bytes] = field(default_factory=dict, repr=False)
     current: int | None = None
-    single: bytes | None = None
+    single: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenCipher:
@@ -114,12 +114,13 @@ class TokenCipher:
     def seal(self, token: str) -> str:
         """The value to store for `token`: encrypted when a secret is set (an empty token stays
         empty, as Better Auth leaves it)."""
-        if not token or not self.enabled:
+        if not token:
             return token
         if self.current is not None:
             return f"{ENVELOPE_PREFIX}{self.current}${_encrypt(self.versions[self.current], token)}"
-        assert self.single is not None
-        return _encrypt(self.single, token)
+        if self.single is not None:
+            return _encrypt(self.single, token)
+        return token
 
     def needs_sealing(self, stored: str | None) -> bool:
         """A plain value that this cipher would write encrypted."""
