@@ -25,6 +25,7 @@ from ingestion.storage.models import Account, User
 __all__ = [
     "AccountSummary",
     "StoredTokens",
+    "UnreadableTokens",
     "find_account",
     "fingerprint",
     "list_accounts",
