@@ -213,6 +213,7 @@ def accounts_add(
     """Store a connected account (personal access tokens, tests, standalone use)."""
     from ingestion.providers.registry import account_provider_of
     from ingestion.storage.accounts import save_account
+    from ingestion.storage.encryption import TokenCipher
 
     check_provider(provider)
     expiry = parse_when(expires_at, "--expires-at")
@@ -229,6 +230,7 @@ def accounts_add(
                 refresh_token=refresh_token,
                 expires_at=expiry,
                 scope=scope,
+                cipher=TokenCipher.from_settings(settings),
             )
             return str(account.id)
 

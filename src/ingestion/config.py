@@ -8,6 +8,7 @@ into the single line the CLI prints (variable name and what is wrong, never the 
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 from functools import cached_property
@@ -16,10 +17,23 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PROVIDER_NAMES", "Settings", "describe_error", "normalize_database_url"]
+__all__ = [
+    "PROVIDER_NAMES",
+    "Settings",
+    "describe_error",
+    "normalize_database_url",
+    "parse_better_auth_secrets",
+]
 
 #: Every provider the service knows; the registry maps each to its implementation.
 PROVIDER_NAMES: tuple[str, ...] = ("gmail", "calendar", "github", "twitter")
@@ -43,6 +57,52 @@ def normalize_database_url(url: str) -> str:
     if base == "sqlite":
         return f"sqlite+aiosqlite://{rest}"
     raise ValueError(f"unsupported database scheme {scheme!r} (use postgresql:// or sqlite://)")
+
+
+#: What JavaScript's `String.prototype.trim` and `parseInt` skip (WhiteSpace and LineTerminator).
+_JS_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_JS_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def js_parse_int(text: str) -> int | None:
+    """JavaScript's `parseInt(text, 10)` for the integers Better Auth accepts: leading space and
+    a sign skipped, digits read up to the first non-digit; None where it gives NaN (and for
+    more than 15 digits, beyond the integers a JavaScript number holds exactly)."""
+    match = _JS_INT.match(text.lstrip(_JS_SPACE))
+    if match is None or len(match.group().lstrip("+-")) > 15:
+        return None
+    return int(match.group())
+
+
+def parse_better_auth_secrets(value: str) -> tuple[tuple[int, str], ...]:
+    """Parse `BETTER_AUTH_SECRETS` exactly as better-auth 1.7 does (`parseSecretsEnv` and
+    `validateSecretsArray`): comma-separated `<version>:<secret>` entries, each trimmed, split
+    at the first colon, the version read like `parseInt` and non-negative, the secret trimmed
+    and not empty, no version twice. The first entry is the current one.
+
+    Error messages name the entry's position or version, never a secret.
+    """
+    entries: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    for index, raw in enumerate(value.split(","), start=1):
+        entry = raw.strip(_JS_SPACE)
+        version_text, colon, secret = entry.partition(":")
+        if not colon:
+            raise ValueError(f'entry {index} is not of the form "<version>:<secret>"')
+        version = js_parse_int(version_text)
+        if version is None or version < 0:
+            raise ValueError(f"entry {index}: the version must be a non-negative integer")
+        secret = secret.strip(_JS_SPACE)
+        if not secret:
+            raise ValueError(f"entry {index}: empty secret for version {version}")
+        if version in seen:
+            raise ValueError(f"version {version} appears twice")
+        seen.add(version)
+        entries.append((version, secret))
+    return tuple(entries)
 
 
 def _check_http_url(value: str) -> str:
@@ -80,7 +140,13 @@ class Settings(BaseSettings):
     token_refresh_margin: int = Field(300, ge=0)
     #: Seconds one token-endpoint request may take (it runs while the account row is locked).
     token_request_timeout: float = Field(20.0, gt=0)
-    #: Encrypt tokens written by this service (Fernet key); unset = plain, like Better Auth.
+    #: The product's Better Auth secret(s), read and parsed as Better Auth reads them. When
+    #: either is set, token columns are decrypted on read and encrypted on write in Better
+    #: Auth's format (`storage/encryption.py`). `BETTER_AUTH_SECRETS` ("2:new,1:old", first =
+    #: current) takes precedence; `BETTER_AUTH_SECRET` is then the legacy single secret.
+    better_auth_secret: SecretStr | None = None
+    better_auth_secrets: SecretStr | None = None
+    #: Removed (it never encrypted anything): refused at start with a pointer to the above.
     token_encryption_key: SecretStr | None = None
 
     # --- provider endpoints --------------------------------------------------------------------
@@ -197,6 +263,25 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://host:port/db, rediss://… or unix://…")
         return value
 
+    @field_validator("better_auth_secret", "better_auth_secrets")
+    @classmethod
+    def _better_auth(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Better Auth treats an empty variable as unset (`process.env.X || …`).
+        if value is None or not value.get_secret_value():
+            return None
+        if info.field_name == "better_auth_secrets":
+            parse_better_auth_secrets(value.get_secret_value())
+        return value
+
+    @field_validator("token_encryption_key")
+    @classmethod
+    def _removed_token_key(cls, value: SecretStr | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "no longer read; tokens are encrypted in Better Auth's format with "
+                "BETTER_AUTH_SECRET / BETTER_AUTH_SECRETS (the product's own secrets): unset it"
+            )
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -227,6 +312,13 @@ class Settings(BaseSettings):
         return ",".join(names)
 
     # --- derived -------------------------------------------------------------------------------
+    @property
+    def better_auth_versions(self) -> tuple[tuple[int, str], ...]:
+        """`BETTER_AUTH_SECRETS` as (version, secret) pairs, current first; empty when unset."""
+        if self.better_auth_secrets is None:
+            return ()
+        return parse_better_auth_secrets(self.better_auth_secrets.get_secret_value())
+
     @cached_property
     def sqlalchemy_url(self) -> str:
         return normalize_database_url(self.database_url)

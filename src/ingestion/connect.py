@@ -41,6 +41,7 @@ from ingestion.providers.base import OAuthEndpoints
 from ingestion.providers.registry import account_provider_of, auth_for
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import Database
+from ingestion.storage.encryption import TokenCipher
 from ingestion.token_endpoint import (
     DeadGrant,
     TokenGrant,
@@ -237,6 +238,7 @@ async def connect_account(
             refresh_token_expires_at=grant.refresh_token_expires_at,
             scope=grant.scope or " ".join(endpoints.scopes),
             account_id=_account_id_from(grant.id_token),
+            cipher=TokenCipher.from_settings(settings),
         )
         return ConnectResult(
             account_provider=account_provider,

@@ -24,6 +24,10 @@ Guarantees:
   rotated ends here too: the retry with the old token is refused, and the message says why.
 - Tokens without expiry (GitHub classic tokens, personal access tokens) are used as they
   are; a 401 on a token that cannot be refreshed is `ReauthRequired`.
+- **Encrypted like the product's.** With `BETTER_AUTH_SECRET(S)` set the token columns are
+  read and written in Better Auth's encrypted format (`storage/encryption.py`); a row still in
+  plain text is used as it is and written back encrypted (under the row lock). A row the
+  secrets do not decrypt fails the sync with a `ConfigurationError` (not retried, no refresh).
 
 Tokens and client secrets never appear in a log line or an error message.
 """
@@ -49,8 +53,15 @@ from ingestion.config import Settings
 from ingestion.errors import PermanentError, ReauthRequired, RetryableError
 from ingestion.providers.base import OAuthEndpoints
 from ingestion.providers.registry import auth_for
-from ingestion.storage.accounts import find_account, fingerprint
+from ingestion.storage.accounts import (
+    StoredTokens,
+    find_account,
+    fingerprint,
+    read_tokens,
+    seal_tokens,
+)
 from ingestion.storage.db import Database
+from ingestion.storage.encryption import TokenCipher
 from ingestion.storage.models import Account
 from ingestion.token_endpoint import (
     DeadGrant,
@@ -85,11 +96,14 @@ class _Refused(Exception):
         self.note = note
 
 
-def _current(account: Account) -> _Current:
+def _current(account: Account, cipher: TokenCipher, tokens: StoredTokens | None = None) -> _Current:
+    """What a caller of `access_token` needs, from the row (decrypted unless `tokens` is the
+    row's `read_tokens` already)."""
+    tokens = tokens or read_tokens(account, cipher)
     return _Current(
-        access_token=account.access_token or "",
+        access_token=tokens.access_token,
         expires_at=account.access_token_expires_at,
-        can_refresh=bool(account.refresh_token),
+        can_refresh=bool(tokens.refresh_token),
     )
 
 
@@ -132,6 +146,7 @@ class TokenService:
         self.db = db
         self.http = http
         self.clock = clock
+        self.cipher = TokenCipher.from_settings(settings)
         #: Total seconds the token requests of one refresh may take, retries included.
         self.refresh_budget = 2 * settings.token_request_timeout + 5 * REFRESH_WAIT_MAX
         #: How long a worker waits for another one's refresh before giving up (retryable).
@@ -151,8 +166,33 @@ class TokenService:
 
     async def load(self, user_id: str, account_provider: str) -> _Current:
         async with self.db.session() as session:
-            account = await find_account(session, user_id, account_provider)
-            return _current(self._require(account, user_id, account_provider))
+            account = self._require(
+                await find_account(session, user_id, account_provider), user_id, account_provider
+            )
+            tokens = read_tokens(account, self.cipher)
+            current = _current(account, self.cipher, tokens)
+        if tokens.plain:
+            await self._seal_plain(user_id, account_provider)
+        return current
+
+    async def _seal_plain(self, user_id: str, account_provider: str) -> None:
+        """Write the plain token columns back encrypted (a product part-way through enabling
+        encryption). Under the row lock, from a fresh read: a concurrent writer's newer tokens
+        are never overwritten, only re-encoded."""
+        try:
+            async with self._locked(user_id, account_provider) as (_session, row):
+                if row is not None:
+                    seal_tokens(row, self.cipher)
+        except DBAPIError as exc:
+            # Not needed for this sync: the next one writes it back.
+            log.warning(
+                "could not encrypt plain tokens in place",
+                user_id=user_id,
+                provider=account_provider,
+                error=type(exc.orig).__name__,
+            )
+            return
+        log.info("plain tokens written back encrypted", user_id=user_id, provider=account_provider)
 
     def _require(self, account: Account | None, user_id: str, account_provider: str) -> Account:
         if account is None or not account.access_token:
@@ -180,14 +220,15 @@ class TokenService:
         try:
             async with self._locked(user_id, account_provider) as (session, row):
                 account = self._require(row, user_id, account_provider)
-                current = _current(account)
+                tokens = read_tokens(account, self.cipher)
+                current = _current(account, self.cipher, tokens)
                 if (rejected is None and not self.due(current)) or (
                     rejected is not None and current.access_token != rejected
                 ):
                     # Another worker refreshed while this one waited for the lock.
                     self._count(account_provider, "reused")
                     return current
-                if not account.refresh_token:
+                if not tokens.refresh_token:
                     if rejected is None:
                         return current  # nothing to refresh with: try the token as it is
                     self._count(account_provider, "reauth")
@@ -198,13 +239,13 @@ class TokenService:
                     )
                 spent_print = fingerprint(account)
                 try:
-                    grant = await self._request(endpoints, account.refresh_token, bound)
+                    grant = await self._request(endpoints, tokens.refresh_token, bound)
                 except _Refused as refused:
                     failure = refused
                 else:
                     self._store(account, grant)
                     await session.flush()
-                    fresh = _current(account)
+                    fresh = _current(account, self.cipher)
                     # Leaving the block commits: the new tokens are durable before use.
         except DBAPIError as exc:
             self._count(account_provider, "failed")
@@ -233,7 +274,7 @@ class TokenService:
             )
             if fingerprint(account) != spent_print:
                 self._count(account_provider, "reused")
-                return _current(account)
+                return _current(account, self.cipher)
         self._count(account_provider, "reauth")
         raise self._reauth(
             account_provider,
@@ -309,13 +350,17 @@ class TokenService:
         """Write an issued grant into the locked row (committed by the caller's transaction).
 
         Without a new refresh token in the answer the old one is kept (Google does not rotate).
+        Tokens are written encrypted when a Better Auth secret is set (the kept one too).
         """
-        account.access_token = grant.access_token
+        seal_tokens(
+            account,
+            self.cipher,
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token or None,
+        )
         account.access_token_expires_at = grant.expires_at
-        if grant.refresh_token:
-            account.refresh_token = grant.refresh_token
-            if grant.refresh_token_expires_at is not None:
-                account.refresh_token_expires_at = grant.refresh_token_expires_at
+        if grant.refresh_token and grant.refresh_token_expires_at is not None:
+            account.refresh_token_expires_at = grant.refresh_token_expires_at
         if grant.scope:
             account.scope = grant.scope
         account.updated_at = self.clock.now()

@@ -2,6 +2,10 @@
 
 Reads and updates rows the product's server wrote; creates rows only for `accounts add` and
 `connect`. Nothing here returns a token to a caller that prints: `AccountSummary` has none.
+
+The token columns may be encrypted in Better Auth's format (`encryption.py`): read them only
+through `read_tokens` and write them only with a `TokenCipher` (`save_account`, `seal_tokens`),
+so that with a secret configured every token this service writes is encrypted.
 """
 
 from __future__ import annotations
@@ -14,9 +18,85 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ingestion.errors import ConfigurationError
+from ingestion.storage.encryption import PLAIN_TEXT, TokenCipher, UnreadableToken
 from ingestion.storage.models import Account, User
 
-__all__ = ["AccountSummary", "find_account", "fingerprint", "list_accounts", "save_account"]
+__all__ = [
+    "AccountSummary",
+    "StoredTokens",
+    "UnreadableTokens",
+    "find_account",
+    "fingerprint",
+    "list_accounts",
+    "read_tokens",
+    "save_account",
+    "seal_tokens",
+]
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    """The decrypted tokens of one account row (never printed, never logged)."""
+
+    access_token: str
+    refresh_token: str | None
+    #: Columns still in plain text although a secret is configured (to be written back sealed).
+    plain: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"StoredTokens(plain={self.plain!r})"
+
+
+class UnreadableTokens(ConfigurationError):
+    """The configured Better Auth secret does not decrypt the account's tokens. The account's
+    syncs fail (status `error`, not retried) until the setting is fixed; nothing is refreshed."""
+
+
+def read_tokens(account: Account, cipher: TokenCipher) -> StoredTokens:
+    """Decrypt the account's tokens; plain values are returned as they are.
+
+    Raises `UnreadableTokens` (one line naming the setting, never a value) when a column looks
+    encrypted and the configured secrets do not decrypt it.
+    """
+    try:
+        access = cipher.open(account.access_token or "", "accessToken")
+        refresh = cipher.open(account.refresh_token or "", "refreshToken") or None
+    except UnreadableToken as exc:
+        raise UnreadableTokens(
+            f"cannot read the tokens of the {account.provider_id} account of user "
+            f"{account.user_id!r}: {exc}"
+        ) from None
+    plain = tuple(
+        name
+        for name, stored in (
+            ("accessToken", account.access_token),
+            ("refreshToken", account.refresh_token),
+        )
+        if cipher.needs_sealing(stored)
+    )
+    return StoredTokens(access_token=access, refresh_token=refresh, plain=plain)
+
+
+def seal_tokens(
+    account: Account,
+    cipher: TokenCipher,
+    *,
+    access_token: str | None = None,
+    refresh_token: str | None = None,
+) -> None:
+    """Store new tokens (each one given replaces its column) encrypted with `cipher`, and
+    encrypt the columns that are still plain: the row ends fully encrypted whenever a secret is
+    set. The caller commits."""
+    if access_token is not None:
+        account.access_token = cipher.seal(access_token)
+    if refresh_token is not None:
+        account.refresh_token = cipher.seal(refresh_token)
+    # A plain value is its own token: encrypting it in place changes nothing it means.
+    if account.access_token and cipher.needs_sealing(account.access_token):
+        account.access_token = cipher.seal(account.access_token)
+    if account.refresh_token and cipher.needs_sealing(account.refresh_token):
+        account.refresh_token = cipher.seal(account.refresh_token)
 
 
 @dataclass(frozen=True)
@@ -71,8 +151,13 @@ async def save_account(
     scope: str | None = None,
     account_id: str | None = None,
     email: str | None = None,
+    cipher: TokenCipher = PLAIN_TEXT,
 ) -> Account:
-    """Create or replace the tokens of the user's account for `provider_id`."""
+    """Create or replace the tokens of the user's account for `provider_id`.
+
+    The tokens are written with `cipher`: pass `TokenCipher.from_settings(settings)` (the
+    plain default is for tests that write rows as a product without encryption would).
+    """
     await ensure_user(session, user_id, email)
     account = await find_account(session, user_id, provider_id)
     now = datetime.now(UTC)
@@ -87,8 +172,8 @@ async def save_account(
         session.add(account)
     elif account_id:
         account.account_id = account_id
-    account.access_token = access_token
-    account.refresh_token = refresh_token
+    account.access_token = cipher.seal(access_token)
+    account.refresh_token = cipher.seal(refresh_token) if refresh_token else None
     account.access_token_expires_at = expires_at
     account.refresh_token_expires_at = refresh_token_expires_at
     account.scope = scope
