@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import threading
 import time
@@ -213,6 +214,14 @@ async def test_foreign_host_is_refused(sqlite_url: str) -> None:
         for base in ("http://ingestion.internal", "http://localhost:8080", "http://[::1]:8080"):
             async with client(services, base) as http:
                 assert (await http.get("/v1/status")).status_code == 200, base
+        # Behind a TLS-terminating proxy the page's origin is https://name and Host is name.
+        async with client(services, "http://ingestion.internal") as http:
+            proxied = await http.post(
+                "/v1/sync",
+                json={"provider": "github", "userId": "alice"},
+                headers={"Origin": "https://ingestion.internal"},
+            )
+        assert proxied.status_code == 503  # reached the route: no queue in this process
     finally:
         await services.aclose()
 
@@ -431,7 +440,7 @@ def test_a_failing_insert_shows_its_token_nowhere(
 
 
 def test_cli_failures_are_one_line(base_env: dict[str, str]) -> None:
-    """The database down and a bad flag: one line each, no traceback."""
+    """The database down, a duplicate account and a bad flag: one line each, no traceback."""
     port = free_port()  # nothing listens there
     down = run_cli(
         "status", env={**base_env, "DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/x"}, cwd=ROOT
@@ -441,6 +450,29 @@ def test_cli_failures_are_one_line(base_env: dict[str, str]) -> None:
     assert down.stderr.strip().splitlines() == [
         "error: cannot use the database (OperationalError (OperationalError)): is it running, "
         "and is DATABASE_URL right?"
+    ]
+    # A product user already owns the e-mail address `accounts add` gives a new user row.
+    assert run_cli("db", "upgrade", env=base_env, cwd=ROOT).returncode == 0
+    path = base_env["DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            'INSERT INTO "user" (id, name, email, "emailVerified", "createdAt", "updatedAt") '
+            "VALUES ('u-other', 'Other', 'alice@ingestion.local', 0, '2026-01-01', '2026-01-01')"
+        )
+    duplicate = subprocess.run(
+        [*INGESTION, "accounts", "add", "github", "--user", "alice", "--access-token", "-"],
+        input="ghp_duplicate_secret\n",
+        env=base_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert duplicate.returncode == 1
+    assert duplicate.stderr.strip().splitlines() == [
+        "error: the database refused the write (IntegrityError (IntegrityError)): a row like "
+        "it exists already or it breaks one of the database's rules"
     ]
     bad_flag = run_cli(
         "accounts", "add", "github", "--user", "u", "--access-token-env", "NOT SET", env=base_env

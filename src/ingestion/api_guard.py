@@ -77,19 +77,25 @@ def _host_allowed(name: str, allowed: tuple[str, ...]) -> bool:
     )
 
 
-def _same_origin(origin: str, host: str, scheme: str) -> bool:
-    """Does `Origin` name the host and port the request was sent to?"""
+def _same_origin(origin: str, host: str) -> bool:
+    """Does `Origin` name the host and port the request was sent to?
+
+    A port left out on either side is the default of the origin's scheme, so a page served as
+    `https://name` through a TLS-terminating proxy (which forwards `Host: name`) matches.
+    """
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
+    default = 443 if parts.scheme == "https" else 80
     try:
-        origin_port = parts.port or (443 if parts.scheme == "https" else 80)
+        origin_port = parts.port or default
     except ValueError:
         return False
     name, port = _host_name(host)
-    host_port = int(port) if port and port.isdigit() else (443 if scheme == "https" else 80)
-    origin_name = _host_name(parts.netloc)[0]
-    return origin_name == name and origin_port == host_port
+    if port is not None and not port.isdigit():
+        return False
+    host_port = int(port) if port else default
+    return _host_name(parts.netloc)[0] == name and origin_port == host_port
 
 
 class RequestGuard:
@@ -150,8 +156,7 @@ class RequestGuard:
                 )
         if method not in SAFE_METHODS:
             origin = headers.get("origin")
-            scheme = str(scope.get("scheme", "http"))
-            if (origin is not None and not _same_origin(origin, host, scheme)) or headers.get(
+            if (origin is not None and not _same_origin(origin, host)) or headers.get(
                 "sec-fetch-site"
             ) == "cross-site":
                 return _problem(403, "cross-origin requests may not change anything here")
