@@ -25,6 +25,8 @@ import psycopg
 import pytest
 import structlog
 from psycopg import sql
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from ingestion.api import create_app
 from ingestion.config import Settings
@@ -437,6 +439,20 @@ def test_a_failing_insert_shows_its_token_nowhere(
     ):
         assert token not in text, place
         assert "Failing row" not in text, place
+
+
+async def test_database_errors_never_quote_bound_values(sqlite_url: str) -> None:
+    services = await open_services(sqlite_url)
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            async with services.db.session() as session:
+                await session.execute(
+                    text("INSERT INTO ingestion_no_such_table VALUES (:v)"), {"v": "ghp_bound"}
+                )
+        assert "ghp_bound" not in str(caught.value)
+        assert "parameters hidden" in str(caught.value)
+    finally:
+        await services.aclose()
 
 
 def test_cli_failures_are_one_line(base_env: dict[str, str]) -> None:
