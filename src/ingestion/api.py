@@ -42,7 +42,7 @@ from starlette.staticfiles import StaticFiles
 from ingestion import metrics
 from ingestion.api_guard import RequestGuard
 from ingestion.config import PROVIDER_NAMES, Settings
-from ingestion.errors import MalformedJob
+from ingestion.errors import MalformedJob, describe_unexpected
 from ingestion.providers.registry import account_provider_of
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job, options_from_json
@@ -183,7 +183,7 @@ class _Api:
                 Job(provider=provider, user_id=user_id, options=options)
             )
         except Exception as exc:
-            log.warning("enqueue failed", provider=provider, error=str(exc))
+            log.warning("enqueue failed", provider=provider, error=describe_unexpected(exc))
             return _problem(503, f"the queue did not accept the job: {type(exc).__name__}")
         log.info(
             "sync requested",
