@@ -10,6 +10,7 @@ quotes a driver's message (it can carry a row's tokens).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -252,7 +253,12 @@ def read_token(value: str | None, env_name: str | None, option: str) -> str | No
         if token is None:
             fail(f"{option}-env: the environment variable {env_name} is not set")
     elif value == STDIN:
-        token = sys.stdin.read().strip()
+        # At a terminal: a prompt that does not echo; otherwise whatever is piped in.
+        token = (
+            getpass.getpass(f"{option.removeprefix('--')}: ")
+            if sys.stdin.isatty()
+            else sys.stdin.read()
+        ).strip()
     else:
         token = value
     if token is None:
