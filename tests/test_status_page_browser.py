@@ -183,9 +183,16 @@ def test_status_page_in_chromium(api_process: str, redis_url: str, namespace: st
             sync_button = page.locator(
                 'button[data-action="sync"][data-user="bob"][data-provider="github"]'
             )
+            page.evaluate("document.body.dataset.marker = 'before'")
             sync_button.click()
             expect(page.locator("#flash")).to_contain_text("Queued: github for bob")
             assert _stream_jobs(redis_url, namespace) == [("github:fetch", "bob")]
+            # The page refreshes itself a few seconds after an action, with the key: still the
+            # full page (a new body, not the sign-in form), the message kept.
+            expect(page.locator("body[data-marker]")).to_have_count(0, timeout=15000)
+            expect(page).to_have_title("ingestion · status")
+            expect(page.locator("#accounts tbody tr")).to_have_count(8)
+            expect(page.locator("#flash")).to_contain_text("Queued: github for bob")
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
 
             # A wrong key is refused by the API and forgotten by the page.
