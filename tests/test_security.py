@@ -608,6 +608,8 @@ async def test_connect_ignores_a_forged_callback_then_takes_the_real_one(
 def test_plain_http_urls_only_for_loopback(base_env: dict[str, str]) -> None:
     for host in ("127.0.0.1:9", "localhost", "[::1]:9"):
         Settings(_env_file=None, github_token_url=f"http://{host}/token")  # type: ignore[call-arg]
+    # The memory engine is the deployment's own service on its own network.
+    Settings(_env_file=None, memory_engine_url="http://memory-engine:8001")  # type: ignore[call-arg]
     refused = run_cli(
         "status", env={**base_env, "GITHUB_TOKEN_URL": "http://github.example/token"}, cwd=ROOT
     )

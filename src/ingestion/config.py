@@ -86,11 +86,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check_http_url(value: str) -> str:
+def _check_http_url(value: str, *, plain_anywhere: bool = False) -> str:
+    """An http(s) URL with a host; `http://` only to loopback unless `plain_anywhere`."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not plain_anywhere and not is_loopback_host(parts.hostname):
         raise ValueError(
             "http:// is only allowed for loopback hosts (localhost, 127.0.0.1, ::1): "
             "tokens travel on this connection, use https://"
@@ -233,11 +234,18 @@ class Settings(BaseSettings):
         "twitter_api_url",
         "twitter_token_url",
         "twitter_auth_url",
-        "memory_engine_url",
     )
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value in (None, "") else _check_http_url(value)
+    def _http_url(cls, value: str) -> str:
+        """Provider, token and consent URLs carry OAuth tokens and codes: TLS off loopback."""
+        return _check_http_url(value)
+
+    @field_validator("memory_engine_url")
+    @classmethod
+    def _memory_engine_url(cls, value: str | None) -> str | None:
+        """The memory engine is the deployment's own service, often on a private network
+        (`http://memory-engine:8001`): plain HTTP is the operator's choice there."""
+        return None if value in (None, "") else _check_http_url(value, plain_anywhere=True)
 
     @field_validator("ingestion_api_key")
     @classmethod
