@@ -496,6 +496,13 @@ def test_cli_failures_are_one_line(base_env: dict[str, str]) -> None:
     assert bad_flag.returncode == 2
     assert len(bad_flag.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad_flag.stderr
+    bad_id = run_cli(
+        "dlq", "retry", "0-0; FLUSHALL", env={**base_env, "REDIS_URL": "redis://127.0.0.1:1"}
+    )
+    assert bad_id.returncode == 2
+    assert bad_id.stderr.strip().splitlines() == [
+        "error: '0-0; FLUSHALL' is not a dead-letter id (they look like 1767225600000-0)"
+    ]
 
 
 # --- tokens without argv ---------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +43,7 @@ from ingestion.api_guard import RequestGuard
 from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import MalformedJob, describe_unexpected
 from ingestion.providers.registry import account_provider_of
-from ingestion.queue.base import JobQueue
+from ingestion.queue.base import JobQueue, is_entry_id
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
 from ingestion.status import QueueStatsFn, gather_status
@@ -63,8 +62,6 @@ READY_TIMEOUT = 3.0
 USER_ID_MAX = 255
 #: Most dead-letter ids one retry request may name.
 DLQ_IDS_MAX = 1000
-#: A Redis stream entry id (`ms-seq`, or `ms` alone), which is also the in-process queue's form.
-_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -255,7 +252,7 @@ class _Api:
                     return _problem(422, "ids must be a list of dead-letter ids")
                 if not given or len(given) > DLQ_IDS_MAX:
                     return _problem(422, f"ids must name 1 to {DLQ_IDS_MAX} dead letters")
-                bad = next((i for i in given if not _ENTRY_ID.fullmatch(i)), None)
+                bad = next((i for i in given if not is_entry_id(i)), None)
                 if bad is not None:
                     return _problem(
                         422,

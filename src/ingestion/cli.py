@@ -613,6 +613,10 @@ def dlq_retry(
     """Put a dead job (or all of them) back on the queue as a fresh job."""
     if (entry_id is None) == (not all_):
         fail("give a dead letter ID or --all (not both)")
+    from ingestion.queue.base import is_entry_id
+
+    if entry_id is not None and not is_entry_id(entry_id):
+        fail(f"{entry_id[:40]!r} is not a dead-letter id (they look like 1767225600000-0)")
     settings = _queue_settings()
     ids = None if all_ else [str(entry_id)]
     moved = run_async(lambda: _with_queue(settings, lambda q: q.retry_dead(ids)))
