@@ -286,6 +286,9 @@ async def test_invalid_ids_and_strings_are_422_and_bodies_are_bounded(sqlite_url
             nul = await http.post("/v1/sync", json={"provider": "github", "userId": "a\x00b"})
             long = await http.post("/v1/sync", json={"provider": "github", "userId": "u" * 300})
             path_nul = await http.get("/v1/accounts/a%00b")
+            deep = await http.post(
+                "/v1/sync", content=b"[" * 4000, headers={"Content-Type": "application/json"}
+            )
             bad_id = await http.post("/v1/dlq/retry", json={"ids": ["not-an-id"]})
             unknown_id = await http.post("/v1/dlq/retry", json={"ids": ["1-0"]})
             big = await http.post(
@@ -305,6 +308,7 @@ async def test_invalid_ids_and_strings_are_422_and_bodies_are_bounded(sqlite_url
         assert "control characters" in nul.json()["error"]
         assert long.status_code == 422
         assert path_nul.status_code == 422
+        assert deep.status_code == 422
         assert bad_id.status_code == 422
         assert "not a dead-letter id" in bad_id.json()["error"]
         assert unknown_id.status_code == 404

@@ -144,7 +144,7 @@ class _Api:
     async def sync(self, request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return _problem(422, "the body must be a JSON object")
         if not isinstance(body, dict):
             return _problem(422, "the body must be a JSON object")
@@ -242,7 +242,7 @@ class _Api:
         if raw.strip():
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 return _problem(422, "the body must be a JSON object")
             if not isinstance(body, dict):
                 return _problem(422, "the body must be a JSON object")
