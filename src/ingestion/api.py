@@ -349,6 +349,7 @@ async def run_api(settings: Settings) -> None:
             queue=queue.kind if queue else "none",
             api=f"http://{settings.api_host}:{settings.api_port}",
             api_key=settings.ingestion_api_key is not None,
+            allowed_hosts=list(settings.api_host_names),
         )
         await serve(create_app(services, queue), settings.api_host, settings.api_port, stop)
         log.info("ingestion api stopped")
