@@ -46,7 +46,7 @@ from ingestion.storage.models import Account, SyncStateRow, User  # noqa: E402
 
 PG_ADMIN = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-KEY = "bench-api-key"
+KEY = "bench-api-key-of-at-least-32-characters"
 PROVIDERS = ("gmail", "calendar", "github", "twitter")
 
 

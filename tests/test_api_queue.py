@@ -55,7 +55,7 @@ async def stream(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 async def client(settings: Settings, services: Services) -> AsyncIterator[httpx.AsyncClient]:
     queue = RedisJobQueue(settings)
     transport = httpx.ASGITransport(app=create_app(services, queue))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as http:
         yield http
     await queue.aclose()
 
@@ -138,7 +138,7 @@ async def test_dlq_retry_puts_dead_letters_back_on_the_queue(
     assert bad.status_code == 422
     one = await client.post("/v1/dlq/retry", json={"ids": [first_dead]})
     assert one.json() == {"retried": 1}
-    rest = await client.post("/v1/dlq/retry")
+    rest = await client.post("/v1/dlq/retry", json={})
     assert rest.json() == {"retried": 1}
     assert await stream.xlen(keys.dead) == 0
     users = sorted(json.loads(f["payload"])["userId"] for _, f in await stream.xrange(keys.stream))
@@ -153,7 +153,7 @@ async def test_readyz_is_503_naming_the_queue_when_redis_is_unreachable(
     queue = RedisJobQueue(closed)
     transport = httpx.ASGITransport(app=create_app(services, queue))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as http:
             ready = await http.get("/readyz")
             assert ready.status_code == 503
             body = ready.json()

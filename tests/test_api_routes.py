@@ -21,6 +21,7 @@ from ingestion.storage.state import SyncStateStore
 from tests.conftest import run_cli
 
 SECRET_TOKEN = "ya29.secret-access-token-never-shown"
+API_KEY = "s3cret-key-of-32-characters-or-more"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -65,7 +66,9 @@ async def services(database_url: str) -> AsyncIterator[Services]:
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8080"
+    )
 
 
 @pytest.fixture
@@ -110,7 +113,9 @@ async def test_sync_refuses_bad_input_with_422(client: httpx.AsyncClient) -> Non
 
 
 async def test_sync_refuses_text_that_is_not_json(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/sync", content=b"provider=gmail")
+    response = await client.post(
+        "/v1/sync", content=b"provider=gmail", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json() == {"error": "the body must be a JSON object"}
 
@@ -129,7 +134,7 @@ async def test_sync_without_a_queue_in_this_process_is_503(client: httpx.AsyncCl
     )
     assert response.status_code == 503
     assert "no job queue runs in this process" in response.json()["error"]
-    retry = await client.post("/v1/dlq/retry")
+    retry = await client.post("/v1/dlq/retry", json={})
     assert retry.status_code == 503
 
 
@@ -181,7 +186,7 @@ async def test_status_page_escapes_what_it_shows(services: Services) -> None:
 
 
 async def test_v1_routes_need_the_key_when_one_is_set(database_url: str) -> None:
-    services = await open_services(database_url, ingestion_api_key="s3cret-key")
+    services = await open_services(database_url, ingestion_api_key=API_KEY)
     try:
         await seed(services)
         async with client_for(create_app(services, None)) as http:
@@ -191,30 +196,34 @@ async def test_v1_routes_need_the_key_when_one_is_set(database_url: str) -> None
                 ("POST", "/v1/sync"),
                 ("POST", "/v1/dlq/retry"),
             ):
-                anonymous = await http.request(method, path)
+                anonymous = await http.request(method, path, json={})
                 assert anonymous.status_code == 401, path
                 assert anonymous.headers["www-authenticate"] == "Bearer"
                 wrong = await http.request(
-                    method, path, headers={"Authorization": "Bearer s3cret-kez"}
+                    method, path, headers={"Authorization": f"Bearer {API_KEY[:-1]}z"}
                 )
                 assert wrong.status_code == 401, path
                 basic = await http.request(
-                    method, path, headers={"Authorization": "Basic s3cret-key"}
+                    method, path, headers={"Authorization": f"Basic {API_KEY}"}
                 )
                 assert basic.status_code == 401, path
-            good = {"Authorization": "Bearer s3cret-key"}
+            good = {"Authorization": f"Bearer {API_KEY}"}
             assert (await http.get("/v1/status", headers=good)).status_code == 200
             assert (await http.get("/v1/accounts/u1", headers=good)).status_code == 200
             assert (await http.post("/v1/sync", headers=good, json={})).status_code == 422
-            # Probes, the scrape and the page stay open; the page asks for the key.
+            # Probes and the scrape stay open; the page asks for the key and shows no data.
             assert (await http.get("/healthz")).status_code == 200
             assert (await http.get("/readyz")).status_code == 200
             assert (await http.get("/metrics")).status_code == 200
             page = await http.get("/")
-            assert page.status_code == 200
-            assert 'data-key-required="true"' in page.text
+            assert page.status_code == 401
+            assert 'data-locked="true"' in page.text
             assert 'id="api-key"' in page.text
-            assert "s3cret-key" not in page.text
+            assert "u1" not in page.text
+            assert API_KEY not in page.text
+            shown = await http.get("/", headers=good)
+            assert shown.status_code == 200
+            assert 'data-user="u1"' in shown.text
     finally:
         await services.aclose()
 

@@ -110,8 +110,8 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
         _env_file=None,  # type: ignore[call-arg]
         google_client_secret="google-very-secret",
         memory_engine_api_key="engine-key-123",
-        ingestion_api_key="api-key-456",
+        ingestion_api_key="api-key-456-of-at-least-32-characters",
     )
     text = repr(settings) + str(settings.model_dump())
-    for secret in ("google-very-secret", "engine-key-123", "api-key-456"):
+    for secret in ("google-very-secret", "engine-key-123", "api-key-456-of-at-least-32-characters"):
         assert secret not in text

@@ -53,7 +53,7 @@ USERS = ("alice", "bob", "carol")
 BIG = "alice"  # the mailbox whose sync is killed half way
 BIG_MAILBOX = 100
 SMALL_MAILBOX = 12
-API_KEY = "e2e-api-key"
+API_KEY = "e2e-api-key-of-at-least-32-characters"
 X_IDS = {"alice": "101", "bob": "102", "carol": "103"}
 X_SCOPE = "tweet.read users.read like.read offline.access"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -393,8 +393,8 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
                 metric_values(text, "ingestion_sync_duration_seconds_count", status="ok")
             ) >= len(USERS) * len(PROVIDERS)
 
-            # The status page shows it.
-            page = (await api.get("/")).text
+            # The status page shows it (to the key's holder).
+            page = (await api.get("/", headers=auth)).text
             for user in USERS:
                 for provider in PROVIDERS:
                     assert f'data-user="{user}" data-provider="{provider}"' in page
@@ -426,6 +426,9 @@ async def screenshot(url: str, path: Path) -> None:
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             await page.goto(url)
+            await page.fill("#api-key", API_KEY)
+            await page.click("#key-form button[type=submit]")
+            await page.wait_for_selector("#accounts")
             await page.screenshot(path=str(path), full_page=True)
         finally:
             await browser.close()

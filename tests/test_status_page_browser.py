@@ -1,7 +1,8 @@
 """The status page in real headless Chromium, served by a real `ingestion api` process.
 
-PostgreSQL and Redis are real; the API runs with INGESTION_API_KEY, so the page's buttons work
-only once the key was typed. Screenshots go to `test-artifacts/` (desktop and phone widths).
+PostgreSQL and Redis are real; the API runs with INGESTION_API_KEY, so the page shows a sign-in
+form (and no data) until the key is typed; then it loads with the key and its buttons work.
+Screenshots go to `test-artifacts/` (desktop and phone widths).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.emulators.server import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-API_KEY = "browser-test-key"
+API_KEY = "browser-test-key-of-at-least-32-characters"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -149,10 +150,22 @@ def test_status_page_in_chromium(api_process: str, redis_url: str, namespace: st
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             page.goto(api_process)
+            # Without the key: the sign-in form, nothing of any user.
+            expect(page).to_have_title("ingestion · sign in")
+            expect(page.locator("#key-form")).to_be_visible()
+            assert page.locator("#accounts").count() == 0
+            assert "alice" not in page.content()
+            page.screenshot(path=str(ARTIFACTS / "status-page-sign-in.png"), full_page=True)
+
+            page.fill("#api-key", API_KEY)
+            page.click("#key-form button[type=submit]")
             expect(page).to_have_title("ingestion · status")
             rows = page.locator("#accounts tbody tr")
             expect(rows).to_have_count(8)  # 2 users x 4 providers
+            expect(page.locator("#key-state")).to_have_text("signed in with the API key")
             for user in ("alice", "bob"):
                 for provider in ("gmail", "calendar", "github", "twitter"):
                     row = page.locator(f'tr[data-user="{user}"][data-provider="{provider}"]')
@@ -165,21 +178,21 @@ def test_status_page_in_chromium(api_process: str, redis_url: str, namespace: st
             expect(bob_twitter).to_contain_text("invalid_request")
             expect(page.locator("#queue")).to_contain_text("dead letters")
             expect(page.locator("#runs tbody tr")).to_have_count(6)
+            assert _stream_jobs(redis_url, namespace) == []
 
             sync_button = page.locator(
                 'button[data-action="sync"][data-user="bob"][data-provider="github"]'
             )
-            # Without the key the button refuses to call the API and says why.
-            sync_button.click()
-            expect(page.locator("#flash")).to_contain_text("Enter the API key first")
-            assert _stream_jobs(redis_url, namespace) == []
-
-            page.fill("#api-key", API_KEY)
-            page.click("#key-form button[type=submit]")
-            expect(page.locator("#key-state")).to_have_text("key set for this tab")
+            page.evaluate("document.body.dataset.marker = 'before'")
             sync_button.click()
             expect(page.locator("#flash")).to_contain_text("Queued: github for bob")
             assert _stream_jobs(redis_url, namespace) == [("github:fetch", "bob")]
+            # The page refreshes itself a few seconds after an action, with the key: still the
+            # full page (a new body, not the sign-in form), the message kept.
+            expect(page.locator("body[data-marker]")).to_have_count(0, timeout=15000)
+            expect(page).to_have_title("ingestion · status")
+            expect(page.locator("#accounts tbody tr")).to_have_count(8)
+            expect(page.locator("#flash")).to_contain_text("Queued: github for bob")
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
 
             # A wrong key is refused by the API and forgotten by the page.
@@ -190,8 +203,13 @@ def test_status_page_in_chromium(api_process: str, redis_url: str, namespace: st
             expect(page.locator("#flash")).to_contain_text("The API key was refused")
             assert len(_stream_jobs(redis_url, namespace)) == 1
 
+            # The Content-Security-Policy blocked nothing the page needs.
+            assert not [m for m in console if "Content Security Policy" in m], console
+
             phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
             phone.goto(api_process)
+            phone.fill("#api-key", API_KEY)
+            phone.click("#key-form button[type=submit]")
             expect(phone.locator("#accounts tbody tr")).to_have_count(8)
             width = phone.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"

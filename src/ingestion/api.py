@@ -11,17 +11,19 @@
 - `POST /v1/dlq/retry` `{"ids"?: [...]}`: `{"retried": n}` (all dead letters without `ids`).
 - `GET /`: the status page for people (`ingestion.web`).
 
-With `INGESTION_API_KEY` set, every `/v1` route needs `Authorization: Bearer <key>` (compared in
-constant time), else 401. `/healthz`, `/readyz` and `/metrics` stay open, as probes and scrapers
-expect; the status page is viewable (the same figures as `/metrics`, no token) and its buttons
-call `/v1` with the key the person typed once (kept in the tab's sessionStorage).
+Every request first passes `ingestion.api_guard.RequestGuard` (Host allow-list, same-origin
+state changes, the API key, JSON bodies of bounded size, security headers): with
+`INGESTION_API_KEY` set, every `/v1` route and the status page need `Authorization: Bearer <key>`,
+else 401. The status page then answers with a sign-in form (no data); its script keeps the key in
+the tab's sessionStorage and loads the page with it. `/healthz`, `/readyz` and `/metrics` stay
+open, as probes and scrapers expect. Ids and strings from a request are checked before any
+storage sees them: 422 with a message when invalid, 404 when unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -30,22 +32,24 @@ import structlog
 import uvicorn
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ingestion import metrics
+from ingestion.api_guard import RequestGuard
 from ingestion.config import PROVIDER_NAMES, Settings
-from ingestion.errors import MalformedJob
+from ingestion.errors import MalformedJob, describe_unexpected
 from ingestion.providers.registry import account_provider_of
-from ingestion.queue.base import JobQueue
+from ingestion.queue.base import JobQueue, is_entry_id
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
 from ingestion.status import QueueStatsFn, gather_status
 from ingestion.storage.accounts import find_account
 from ingestion.storage.state import SyncStateStore
-from ingestion.web import ROW_LIMIT, STATIC_DIR, render_status_page
+from ingestion.web import ROW_LIMIT, STATIC_DIR, render_login_page, render_status_page
 
 __all__ = ["create_app", "run_api", "serve"]
 
@@ -54,11 +58,33 @@ log = structlog.get_logger("ingestion.api")
 #: How long /readyz waits for the database or the queue before calling it unreachable.
 READY_TIMEOUT = 3.0
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+#: Longest user id accepted (the width of the state tables' `user_id` column).
+USER_ID_MAX = 255
+#: Most dead-letter ids one retry request may name.
+DLQ_IDS_MAX = 1000
 
 
 def _problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def user_id_problem(value: object) -> str | None:
+    """Why `value` is not a user id we can look up (None when it is fine).
+
+    A user id is text of 1 to 255 characters, encodable as UTF-8 (no lone surrogate) and free
+    of control characters (PostgreSQL refuses NUL in text).
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "userId must be a non-empty string"
+    if len(value) > USER_ID_MAX:
+        return f"userId must be at most {USER_ID_MAX} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "userId must be valid Unicode text (it contains a lone surrogate)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "userId must not contain control characters"
+    return None
 
 
 class _Api:
@@ -67,27 +93,7 @@ class _Api:
     def __init__(self, services: Services, queue: JobQueue | None) -> None:
         self.services = services
         self.queue = queue
-        key = services.settings.ingestion_api_key
-        self._key = key.get_secret_value().encode() if key else None
-
-    # --- protection ---------------------------------------------------------------------
-    def protected(self, endpoint: Endpoint) -> Endpoint:
-        """Require `Authorization: Bearer <INGESTION_API_KEY>` when a key is configured."""
-
-        async def guarded(request: Request) -> Response:
-            if self._key is not None:
-                scheme, _, given = request.headers.get("authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode(), self._key
-                ):
-                    return JSONResponse(
-                        {"error": "missing or wrong API key (Authorization: Bearer …)"},
-                        status_code=401,
-                        headers={"WWW-Authenticate": "Bearer"},
-                    )
-            return await endpoint(request)
-
-        return guarded
+        self._key_required = services.settings.ingestion_api_key is not None
 
     @property
     def queue_stats(self) -> QueueStatsFn | None:
@@ -138,7 +144,7 @@ class _Api:
     async def sync(self, request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return _problem(422, "the body must be a JSON object")
         if not isinstance(body, dict):
             return _problem(422, "the body must be a JSON object")
@@ -148,8 +154,10 @@ class _Api:
                 422, f"provider must be one of {', '.join(PROVIDER_NAMES)} (got {provider!r:.40})"
             )
         user_id = body.get("userId")
-        if not isinstance(user_id, str) or not user_id.strip():
-            return _problem(422, "userId must be a non-empty string")
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            return _problem(422, problem)
+        assert isinstance(user_id, str)
         try:
             options = options_from_json(body.get("options"))
         except MalformedJob as exc:
@@ -172,7 +180,7 @@ class _Api:
                 Job(provider=provider, user_id=user_id, options=options)
             )
         except Exception as exc:
-            log.warning("enqueue failed", provider=provider, error=str(exc))
+            log.warning("enqueue failed", provider=provider, error=describe_unexpected(exc))
             return _problem(503, f"the queue did not accept the job: {type(exc).__name__}")
         log.info(
             "sync requested",
@@ -193,6 +201,9 @@ class _Api:
     async def account(self, request: Request) -> Response:
         """The rows `/v1/status` has for one user, read by key (not by scanning everyone)."""
         user_id = request.path_params["user_id"]
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            return _problem(422, problem)
         store = SyncStateStore(self.services.db)
         connected: set[str] = set()
         async with self.services.db.session() as session:
@@ -231,17 +242,29 @@ class _Api:
         if raw.strip():
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 return _problem(422, "the body must be a JSON object")
-            given = body.get("ids") if isinstance(body, dict) else None
+            if not isinstance(body, dict):
+                return _problem(422, "the body must be a JSON object")
+            given = body.get("ids")
             if given is not None:
                 if not isinstance(given, list) or not all(isinstance(i, str) for i in given):
                     return _problem(422, "ids must be a list of dead-letter ids")
-                ids = given
+                if not given or len(given) > DLQ_IDS_MAX:
+                    return _problem(422, f"ids must name 1 to {DLQ_IDS_MAX} dead letters")
+                bad = next((i for i in given if not is_entry_id(i)), None)
+                if bad is not None:
+                    return _problem(
+                        422,
+                        f"{bad[:40]!r} is not a dead-letter id (they look like 1767225600000-0)",
+                    )
+                ids = list(dict.fromkeys(given))
         if self.queue is None:
             return _problem(503, "no job queue runs in this process")
         retried = await self.queue.retry_dead(ids)
         log.info("dead letters retried", count=retried)
+        if ids is not None and retried == 0:
+            return _problem(404, "no dead letter has any of those ids")
         return JSONResponse({"retried": retried})
 
     # --- the page -----------------------------------------------------------------------
@@ -249,12 +272,15 @@ class _Api:
         document = await gather_status(self.services.db, self.queue_stats)
         html = render_status_page(
             document,
-            key_required=self._key is not None,
+            key_required=self._key_required,
             queue_available=self.queue is not None,
             now=datetime.now(UTC),
             limit=None if request.query_params.get("all") == "1" else ROW_LIMIT,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def login_page(self) -> str:
+        return render_login_page()
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -267,26 +293,30 @@ async def _check(probe: Callable[[], Awaitable[Any]]) -> str:
     except TimeoutError:
         return f"error: no answer within {READY_TIMEOUT:g}s"
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {str(exc)[:200]}"
+        # The class only: /readyz is open to anyone, and a driver's message can name hosts,
+        # users or a statement's values.
+        return f"error: {type(exc).__name__}"
     return "ok"
 
 
 def create_app(services: Services, queue: JobQueue | None) -> Starlette:
     """The API of one process; `queue` None = no queue here (`POST /v1/sync` answers 503)."""
     api = _Api(services, queue)
-    guard = api.protected
     return Starlette(
+        middleware=[
+            Middleware(RequestGuard, settings=services.settings, login_page=api.login_page)
+        ],
         routes=[
             Route("/", api.page),
             Route("/healthz", api.healthz),
             Route("/readyz", api.readyz),
             Route("/metrics", api.metrics),
-            Route("/v1/sync", guard(api.sync), methods=["POST"]),
-            Route("/v1/status", guard(api.status)),
-            Route("/v1/accounts/{user_id}", guard(api.account)),
-            Route("/v1/dlq/retry", guard(api.dlq_retry), methods=["POST"]),
+            Route("/v1/sync", api.sync, methods=["POST"]),
+            Route("/v1/status", api.status),
+            Route("/v1/accounts/{user_id}", api.account),
+            Route("/v1/dlq/retry", api.dlq_retry, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-        ]
+        ],
     )
 
 
@@ -319,6 +349,7 @@ async def run_api(settings: Settings) -> None:
             queue=queue.kind if queue else "none",
             api=f"http://{settings.api_host}:{settings.api_port}",
             api_key=settings.ingestion_api_key is not None,
+            allowed_hosts=list(settings.api_host_names),
         )
         await serve(create_app(services, queue), settings.api_host, settings.api_port, stop)
         log.info("ingestion api stopped")

@@ -48,6 +48,8 @@ async def run_service(settings: Settings) -> None:
             queue=queue.kind,
             sink=services.sink.kind,
             api=f"http://{settings.api_host}:{settings.api_port}",
+            api_key=settings.ingestion_api_key is not None,
+            allowed_hosts=list(settings.api_host_names),
             schedules={name: settings.cron_for(name) for name in PROVIDER_NAMES},
         )
         worker = Worker(settings, consumer, engine_runner(services.engine))

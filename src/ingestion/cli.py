@@ -2,11 +2,15 @@
 
 Each command builds the settings once (a bad value stops it with one line and exit 2), opens
 what it needs, and closes it. Bad arguments also exit 2 with one line; a failed sync exits 1.
+Expected failures (the database or Redis unreachable, a write the database refuses, an error
+the service raised) end in one line on stderr and exit 1, never a traceback; nothing printed
+quotes a driver's message (it can carry a row's tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -18,8 +22,14 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from ingestion.config import PROVIDER_NAMES, Settings, describe_error
-from ingestion.errors import ConfigurationError, IngestionError, MalformedJob
+from ingestion.config import PROVIDER_NAMES, Settings, describe_error, secret_from_environment
+from ingestion.errors import (
+    ConfigurationError,
+    IngestionError,
+    MalformedJob,
+    describe_unexpected,
+    safe_traceback,
+)
 from ingestion.logs import configure_logging
 
 __all__ = ["app", "main"]
@@ -45,6 +55,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ACCOUNT_PROVIDERS = ("google", "github", "twitter")
+#: A token option's value that means "read it from standard input".
+STDIN = "-"
 
 
 class UsageFailure(Exception):
@@ -53,6 +65,31 @@ class UsageFailure(Exception):
 
 def fail(message: str) -> NoReturn:
     raise UsageFailure(message)
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """One line for a failure a command can expect (None: a bug, shown with its trace)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+    kind = describe_unexpected(exc).removeprefix("unexpected ")
+    if isinstance(exc, IngestionError):
+        return str(exc)
+    if isinstance(exc, IntegrityError):
+        return (
+            f"the database refused the write ({kind}): a row like it exists already or it "
+            "breaks one of the database's rules"
+        )
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return f"cannot use the database ({kind}): is it running, and is DATABASE_URL right?"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return f"cannot reach Redis ({kind}): is it running, and is REDIS_URL right?"
+    if isinstance(exc, ConnectionError):
+        return f"a connection failed ({kind})"
+    return None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -138,6 +175,9 @@ def run() -> None:
     from ingestion.app import run_service
 
     settings = load_settings()
+    exposure = settings.api_exposure_error()
+    if exposure:
+        fail(exposure)
     run_async(lambda: run_service(settings))
 
 
@@ -201,12 +241,56 @@ def sync(
 # --- accounts ----------------------------------------------------------------------------------
 
 
+def read_token(value: str | None, env_name: str | None, option: str) -> str | None:
+    """A token from `--OPTION -` (standard input), `--OPTION-env NAME` or `--OPTION VALUE`."""
+    if value is not None and env_name is not None:
+        fail(f"{option}: give a value or {option}-env, not both")
+    if env_name is not None:
+        try:
+            token = secret_from_environment(env_name)
+        except ValueError as exc:
+            fail(f"{option}-env: {exc}")
+        if token is None:
+            fail(f"{option}-env: the environment variable {env_name} is not set")
+    elif value == STDIN:
+        # At a terminal: a prompt that does not echo; otherwise whatever is piped in.
+        token = (
+            getpass.getpass(f"{option.removeprefix('--')}: ")
+            if sys.stdin.isatty()
+            else sys.stdin.read()
+        ).strip()
+    else:
+        token = value
+    if token is None:
+        return None
+    if not token or len(token) > 16_384 or any(c.isspace() or ord(c) < 32 for c in token):
+        fail(f"{option}: expected one token of 1 to 16384 characters without spaces")
+    return token
+
+
 @accounts_app.command("add")
 def accounts_add(
     provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
     user: Annotated[str, typer.Option("--user", help="User id")],
-    access_token: Annotated[str, typer.Option("--access-token", help="Access token")],
-    refresh_token: Annotated[str | None, typer.Option("--refresh-token")] = None,
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            "--access-token",
+            help="Access token; `-` reads it from standard input (keeps it out of the "
+            "process list and shell history)",
+        ),
+    ] = None,
+    access_token_env: Annotated[
+        str | None,
+        typer.Option("--access-token-env", help="Name of an environment variable holding it"),
+    ] = None,
+    refresh_token: Annotated[
+        str | None, typer.Option("--refresh-token", help="Refresh token; `-` = standard input")
+    ] = None,
+    refresh_token_env: Annotated[
+        str | None,
+        typer.Option("--refresh-token-env", help="Name of an environment variable holding it"),
+    ] = None,
     expires_at: Annotated[str | None, typer.Option("--expires-at", help="ISO-8601")] = None,
     scope: Annotated[str | None, typer.Option("--scope")] = None,
 ) -> None:
@@ -216,6 +300,13 @@ def accounts_add(
     from ingestion.storage.encryption import TokenCipher
 
     check_provider(provider)
+    if [access_token, refresh_token].count(STDIN) == 2:
+        fail("only one of --access-token and --refresh-token can read standard input")
+    if access_token is None and access_token_env is None:
+        fail("give --access-token - (standard input), --access-token-env NAME or --access-token")
+    access = read_token(access_token, access_token_env, "--access-token")
+    assert access is not None
+    refresh = read_token(refresh_token, refresh_token_env, "--refresh-token")
     expiry = parse_when(expires_at, "--expires-at")
     settings = load_settings()
     account_provider = account_provider_of(provider)
@@ -226,8 +317,8 @@ def accounts_add(
                 session,
                 user_id=user,
                 provider_id=account_provider,
-                access_token=access_token,
-                refresh_token=refresh_token,
+                access_token=access,
+                refresh_token=refresh,
                 expires_at=expiry,
                 scope=scope,
                 cipher=TokenCipher.from_settings(settings),
@@ -524,6 +615,10 @@ def dlq_retry(
     """Put a dead job (or all of them) back on the queue as a fresh job."""
     if (entry_id is None) == (not all_):
         fail("give a dead letter ID or --all (not both)")
+    from ingestion.queue.base import is_entry_id
+
+    if entry_id is not None and not is_entry_id(entry_id):
+        fail(f"{entry_id[:40]!r} is not a dead-letter id (they look like 1767225600000-0)")
     settings = _queue_settings()
     ids = None if all_ else [str(entry_id)]
     moved = run_async(lambda: _with_queue(settings, lambda q: q.retry_dead(ids)))
@@ -559,6 +654,9 @@ def api_command(
     if port is not None:
         overrides["api_port"] = port
     settings = load_settings(**overrides)
+    exposure = settings.api_exposure_error()
+    if exposure:
+        fail(exposure)
     try:
         run_async(lambda: run_api(settings))
     except OSError as exc:
@@ -642,6 +740,13 @@ def main() -> None:
         message = format_message() if callable(format_message) else str(exc)
         err.print(f"error: {' '.join(str(message).split())}", markup=False, highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        line = describe_failure(exc)
+        if line is None:  # a bug: where it happened, but never the message (it may quote data)
+            err.print(safe_traceback(exc), markup=False, highlight=False, end="")
+            line = describe_unexpected(exc)
+        err.print(f"error: {line}", markup=False, highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ into the single line the CLI prints (variable name and what is wrong, never the 
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import sys
 from datetime import datetime
@@ -28,11 +30,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "API_KEY_MIN_LENGTH",
     "PROVIDER_NAMES",
     "Settings",
     "describe_error",
+    "is_loopback_host",
     "normalize_database_url",
     "parse_better_auth_secrets",
+    "secret_from_environment",
 ]
 
 #: Every provider the service knows; the registry maps each to its implementation.
@@ -40,6 +45,8 @@ PROVIDER_NAMES: tuple[str, ...] = ("gmail", "calendar", "github", "twitter")
 
 DEFAULT_DATABASE_URL = "sqlite:///./.ingestion/ingestion.db"
 DEFAULT_CRON = "*/15 * * * *"
+#: Shortest `INGESTION_API_KEY` accepted: 32 characters (e.g. `openssl rand -hex 16`).
+API_KEY_MIN_LENGTH = 32
 
 
 def normalize_database_url(url: str) -> str:
@@ -105,10 +112,38 @@ def parse_better_auth_secrets(value: str) -> tuple[tuple[int, str], ...]:
     return tuple(entries)
 
 
-def _check_http_url(value: str) -> str:
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def secret_from_environment(name: str) -> str | None:
+    """The value of the environment variable `name` (a token handed to a command without
+    putting it on the command line); None when unset. Raises ValueError for a bad name."""
+    if not _ENV_NAME.fullmatch(name):
+        raise ValueError(f"{name[:40]!r} is not an environment variable name")
+    return os.environ.get(name)
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` (and its subdomains, RFC 6761), 127.0.0.0/8 and ::1 (brackets allowed)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_http_url(value: str, *, plain_anywhere: bool = False) -> str:
+    """An http(s) URL with a host; `http://` only to loopback unless `plain_anywhere`."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
+    if parts.scheme == "http" and not plain_anywhere and not is_loopback_host(parts.hostname):
+        raise ValueError(
+            "http:// is only allowed for loopback hosts (localhost, 127.0.0.1, ::1): "
+            "tokens travel on this connection, use https://"
+        )
     return value.rstrip("/")
 
 
@@ -188,7 +223,16 @@ class Settings(BaseSettings):
     # --- HTTP API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
+    #: 32+ characters when set; unset = no authentication (then only a loopback bind serves
+    #: the status page, and a non-loopback `API_HOST` needs `API_ALLOW_UNAUTHENTICATED`).
     ingestion_api_key: SecretStr | None = None
+    #: Explicitly serve the `/v1` API without a key on a non-loopback `API_HOST`.
+    api_allow_unauthenticated: bool = False
+    #: Comma-separated extra `Host` names the API answers to (besides loopback names and
+    #: `API_HOST`), e.g. `ingestion.internal,10.0.0.5`; `*.example.com` matches subdomains.
+    api_allowed_hosts: str = ""
+    #: Largest request body the API reads (413 above it).
+    api_max_body_bytes: int = Field(1_000_000, ge=1024, le=100_000_000)
     #: Shared directory for Prometheus multi-process mode (several workers on one host). It must
     #: be in the process environment (prometheus_client reads it at import) and emptied at start.
     prometheus_multiproc_dir: Path | None = None
@@ -245,11 +289,44 @@ class Settings(BaseSettings):
         "twitter_api_url",
         "twitter_token_url",
         "twitter_auth_url",
-        "memory_engine_url",
     )
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return None if value in (None, "") else _check_http_url(value)
+    def _http_url(cls, value: str) -> str:
+        """Provider, token and consent URLs carry OAuth tokens and codes: TLS off loopback."""
+        return _check_http_url(value)
+
+    @field_validator("memory_engine_url")
+    @classmethod
+    def _memory_engine_url(cls, value: str | None) -> str | None:
+        """The memory engine is the deployment's own service, often on a private network
+        (`http://memory-engine:8001`): plain HTTP is the operator's choice there."""
+        return None if value in (None, "") else _check_http_url(value, plain_anywhere=True)
+
+    @field_validator("ingestion_api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(
+                "is set but empty: unset it to run without a key, or set 32+ characters"
+            )
+        if len(secret) < API_KEY_MIN_LENGTH or secret != secret.strip():
+            raise ValueError(
+                f"must be at least {API_KEY_MIN_LENGTH} characters without surrounding spaces "
+                "(e.g. the output of `openssl rand -hex 32`)"
+            )
+        return value
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        names = [n.strip().lower() for n in value.split(",") if n.strip()]
+        for name in names:
+            if any(c in name for c in "/@ ") or name.count(":") == 1:
+                raise ValueError(f"expected host names without scheme or port, got {name!r:.80}")
+        return ",".join(names)
 
     @field_validator("redis_url")
     @classmethod
@@ -337,6 +414,32 @@ class Settings(BaseSettings):
             return None
         rest = self.sqlalchemy_url.split(":///", 1)[1] if ":///" in self.sqlalchemy_url else ""
         return Path(rest) if rest and rest != ":memory:" else None
+
+    @property
+    def api_is_loopback(self) -> bool:
+        """The API listens on a loopback address only."""
+        return is_loopback_host(self.api_host)
+
+    @property
+    def api_host_names(self) -> tuple[str, ...]:
+        """`Host` header names the API answers to (a port is checked separately)."""
+        names = ["localhost", "127.0.0.1", "[::1]", "::1"]
+        host = self.api_host.strip().lower()
+        if host not in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 (names, not a bind)
+            names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+        names.extend(n for n in self.api_allowed_hosts.split(",") if n)
+        return tuple(dict.fromkeys(names))
+
+    def api_exposure_error(self) -> str | None:
+        """Why this API must not start (a non-loopback bind without a key), or None."""
+        exposed = self.ingestion_api_key is None and not self.api_is_loopback
+        if exposed and not self.api_allow_unauthenticated:
+            return (
+                f"configuration error: API_HOST: {self.api_host} is not a loopback address "
+                "and INGESTION_API_KEY is not set: set a key (32+ characters), bind "
+                "127.0.0.1, or set API_ALLOW_UNAUTHENTICATED=true"
+            )
+        return None
 
     @property
     def resolved_log_format(self) -> str:

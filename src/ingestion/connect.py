@@ -7,7 +7,9 @@
    challenge where the provider takes one, the provider's read scopes and extra parameters such
    as Google's `access_type=offline&prompt=consent`) is announced, and opened in a browser
    when asked.
-3. The redirect brings `code` and `state`; a wrong `state` or an `error` ends the flow.
+3. The redirect brings `code` and `state`. A request whose `state` is not this sign-in's is
+   answered 400 and ignored (a forged or stale redirect cannot end the flow); the flow keeps
+   waiting until its timeout. Only a matching `state` ends it, with its `error` or `code`.
 4. The code is exchanged (Authlib prepares the request with the PKCE verifier; it is sent with
    the provider's client authentication by `token_endpoint`, like a refresh); the tokens are
    stored in the `"account"` row, creating the user row when
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import webbrowser
 from collections.abc import Callable
@@ -71,16 +74,17 @@ class ConnectResult:
 
 
 class CallbackListener:
-    """A loopback HTTP server that waits for one request to `/callback` and keeps its query."""
+    """A loopback HTTP server that waits for the request to `/callback` carrying `state`."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: str) -> None:
         self.port = 0
+        self._state = state
         self._server: asyncio.Server | None = None
         self._result: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def start(cls, port: int = 0, host: str = "127.0.0.1") -> CallbackListener:
-        listener = cls()
+    async def start(cls, state: str, port: int = 0, host: str = "127.0.0.1") -> CallbackListener:
+        listener = cls(state)
         try:
             listener._server = await asyncio.start_server(listener._handle, host, port)
         except OSError as exc:
@@ -120,6 +124,12 @@ class CallbackListener:
                 self._respond(writer, 409, "This sign-in was already completed.")
             else:
                 params = dict(parse_qsl(target.query))
+                if not hmac.compare_digest(params.get("state", "").encode(), self._state.encode()):
+                    self._respond(
+                        writer, 400, "This redirect does not belong to the running sign-in."
+                    )
+                    await writer.drain()
+                    return
                 ok = "code" in params and "error" not in params
                 message = "Authorization received." if ok else "Authorization was not granted."
                 self._respond(writer, 200, message)
@@ -133,7 +143,7 @@ class CallbackListener:
     @staticmethod
     def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
         body = _PAGE.format(message=message).encode()
-        reason = {200: "OK", 404: "Not Found", 409: "Conflict"}[status]
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -178,9 +188,9 @@ async def connect_account(
     account_provider = account_provider_of(provider)
     endpoints = auth_for(account_provider)
     client_id, _ = client_credentials(settings, endpoints)
-    listener = await CallbackListener.start(port)
+    state = generate_token(32)
+    listener = await CallbackListener.start(state, port)
     try:
-        state = generate_token(32)
         verifier = generate_token(64) if endpoints.pkce else None
         pkce = (
             {
@@ -209,11 +219,6 @@ async def connect_account(
     if params.get("error"):
         detail = params.get("error_description") or params["error"]
         raise PermanentError(f"{account_provider} authorization was not granted: {detail}")
-    if params.get("state") != state:
-        raise PermanentError(
-            "the redirect's state does not match this sign-in (a stale or forged redirect); "
-            "run `ingestion connect` again"
-        )
     if not params.get("code"):
         raise PermanentError("the redirect carried no authorization code")
     form = dict(

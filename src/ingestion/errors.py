@@ -13,9 +13,16 @@
 Raise the most specific class where the failure is understood; the worker handles each class
 in one place (`worker.py`). Messages are shown to operators: say what happened and what to do,
 and never include a token or a secret.
+
+Any other exception is a surprise whose message the service did not write: a driver's error
+can quote a row (tokens, mail text), a library's can quote its input. `describe_unexpected`
+and `safe_traceback` are what may be persisted, shown or logged about it: class names and
+code locations, never the message.
 """
 
 from __future__ import annotations
+
+import traceback
 
 __all__ = [
     "ConfigurationError",
@@ -25,6 +32,8 @@ __all__ = [
     "RateLimited",
     "ReauthRequired",
     "RetryableError",
+    "describe_unexpected",
+    "safe_traceback",
 ]
 
 
@@ -65,3 +74,27 @@ class MalformedJob(PermanentError):
 
 class ConfigurationError(PermanentError):
     """A setting is missing or invalid (for example no OAuth client for a refresh)."""
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """`unexpected IntegrityError (CheckViolation)`: the class (and a database driver's error
+    class) of an exception the service did not raise on purpose; never its message."""
+    orig = getattr(exc, "orig", None)
+    inner = f" ({type(orig).__name__})" if isinstance(orig, BaseException) else ""
+    return f"unexpected {type(exc).__name__}{inner}"
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """Where `exc` was raised (file, line, function and source line per frame, causes
+    included) without any exception message: what a log may keep of a surprise."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"{frames}{describe_unexpected(current).removeprefix('unexpected ')}\n")
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return "(caused by)\n".join(parts)

@@ -30,6 +30,7 @@ from croniter import croniter
 from ingestion import metrics
 from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
+from ingestion.errors import describe_unexpected
 from ingestion.providers.registry import REGISTRY, account_provider_of
 from ingestion.queue.jobs import Job
 from ingestion.storage.accounts import find_account, fingerprint, list_accounts
@@ -106,9 +107,15 @@ class Scheduler:
                 return
             except Exception as exc:
                 if self.clock.now() + timedelta(seconds=delay) >= deadline:
-                    log.error("schedule tick skipped", provider=provider, error=str(exc))
+                    log.error(
+                        "schedule tick skipped", provider=provider, error=describe_unexpected(exc)
+                    )
                     return
-                log.warning("schedule tick failed; retrying", provider=provider, error=str(exc))
+                log.warning(
+                    "schedule tick failed; retrying",
+                    provider=provider,
+                    error=describe_unexpected(exc),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, 30.0)

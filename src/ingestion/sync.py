@@ -25,7 +25,14 @@ import structlog
 from ingestion import metrics
 from ingestion.clock import Clock
 from ingestion.config import Settings
-from ingestion.errors import IngestionError, PermanentError, RateLimited, ReauthRequired
+from ingestion.errors import (
+    IngestionError,
+    PermanentError,
+    RateLimited,
+    ReauthRequired,
+    describe_unexpected,
+    safe_traceback,
+)
 from ingestion.memory.base import MemorySink
 from ingestion.memory.record import record_id
 from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
@@ -186,14 +193,16 @@ class SyncEngine:
             except Exception as exc:
                 summary.status = "error"
                 summary.seconds = time.perf_counter() - started
-                message = f"unexpected {type(exc).__name__}: {exc}"
+                # Never the exception's text: a sink or database error can quote record content
+                # or a row's values (tokens); the class names what failed, the trace where.
+                message = describe_unexpected(exc)
                 await self.state.finish(
                     user_id, provider_name, run_id, "error", error=message, details=summary.stats
                 )
                 metrics.SYNC_DURATION.labels(provider=provider_name, status="error").observe(
                     summary.seconds
                 )
-                bound.error("sync crashed", error=message, exc_info=True)
+                bound.error("sync crashed", error=message, trace=safe_traceback(exc))
                 raise
             summary.status = "ok"
             summary.seconds = time.perf_counter() - started

@@ -37,7 +37,14 @@ import structlog
 
 from ingestion import metrics
 from ingestion.config import Settings
-from ingestion.errors import PermanentError, RateLimited, ReauthRequired, RetryableError
+from ingestion.errors import (
+    PermanentError,
+    RateLimited,
+    ReauthRequired,
+    RetryableError,
+    describe_unexpected,
+    safe_traceback,
+)
 from ingestion.queue.base import Consumer, Delivery
 from ingestion.queue.jobs import Job
 from ingestion.sync import SyncEngine
@@ -131,7 +138,7 @@ class Worker:
                 wait = backoff.next()
                 self.log.warning(
                     "queue unreachable; retrying",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe_unexpected(exc),
                     retry_in=round(wait, 2),
                 )
                 await self._sleep(wait)
@@ -197,7 +204,7 @@ class Worker:
                 if not self._stop.is_set():
                     await self.consumer.housekeeping()
             except Exception as exc:
-                self.log.debug("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
+                self.log.debug("housekeeping failed", error=describe_unexpected(exc))
 
     # --- one job ----------------------------------------------------------------------------------
     async def _process(self, delivery: Delivery) -> None:
@@ -205,8 +212,13 @@ class Worker:
             await self._process_one(delivery)
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug, not a job failure: the entry stays pending and is reclaimed
-            self.log.exception("job handling crashed", entry=delivery.entry_id)
+        except Exception as exc:  # a bug, not a job failure: the entry stays pending
+            self.log.error(
+                "job handling crashed",
+                entry=delivery.entry_id,
+                error=describe_unexpected(exc),
+                trace=safe_traceback(exc),
+            )
 
     async def _process_one(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -244,7 +256,7 @@ class Worker:
                 wait = backoff.next()
                 self.log.warning(
                     "could not start job; retrying",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe_unexpected(exc),
                     retry_in=round(wait, 2),
                 )
                 await asyncio.sleep(wait)
@@ -290,11 +302,7 @@ class Worker:
         except asyncio.CancelledError:
             raise  # shutdown after the grace period: the entry stays pending
         except Exception as exc:
-            message = (
-                str(exc)
-                if isinstance(exc, RetryableError)
-                else (f"unexpected {type(exc).__name__}: {exc}")
-            )
+            message = str(exc) if isinstance(exc, RetryableError) else describe_unexpected(exc)
             retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
             if job.attempt >= settings.job_max_attempts:
                 outcome = "dead_lettered"
@@ -338,12 +346,14 @@ class Worker:
                 return
             except Exception as exc:
                 if self._stop.is_set() and backoff.failures >= 5:
-                    self.log.error("could not settle job; it stays pending", error=str(exc))
+                    self.log.error(
+                        "could not settle job; it stays pending", error=describe_unexpected(exc)
+                    )
                     return
                 wait = backoff.next()
                 self.log.warning(
                     "could not settle job; retrying",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe_unexpected(exc),
                     retry_in=round(wait, 2),
                 )
                 await asyncio.sleep(wait)

@@ -10,6 +10,7 @@ permanently, is dead-lettered with its error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -18,7 +19,15 @@ from ingestion.errors import MalformedJob
 from ingestion.queue.jobs import Job
 from ingestion.sync import SyncLockFactory
 
-__all__ = ["Consumer", "DeadLetter", "Delivery", "EnqueueResult", "JobQueue", "Widening"]
+__all__ = [
+    "Consumer",
+    "DeadLetter",
+    "Delivery",
+    "EnqueueResult",
+    "JobQueue",
+    "Widening",
+    "is_entry_id",
+]
 
 #: What became of a coalesced request's widening options (`forceFullSync`):
 #: `merged`: the queued job has not started; it runs with them.
@@ -35,6 +44,15 @@ class EnqueueResult:
     #: For a coalesced request that asked for more than a plain sync (`forceFullSync`): how the
     #: queue honours it. None when nothing was coalesced or there was nothing to widen.
     widening: Widening | None = None
+
+
+#: A queue entry id: a Redis stream id (`<ms>-<seq>`, or `<ms>` alone), which the in-process
+#: queue imitates. Anything else never names an entry (and Redis answers it with an error).
+_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def is_entry_id(value: str) -> bool:
+    return _ENTRY_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
 
 
 def current_revision(settings: Settings) -> str | None:
-    engine = create_engine(sync_url(settings))
+    engine = create_engine(sync_url(settings), hide_parameters=True)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -121,7 +121,8 @@ async def open_database(settings: Settings, *, migrate: bool | None = None) -> D
                 f"database schema is at {current or 'nothing'}, expected {head}: "
                 "run `ingestion db upgrade`"
             )
-    kwargs: dict[str, Any] = {}
+    # Statement errors never carry bound values (tokens, record text) into messages or logs.
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if not settings.is_sqlite:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
     engine = create_async_engine(settings.sqlalchemy_url, **kwargs)

@@ -4,6 +4,10 @@
 a table of users and providers (status, last successful sync, items, last error, re-auth needed),
 queue figures and recent runs, with "sync now" and "retry dead letters" buttons that call the
 `/v1` API. Every value is HTML-escaped by Jinja2's autoescaping; no token is ever in the document.
+
+With an API key, `GET /` without it answers `render_login_page()`: a sign-in form and no data.
+The script (`static/status.js`, no inline script: the API's Content-Security-Policy forbids it)
+keeps the key in the tab's sessionStorage and loads the page with `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-__all__ = ["REFRESH_SECONDS", "ROW_LIMIT", "STATIC_DIR", "render_status_page"]
+__all__ = [
+    "REFRESH_SECONDS",
+    "ROW_LIMIT",
+    "STATIC_DIR",
+    "render_login_page",
+    "render_status_page",
+]
 
 _HERE = Path(__file__).parent
 STATIC_DIR = _HERE / "static"
@@ -98,3 +108,8 @@ def render_status_page(
         ago=lambda value: _ago(value, now),
         duration=_duration,
     )
+
+
+def render_login_page() -> str:
+    """The page a browser gets without the API key: the sign-in form, nothing else."""
+    return _env.get_template("login.html").render(refresh_seconds=REFRESH_SECONDS)

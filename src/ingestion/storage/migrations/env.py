@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 def run() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    engine = create_engine(url)
+    engine = create_engine(url, hide_parameters=True)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

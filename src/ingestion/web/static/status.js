@@ -1,19 +1,25 @@
-// Status page: the buttons call the /v1 API (with the key kept in this tab's sessionStorage
-// when the server needs one), and the page reloads itself unless a person is busy with it.
+// Status page: the buttons call the /v1 API, and the page refreshes itself unless a person is
+// busy with it. With an API key the server answers GET / with a sign-in form; the key typed
+// there is kept in this tab's sessionStorage and sent as `Authorization: Bearer` to load the
+// page and with every button. No inline script: the Content-Security-Policy forbids it.
 (function () {
   "use strict";
   var KEY = "ingestion-api-key";
   var FLASH = "ingestion-flash";
-  var body = document.body;
-  var keyRequired = body.dataset.keyRequired === "true";
-  var refreshSeconds = parseInt(body.dataset.refresh || "15", 10);
   var busy = false;
-  var nextReload = Date.now() + refreshSeconds * 1000;
+  var nextReload = 0;
 
+  function data() { return document.body.dataset; }
+  function keyRequired() { return data().keyRequired === "true"; }
+  function locked() { return data().locked === "true"; }
+  function refreshSeconds() { return parseInt(data().refresh || "15", 10); }
   function key() { return sessionStorage.getItem(KEY) || ""; }
+  function authHeaders() { return key() ? { Authorization: "Bearer " + key() } : {}; }
+  function later(seconds) { nextReload = Date.now() + seconds * 1000; }
 
   function say(message, isError, restored) {
     var box = document.getElementById("flash");
+    if (!box) { return; }
     box.textContent = "";
     var p = document.createElement("p");
     p.textContent = message;
@@ -24,25 +30,59 @@
     }
   }
 
-  function showKeyState() {
-    var state = document.getElementById("key-state");
-    if (state) { state.textContent = key() ? "key set for this tab" : "no key yet"; }
+  function restoreFlash() {
+    var saved = sessionStorage.getItem(FLASH);
+    if (!saved) { return; }
+    try {
+      var flash = JSON.parse(saved);
+      if (Date.now() - flash.at < 60000) { say(flash.message, flash.error, true); }
+    } catch (e) { sessionStorage.removeItem(FLASH); }
+  }
+
+  // Fetch the page with the key and put it in place of this one (no navigation: a browser
+  // cannot send Authorization on a plain page load).
+  async function load() {
+    var response = await fetch(window.location.pathname + window.location.search, {
+      headers: authHeaders(), cache: "no-store", credentials: "omit"
+    });
+    var html = await response.text();
+    var fresh = new DOMParser().parseFromString(html, "text/html");
+    if (response.status === 401 && key()) {
+      sessionStorage.removeItem(KEY);
+      document.title = fresh.title;
+      document.body.replaceWith(document.adoptNode(fresh.body));
+      say("The API key was refused; enter it again.", true);
+      return;
+    }
+    document.title = fresh.title;
+    document.body.replaceWith(document.adoptNode(fresh.body));
+    restoreFlash();
+  }
+
+  function reload() {
+    if (keyRequired()) {
+      load().catch(function (e) { say("The service did not answer: " + e, true, true); });
+    } else {
+      window.location.reload();
+    }
   }
 
   async function post(url, payload) {
-    var headers = { "Content-Type": "application/json" };
-    if (key()) { headers.Authorization = "Bearer " + key(); }
-    var response = await fetch(url, { method: "POST", headers: headers, body: JSON.stringify(payload) });
-    var data = {};
-    try { data = await response.json(); } catch (e) { data = {}; }
-    return { status: response.status, data: data };
+    var headers = authHeaders();
+    headers["Content-Type"] = "application/json";
+    var response = await fetch(url, {
+      method: "POST", headers: headers, body: JSON.stringify(payload), credentials: "omit"
+    });
+    var answer = {};
+    try { answer = await response.json(); } catch (e) { answer = {}; }
+    return { status: response.status, data: answer };
   }
 
   async function act(button) {
-    if (keyRequired && !key()) {
-      say("Enter the API key first: the buttons need it.", true);
-      var input = document.getElementById("api-key");
-      if (input) { input.focus(); }
+    if (button.dataset.action === "sign-out") {
+      sessionStorage.removeItem(KEY);
+      sessionStorage.removeItem(FLASH);
+      window.location.reload();
       return;
     }
     busy = true;
@@ -61,7 +101,6 @@
       }
       if (result.status === 401) {
         sessionStorage.removeItem(KEY);
-        showKeyState();
         say("The API key was refused; enter it again.", true);
       } else if (result.status >= 300) {
         say("Failed (" + result.status + "): " + (result.data.error || "no details"), true);
@@ -71,7 +110,7 @@
     } finally {
       button.disabled = false;
       busy = false;
-      nextReload = Date.now() + 3000;
+      later(3);
     }
   }
 
@@ -80,29 +119,29 @@
     if (button) { act(button); }
   });
 
-  var form = document.getElementById("key-form");
-  if (form) {
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      var input = document.getElementById("api-key");
-      if (input.value) { sessionStorage.setItem(KEY, input.value); input.value = ""; }
-      showKeyState();
-      nextReload = Date.now() + refreshSeconds * 1000;
-    });
-  }
-  showKeyState();
+  document.addEventListener("submit", function (event) {
+    if (event.target.id !== "key-form") { return; }
+    event.preventDefault();
+    var input = document.getElementById("api-key");
+    if (!input.value) { return; }
+    sessionStorage.setItem(KEY, input.value);
+    input.value = "";
+    var state = document.getElementById("key-state");
+    if (state) { state.textContent = "signing in…"; }
+    load().catch(function (e) { say("The service did not answer: " + e, true); });
+  });
 
-  var saved = sessionStorage.getItem(FLASH);
-  if (saved) {
-    try {
-      var flash = JSON.parse(saved);
-      if (Date.now() - flash.at < 60000) { say(flash.message, flash.error, true); }
-    } catch (e) { sessionStorage.removeItem(FLASH); }
+  if (locked() && key()) {
+    load().catch(function (e) { say("The service did not answer: " + e, true); });
+  } else {
+    restoreFlash();
   }
+  later(refreshSeconds());
 
   setInterval(function () {
+    if (locked()) { return; }
     var typing = document.activeElement && document.activeElement.tagName === "INPUT";
     if (busy || typing) { nextReload = Math.max(nextReload, Date.now() + 5000); return; }
-    if (Date.now() >= nextReload) { window.location.reload(); }
+    if (Date.now() >= nextReload) { later(refreshSeconds()); reload(); }
   }, 1000);
 })();
