@@ -38,7 +38,7 @@ from ingestion.errors import (
     RetryableError,
 )
 from ingestion.providers.base import TokenSource
-from ingestion.retry_after import parse_retry_after
+from ingestion.retry_after import parse_reset_epoch, parse_retry_after
 
 __all__ = [
     "ApiClient",
@@ -47,6 +47,7 @@ __all__ = [
     "api_error",
     "default_classify",
     "epoch_to_wait",
+    "parse_reset_epoch",
     "parse_retry_after",
 ]
 
@@ -290,12 +291,5 @@ class ApiClient:
 
 
 def epoch_to_wait(reset_epoch: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds until a `x-ratelimit-reset`-style epoch timestamp (never negative)."""
-    if not reset_epoch:
-        return None
-    try:
-        reset = float(reset_epoch)
-    except ValueError:
-        return None
-    current = (now or datetime.now(UTC)).timestamp()
-    return max(0.0, reset - current) + 1.0
+    """Seconds until a `x-ratelimit-reset`-style epoch timestamp (`parse_reset_epoch`)."""
+    return parse_reset_epoch(reset_epoch, now=(now or datetime.now(UTC)).timestamp())
