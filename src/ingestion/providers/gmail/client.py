@@ -20,7 +20,6 @@ the ordinary retry path; a 404 inside a batch means the message is gone.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ import httpx
 from ingestion.errors import IngestionError
 from ingestion.providers.base import TokenSource
 from ingestion.providers.http import ApiClient, Pacer, Throttle, api_error, parse_retry_after
+from ingestion.transport import loads_json
 
 __all__ = [
     "QUOTA_UNITS",
@@ -264,7 +264,8 @@ class GmailApi:
                 continue
             message_id = message_ids[index]
             if status == 200:
-                results[message_id] = json.loads(payload)
+                # Each part is JSON of its own, bounded like a whole answer (`transport`).
+                results[message_id] = loads_json(payload, what=f"gmail message {message_id}")
             elif status == 404:
                 results[message_id] = None
             else:
