@@ -208,6 +208,27 @@ async def test_github_link_to_another_origin_is_never_followed_with_the_token(
     assert elsewhere.requests == []
 
 
+@pytest.mark.parametrize("after", ["inf", "1e308", "-5", "nan"])
+async def test_the_memory_engine_cannot_ask_for_an_unbounded_wait(
+    services: Services, hostile: RunningServer, after: str
+) -> None:
+    sink = HttpMemorySink(services.settings, services.db, services.http, attempts=1)
+    sink.base_url = f"{hostile.url}/later?after={after}&"
+    record = MemoryRecord.build(
+        source="github",
+        user_id="u",
+        source_id="o/r#1",
+        type="issue",
+        title="t",
+        content="c",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    with pytest.raises(RateLimited) as caught:
+        await sink.upsert("u", [record])
+    wait = caught.value.retry_after
+    assert wait is None or 0 <= wait <= MAX_WAIT_SECONDS
+
+
 @pytest.mark.parametrize("value", ["inf", "Infinity", "nan", "-5", "1e308", "-1e308", "x" * 500])
 def test_retry_after_rejects_or_clamps_hostile_values(value: str) -> None:
     parsed = parse_retry_after(value)

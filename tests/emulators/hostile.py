@@ -76,6 +76,14 @@ def hostile_app(*, bomb_megabytes: int = 100) -> Starlette:
         response.set_cookie("session", "user-a-secret", path="/")
         return response
 
+    async def later(request: Request) -> Response:
+        # 429 with Retry-After (RFC 9110 §10.2.3) set to whatever the test asks, valid or not.
+        return JSONResponse(
+            {"error": "slow down"},
+            status_code=429,
+            headers={"Retry-After": request.query_params.get("after", "inf")},
+        )
+
     async def echo(request: Request) -> Response:
         return JSONResponse(
             {
@@ -111,6 +119,7 @@ def hostile_app(*, bomb_megabytes: int = 100) -> Starlette:
             Route("/deep", deep_json),
             Route("/set-cookie", set_cookie),
             Route("/echo", echo),
+            Route("/later", later, methods=["GET", "POST"]),
             Route("/batch/gmail/v1", gmail_batch_with_deep_part, methods=["POST"]),
         ]
     )
