@@ -8,8 +8,9 @@ the memory engine is read here, with bounds, before anyone looks at it.
   at the cap with `ResponseRejected` (a `PermanentError`: that page or item fails clearly) and
   never more than the cap is held in memory; a coding that was not asked for (`br`, `zstd`) is
   refused the same way rather than inflated unbounded;
-- a JSON answer (any `…json` content type) nested deeper than `MAX_JSON_DEPTH` is refused with
-  `ResponseRejected`, never a `RecursionError` later (large bodies are checked off the loop);
+- a JSON answer (a `…json` content type, or a body opening with `[` or `{`) nested deeper than
+  `MAX_JSON_DEPTH` is refused with `ResponseRejected`, never a `RecursionError` later (large
+  bodies are checked off the loop);
 - `Set-Cookie` never reaches the client's cookie jar (which also refuses every cookie): the
   client is shared by every user's sync, and a cookie one API sets during user A's request must
   not travel with user B's.
@@ -51,6 +52,7 @@ _OFF_LOOP_BYTES = 256 * 1024
 _DROPPED_HEADERS = frozenset({"content-encoding", "content-length", "set-cookie", "set-cookie2"})
 _STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.S)
 _KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_JSON_START = re.compile(rb"\s*[\[{]")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -137,7 +139,8 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         finally:
             await response.aclose()
         content_type = response.headers.get("content-type", "").lower()
-        if "json" in content_type and body:
+        # Callers parse JSON whatever the label says: check anything that looks like it.
+        if body and ("json" in content_type or _JSON_START.match(body)):
             depth = (
                 await asyncio.to_thread(json_depth, body)
                 if len(body) > _OFF_LOOP_BYTES
