@@ -19,7 +19,7 @@ from ingestion.errors import PermanentError, RateLimited
 from ingestion.memory.http_sink import HttpMemorySink
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import FetchOptions
-from ingestion.providers.gmail.client import GmailApi
+from ingestion.providers.gmail.client import GmailApi, Unreadable
 from ingestion.providers.http import ApiClient
 from ingestion.providers.twitter.client import classify as twitter_classify
 from ingestion.retry_after import MAX_WAIT_SECONDS, parse_reset_epoch, parse_retry_after
@@ -106,16 +106,18 @@ async def test_a_coding_that_was_not_asked_for_is_refused(
 async def test_json_nested_1000_deep_is_a_clear_error_not_a_recursion_error(
     services: Services, hostile: RunningServer
 ) -> None:
-    with pytest.raises(PermanentError, match="nested deeper than 256 levels"):
+    with pytest.raises(PermanentError, match="nested deeper than 512 levels"):
         await api(services, hostile).request("GET", "/deep?depth=1000", endpoint="deep")
     # Just within the bound it parses.
-    response = await api(services, hostile).request("GET", "/deep?depth=200", endpoint="deep")
+    response = await api(services, hostile).request("GET", "/deep?depth=500", endpoint="deep")
     assert response.json() is not None
 
 
-async def test_a_deep_part_of_a_gmail_batch_names_its_message(
+async def test_a_deep_part_of_a_gmail_batch_is_one_unreadable_message(
     services: Services, hostile: RunningServer
 ) -> None:
+    """The batch's other message is read; the deep one is `Unreadable` (skipped and counted by
+    the provider), never a RecursionError for the whole batch."""
     gmail = GmailApi(
         http=services.http,
         tokens=StaticToken("t"),
@@ -124,8 +126,11 @@ async def test_a_deep_part_of_a_gmail_batch_names_its_message(
         concurrency=1,
         batch_size=10,
     )
-    with pytest.raises(PermanentError, match="gmail message m1: JSON nested deeper"):
-        await gmail.get_messages(["m0", "m1"])
+    good, deep = await gmail.get_messages(["m0", "m1"])
+    assert isinstance(good, dict)
+    assert good["id"] == "m0"
+    assert isinstance(deep, Unreadable)
+    assert deep.reason == "gmail message m1: JSON nested deeper than 512 levels"
 
 
 async def test_the_memory_engine_answer_is_bounded_too(
@@ -257,3 +262,44 @@ def test_reset_epochs_are_rejected_or_clamped(value: str) -> None:
 def test_an_error_never_carries_an_unbounded_wait(wait: float) -> None:
     after = RateLimited("later", retry_after=wait).retry_after
     assert after is None or 0 <= after <= MAX_WAIT_SECONDS
+
+
+async def test_a_gmail_message_over_the_cap_is_skipped_and_the_rest_synced(
+    tmp_path: Path,
+) -> None:
+    """Against the Gmail emulator with a 64 KiB cap: batches over the cap are fetched again one
+    message at a time; the one message over it is skipped and counted, the sync succeeds."""
+    from tests.emulators import gmail as gmail_emulator
+    from tests.emulators.gmail import GmailState
+    from tests.emulators.gmail_corpus import generated_message
+
+    gmail = GmailState()
+    gmail.add_user("u1", "ya29.t")
+    ids = [
+        gmail.add_message("u1", raw, internal_date=when)
+        for raw, when in (generated_message(i, base=datetime.now(UTC)) for i in range(6))
+    ]
+    huge = (
+        b"From: a@example.com\r\nTo: b@example.com\r\nSubject: huge\r\n"
+        b"Content-Type: text/plain\r\n\r\n" + b"all work and no play\r\n" * 8000
+    )
+    huge_id = gmail.add_message("u1", huge, internal_date=datetime.now(UTC))
+    server = serve(gmail_emulator.create_app(gmail))
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite:///{tmp_path / 'ingestion.db'}",
+        gmail_api_url=server.url,
+        http_max_response_bytes=65_536,
+    )
+    services = await Services.open(settings)
+    try:
+        async with services.db.session() as session:
+            await save_account(session, user_id="u1", provider_id="google", access_token="ya29.t")
+        summary = await services.engine.run("gmail", "u1", FetchOptions())
+    finally:
+        await services.aclose()
+        server.stop()
+    assert summary.status == "ok"
+    assert summary.upserted == len(ids)
+    assert summary.stats["skipped"] == 1
+    assert huge_id not in ids

@@ -33,7 +33,12 @@ from typing import Any, ClassVar
 from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import Scope, SyncContext, SyncPage
-from ingestion.providers.gmail.client import GmailApi, HistoryExpired, PageTokenRejected
+from ingestion.providers.gmail.client import (
+    GmailApi,
+    HistoryExpired,
+    PageTokenRejected,
+    Unreadable,
+)
 from ingestion.providers.gmail.sync import BACKFILL, INCREMENTAL, Backfill, GmailCursor
 from ingestion.providers.gmail.transform import transform
 
@@ -217,6 +222,10 @@ class GmailProvider:
         if not ids:
             return upserts, deletes, stats
         for message_id, message in zip(ids, await api.get_messages(ids), strict=True):
+            if isinstance(message, Unreadable):
+                stats["skipped"] += 1
+                ctx.log.error("gmail message skipped", message_id=message_id, error=message.reason)
+                continue
             if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
                 deletes.append(message_id)
                 continue
