@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, text
+from alembic import command
+from sqlalchemy import create_engine, func, insert, inspect, select, text
 
 from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.services import Services
+from ingestion.storage.db import _alembic_config, sync_url, upgrade
 from ingestion.storage.models import SyncRun
 from tests.queue_helpers import add_accounts
 from tests.queue_scripted_provider import PROVIDER, ScriptedProvider
@@ -75,3 +77,27 @@ async def test_history_is_pruned_per_pair_by_count_and_age(
         assert "ix_ingestion_sync_runs_running" in lines, lines
     finally:
         await services.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0005_goes_down_and_up_again(
+    backend: str, sqlite_url: str, request: pytest.FixtureRequest
+) -> None:
+    url = sqlite_url if backend == "sqlite" else request.getfixturevalue("pg_url")
+    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    upgrade(settings, "0005")
+    config = _alembic_config(settings)
+
+    def indexes() -> set[str]:
+        engine = create_engine(sync_url(settings))
+        try:
+            return {i["name"] for i in inspect(engine).get_indexes("ingestion_sync_runs")}
+        finally:
+            engine.dispose()
+
+    assert {"ix_ingestion_sync_runs_pair_id", "ix_ingestion_sync_runs_running"} <= indexes()
+    command.downgrade(config, "0003")
+    assert "ix_ingestion_sync_runs_user_provider" in indexes()
+    assert "ix_ingestion_sync_runs_running" not in indexes()
+    upgrade(settings, "0005")
+    assert "ix_ingestion_sync_runs_user_provider" not in indexes()
