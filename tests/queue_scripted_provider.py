@@ -7,7 +7,9 @@ It stands in for the `github` provider. What a sync does depends on the user id'
   each; the cursor is `{"page": n}` so a resumed sync continues after the last accepted page;
 - `poison-…`: always a `RetryableError`; `permanent-…`: a `PermanentError`;
   `reauth-…`: `ReauthRequired`; `limited-…`: `RateLimited` with a 0.05 s retry_after;
-- `flaky-…`: fails with a `RetryableError` on its first try and succeeds on the retry.
+- `flaky-…`: fails with a `RetryableError` on its first try and succeeds on the retry;
+- `farfuture-…` / `forever-…`: `RateLimited` with a retry_after of 1e308 / inf seconds on the
+  first try (a hostile reset header), then succeeds.
 
 After each accepted page it touches `{QUEUE_TEST_MARKERS}/{user}.page{n}` (when set), so a
 test can wait for "mid-job" as an event rather than a sleep.
@@ -51,6 +53,9 @@ class ScriptedProvider:
             raise RateLimited("rate window exhausted", retry_after=0.05)
         if kind == "flaky" and _tries[user] == 1:
             raise RetryableError("first try fails")
+        if kind in ("farfuture", "forever") and _tries[user] == 1:
+            wait = 1e308 if kind == "farfuture" else float("inf")
+            raise RateLimited("the API asked for an absurd wait", retry_after=wait)
         pages, delay = 1, 0.0
         if kind == "slow":
             pages = int(os.environ.get("QUEUE_TEST_PAGES", "4"))

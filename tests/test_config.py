@@ -27,6 +27,11 @@ INVALID = [
     ("JOB_VISIBILITY_TIMEOUT", "-5", "greater than or equal to 1"),
     ("BACKFILL_DAYS", "a year", "valid integer"),
     ("TWITTER_TIMELINES", "tweets,retweets", "unknown timeline"),
+    ("JOB_MAX_DEFER_SECONDS", "inf", "finite number"),
+    ("JOB_MAX_DEFER_SECONDS", "100000", "less than or equal to 86400"),
+    ("HTTP_MAX_RESPONSE_BYTES", "100", "greater than or equal to 65536"),
+    ("SYNC_RUNS_KEEP", "0", "greater than or equal to 1"),
+    ("DEAD_LETTER_MAX_AGE_DAYS", "nan", "finite number"),
 ]
 
 

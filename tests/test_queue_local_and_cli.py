@@ -134,6 +134,7 @@ async def test_enqueue_status_and_dlq_commands(
         assert row["id"] == dead_id
         assert row["error"] == "failed after 5 attempts: 503"
         assert row["attempts"] == 5
+        assert row["count"] == 1
 
         result = run_cli("dlq", "retry", dead_id, env=env)
         assert result.returncode == 0, result.stderr

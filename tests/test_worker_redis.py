@@ -145,7 +145,7 @@ async def test_each_malformed_entry_is_dead_lettered_with_its_error(env: Env) ->
 
 
 def _without_dead_fields(fields: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in fields.items() if k not in ("error", "failedAt", "attempts")}
+    return {k: v for k, v in fields.items() if k not in ("error", "failedAt", "attempts", "count")}
 
 
 async def test_permanent_reauth_and_rate_limited_jobs(env: Env) -> None:

@@ -38,7 +38,7 @@ async def run_service(settings: Settings) -> None:
         queue = RedisJobQueue(settings)
         consumer = queue.consumer()
     else:
-        queue = LocalJobQueue()
+        queue = LocalJobQueue(settings)
         consumer = queue
     services = await Services.open(settings, lock=consumer.sync_lock())
     try:

@@ -575,7 +575,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most N entries")] = 100,
 ) -> None:
-    """Dead-lettered jobs, oldest first."""
+    """Dead-lettered jobs, oldest first; `count` = times the same (provider, user, error) died."""
     settings = _queue_settings()
     dead = run_async(lambda: _with_queue(settings, lambda q: q.dead_letters(limit)))
     rows = [
@@ -586,6 +586,7 @@ def dlq_list(
             "error": d.error,
             "failedAt": d.failed_at,
             "attempts": d.attempts,
+            "count": d.count,
         }
         for d in dead
     ]
@@ -593,7 +594,7 @@ def dlq_list(
         print_json(rows)
         return
     table = Table(title="dead letters", show_header=True)
-    for column in ("id", "type", "payload", "attempts", "failed at", "error"):
+    for column in ("id", "type", "payload", "attempts", "count", "failed at", "error"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -601,6 +602,7 @@ def dlq_list(
             row["type"],
             row["payload"][:60],
             str(row["attempts"]),
+            str(row["count"]),
             row["failedAt"],
             row["error"][:100],
         )

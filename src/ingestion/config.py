@@ -215,10 +215,25 @@ class Settings(BaseSettings):
     backfill_days: int = Field(365, ge=1)
     #: A rate-limited job is deferred (not counted as a failed attempt) at most this many times.
     job_max_deferrals: int = Field(50, ge=0)
+    #: Longest single wait of a deferred or retried job, whatever `Retry-After` or a reset
+    #: header asked for: the job (and the pair's coalescing marker) wake up by then at the latest.
+    job_max_defer_seconds: float = Field(3600.0, gt=0, le=86_400, allow_inf_nan=False)
+    #: Dead letters kept: at most this many entries, none older than this many days. A job that
+    #: fails again with the same error for the same (provider, user) replaces its dead letter and
+    #: counts up (`count`) instead of adding one.
+    dead_letter_max_entries: int = Field(10_000, ge=1)
+    dead_letter_max_age_days: float = Field(14.0, gt=0, allow_inf_nan=False)
+    #: Sync-run history (`ingestion_sync_runs`) kept per (user, provider): the newest this many
+    #: runs, and none older than this many days.
+    sync_runs_keep: int = Field(50, ge=1)
+    sync_runs_max_age_days: float = Field(30.0, gt=0, allow_inf_nan=False)
     #: Comma-separated module names imported at start-up by `worker`, `scheduler` and `run`:
     #: the way to add or replace providers through `providers.registry.register`.
     plugins: str = Field("", validation_alias=AliasChoices("INGESTION_PLUGINS", "plugins"))
     http_timeout: float = Field(30.0, gt=0)
+    #: Largest answer body read from a provider API or the memory engine, after gzip/brotli
+    #: decoding; a bigger one fails that page or item with a `PermanentError`.
+    http_max_response_bytes: int = Field(32 * 1024 * 1024, ge=65_536)
 
     # --- HTTP API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import traceback
 
+from ingestion.retry_after import clamp_wait
+
 __all__ = [
     "ConfigurationError",
     "IngestionError",
@@ -44,12 +46,14 @@ class IngestionError(Exception):
 class RetryableError(IngestionError):
     """A transient failure: the job is retried with backoff.
 
-    `retry_after` (seconds), when known, is the earliest moment a retry can succeed.
+    `retry_after` (seconds), when known, is the earliest moment a retry can succeed. It is
+    clamped to `retry_after.MAX_WAIT_SECONDS`; a value that is no finite number is dropped
+    (None), so no error can park a job for ever.
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after = clamp_wait(retry_after)
 
 
 class RateLimited(RetryableError):

@@ -20,8 +20,24 @@ from ingestion.memory.local_store import LocalMemoryStore
 from ingestion.storage.db import Database, open_database
 from ingestion.sync import SyncEngine, SyncLockFactory
 from ingestion.tokens import TokenService
+from ingestion.transport import BoundedTransport, no_cookies
 
-__all__ = ["Services", "build_sink", "install_stop_signals", "load_plugins"]
+__all__ = ["Services", "build_http_client", "build_sink", "install_stop_signals", "load_plugins"]
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one HTTP client of a process, shared by every user's sync, the token service and the
+    memory sink: bounded answers and no cookies (`ingestion.transport`), no redirects."""
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.http_timeout, connect=10.0),
+        transport=BoundedTransport(
+            httpx.AsyncHTTPTransport(limits=limits),
+            max_bytes=settings.http_max_response_bytes,
+        ),
+        cookies=no_cookies(),
+        follow_redirects=False,
+    )
 
 
 def build_sink(settings: Settings, db: Database, http: httpx.AsyncClient) -> MemorySink:
@@ -53,11 +69,7 @@ class Services:
     ) -> Services:
         clock = clock or SystemClock()
         db = await open_database(settings, migrate=migrate)
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.http_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            follow_redirects=False,
-        )
+        http = build_http_client(settings)
         sink = build_sink(settings, db, http)
         tokens = TokenService(settings, db, http, clock)
         engine = SyncEngine(

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -93,7 +94,11 @@ class SyncEngine:
         self.http = http
         self.clock = clock
         self.lock = lock or _no_lock
-        self.state = SyncStateStore(db)
+        self.state = SyncStateStore(
+            db,
+            keep_runs=settings.sync_runs_keep,
+            max_run_age=timedelta(days=settings.sync_runs_max_age_days),
+        )
 
     async def run(
         self,

@@ -61,12 +61,13 @@ _POLL_SECONDS = 1.0
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None = None) -> float:
     """Seconds before retry number `attempt` (1 = first retry): exponential, jittered, capped,
-    and never shorter than the provider's `retry_after`."""
+    and never shorter than the provider's `retry_after` unless that is longer than
+    `JOB_MAX_DEFER_SECONDS`."""
     ceiling = min(
         settings.job_retry_max_seconds, settings.job_retry_base_seconds * 2 ** (attempt - 1)
     )
     delay = random.uniform(ceiling / 2, ceiling)
-    return max(delay, retry_after or 0.0)
+    return min(max(delay, retry_after or 0.0), max(delay, settings.job_max_defer_seconds))
 
 
 class Worker:
@@ -284,6 +285,7 @@ class Worker:
             else:
                 outcome = "deferred"
                 wait = exc.retry_after if exc.retry_after is not None else retry_delay(settings, 1)
+                wait = min(wait, settings.job_max_defer_seconds)
                 action = partial(
                     self.consumer.reschedule,
                     delivery,

@@ -11,7 +11,10 @@
   Gmail's 403 `userRateLimitExceeded`) are retried with exponential backoff and jitter
   (stamina), waiting `Retry-After` / reset time when the server names one;
 - a wait longer than `max_inline_wait` is not slept in the worker: `RateLimited` (or
-  `RetryableError`) is raised with `retry_after`, and the worker defers the job in the queue.
+  `RetryableError`) is raised with `retry_after`, and the worker defers the job in the queue;
+- the token only ever goes to the configured API origin: an absolute URL the API handed back
+  (a `Link` header, a URL stored in a cursor) on another scheme, host or port is refused
+  (`PermanentError`) before anything is sent. Bodies are read bounded (`ingestion.transport`).
 
 Any other answer (2xx, 304, 404, 410...) is returned for the provider to interpret;
 `api_error` turns an unexpected one into the right `ingestion.errors` class.
@@ -38,7 +41,7 @@ from ingestion.errors import (
     RetryableError,
 )
 from ingestion.providers.base import TokenSource
-from ingestion.retry_after import parse_retry_after
+from ingestion.retry_after import parse_reset_epoch, parse_retry_after
 
 __all__ = [
     "ApiClient",
@@ -47,6 +50,7 @@ __all__ = [
     "api_error",
     "default_classify",
     "epoch_to_wait",
+    "parse_reset_epoch",
     "parse_retry_after",
 ]
 
@@ -146,6 +150,28 @@ class Pacer:
                 await asyncio.sleep(wait)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an absolute URL, the default port made explicit."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None
+    if not parsed.host:
+        return None
+    scheme = parsed.scheme.lower()
+    return scheme, parsed.host.lower(), parsed.port or _DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(url: str) -> str:
+    origin = _origin(url)
+    if origin is None:
+        return "an unparseable URL"
+    return f"{origin[0]}://{origin[1][:253]}:{origin[2]}"
+
+
 class _Throttled(Exception):
     def __init__(self, throttle: Throttle, status: int | None) -> None:
         super().__init__(throttle.reason)
@@ -184,7 +210,17 @@ class ApiClient:
         self.requests = 0
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        """`path` under the API's base URL; an absolute URL (a `Link` header, a stored cursor)
+        only when it is on the configured API origin, else `PermanentError`: the user's token
+        is never sent to another host."""
+        if not path.lower().startswith(("http://", "https://")):
+            return f"{self.base_url}{path}"
+        if _origin(path) != _origin(self.base_url):
+            raise PermanentError(
+                f"{self.provider}: refusing to follow a URL on {_origin_text(path)} with the "
+                f"account's token: the API's configured origin is {_origin_text(self.base_url)}"
+            )
+        return path
 
     async def request(
         self,
@@ -290,12 +326,5 @@ class ApiClient:
 
 
 def epoch_to_wait(reset_epoch: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds until a `x-ratelimit-reset`-style epoch timestamp (never negative)."""
-    if not reset_epoch:
-        return None
-    try:
-        reset = float(reset_epoch)
-    except ValueError:
-        return None
-    current = (now or datetime.now(UTC)).timestamp()
-    return max(0.0, reset - current) + 1.0
+    """Seconds until a `x-ratelimit-reset`-style epoch timestamp (`parse_reset_epoch`)."""
+    return parse_reset_epoch(reset_epoch, now=(now or datetime.now(UTC)).timestamp())

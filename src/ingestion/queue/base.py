@@ -63,6 +63,8 @@ class DeadLetter:
     error: str
     failed_at: str
     attempts: int
+    #: Times the job died with this error for this (provider, user) since the entry was made.
+    count: int = 1
 
 
 class JobQueue(Protocol):

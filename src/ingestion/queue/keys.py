@@ -27,6 +27,11 @@ class Keys:
     def dead(self) -> str:
         return f"{self.namespace}:jobs:dead"
 
+    def dead_index(self, fingerprint: str) -> str:
+        """The id of the live dead letter of one (provider, user, error) (`retention`), so a
+        repeat replaces it and counts up instead of adding an entry."""
+        return f"{self.namespace}:jobs:dead:seen:{fingerprint}"
+
     @property
     def delayed(self) -> str:
         """Sorted set of jobs waiting for a retry time (score = epoch seconds)."""
@@ -53,5 +58,6 @@ class Keys:
         return f"{self.namespace}:lock:token:{account_id}"
 
     def tick(self, provider: str, user_id: str, tick_epoch: int) -> str:
-        """Set once per scheduled tick so several schedulers enqueue it once."""
+        """Set once per scheduled tick so several schedulers enqueue it once; lives about one
+        cron interval (`retention.tick_ttl`)."""
         return f"{self.namespace}:tick:{provider}:{user_id}:{tick_epoch}"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 import uuid
 from collections import deque
@@ -20,26 +21,30 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ingestion.config import Settings
 from ingestion.providers.base import FetchOptions
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
 from ingestion.queue.jobs import Job, widened, widening_flags
 from ingestion.queue.locks import LocalSyncLock
+from ingestion.queue.retention import dead_fingerprint, tick_ttl
 from ingestion.sync import SyncLockFactory
 
 __all__ = ["LocalJobQueue"]
 
-#: Scheduled ticks are remembered this long (as the Redis queue's tick keys live), then forgotten,
-#: so a long-running process with a seconds-level cron does not grow without bound.
-_TICK_MEMORY_SECONDS = 2 * 86400
-
 
 class LocalJobQueue:
-    """A `JobQueue` and a `Consumer` in one object, for a single process."""
+    """A `JobQueue` and a `Consumer` in one object, for a single process.
+
+    Retention follows the Redis queue's (`queue.retention`): ticks are remembered about one cron
+    interval, dead letters are bounded and de-duplicated, and a deferral waits at most
+    `JOB_MAX_DEFER_SECONDS`, so the pair's coalescing marker clears by then at the latest.
+    """
 
     kind = "in-process"
     name = "in-process"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self._ready: deque[tuple[str, dict[str, str]]] = deque()
         self._pending: dict[str, tuple[float, dict[str, str]]] = {}
         self._delayed: list[tuple[float, int, dict[str, str]]] = []
@@ -48,9 +53,12 @@ class LocalJobQueue:
         self._widen: dict[tuple[str, str], set[str]] = {}
         #: The pair's running job: its id and the widening flags it runs with.
         self._running: dict[tuple[str, str], tuple[str, set[str]]] = {}
-        self._ticks: set[tuple[str, str, int]] = set()
+        #: (provider, user, tick) -> when to forget it (epoch seconds).
+        self._ticks: dict[tuple[str, str, int], float] = {}
         self._ticks_pruned = time.time()
-        self._dead: list[tuple[str, dict[str, str]]] = []
+        #: Dead letters by entry id, oldest first; `_dead_index`: fingerprint -> entry id.
+        self._dead: dict[str, dict[str, str]] = {}
+        self._dead_index: dict[str, str] = {}
         self._seq = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._lock = LocalSyncLock()
@@ -69,10 +77,11 @@ class LocalJobQueue:
     def _add(self, job: Job, due: float, tick: int | None) -> tuple[str, str, Widening | None]:
         pair = (job.provider, job.user_id)
         if tick is not None:
+            self._forget_old_ticks()
             if (*pair, tick) in self._ticks:
                 return "duplicate", "", None
-            self._ticks.add((*pair, tick))
-            self._forget_old_ticks()
+            ttl = tick_ttl(self.settings, job.provider, tick)
+            self._ticks[(*pair, tick)] = time.time() + ttl
         if pair in self._active:
             current = self._active[pair]
             return "coalesced", current, self._record_widening(pair, current, job)
@@ -84,10 +93,10 @@ class LocalJobQueue:
 
     def _forget_old_ticks(self) -> None:
         now = time.time()
-        if now - self._ticks_pruned < 3600:
+        if now - self._ticks_pruned < 60:
             return
         self._ticks_pruned = now
-        self._ticks = {t for t in self._ticks if t[2] >= now - _TICK_MEMORY_SECONDS}
+        self._ticks = {tick: until for tick, until in self._ticks.items() if until > now}
 
     def _record_widening(self, pair: tuple[str, str], current: str, job: Job) -> Widening | None:
         flags = set(widening_flags(job.options))
@@ -126,6 +135,7 @@ class LocalJobQueue:
         return None
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        self._trim_dead()
         return [
             DeadLetter(
                 id=entry_id,
@@ -134,18 +144,19 @@ class LocalJobQueue:
                 error=fields.get("error", ""),
                 failed_at=fields.get("failedAt", ""),
                 attempts=int(fields.get("attempts", "0") or 0),
+                count=int(fields.get("count", "1") or 1),
             )
-            for entry_id, fields in self._dead[:limit]
+            for entry_id, fields in itertools.islice(self._dead.items(), limit)
         ]
 
     async def retry_dead(self, ids: list[str] | None) -> int:
-        chosen = [d for d in self._dead if ids is None or d[0] in ids]
+        wanted = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+        chosen = [(entry_id, self._dead.pop(entry_id)) for entry_id in dict.fromkeys(wanted)]
         for entry in chosen:
-            self._dead.remove(entry)
             fields = {
                 k: v
                 for k, v in entry[1].items()
-                if k not in ("error", "failedAt", "attempts", "deferrals")
+                if k not in ("error", "failedAt", "attempts", "deferrals", "count")
             }
             fields["attempt"] = "1"
             delivery = Delivery.parse(entry[0], fields)
@@ -159,6 +170,7 @@ class LocalJobQueue:
     async def purge_dead(self) -> int:
         count = len(self._dead)
         self._dead.clear()
+        self._dead_index.clear()
         return count
 
     async def aclose(self) -> None:
@@ -240,24 +252,50 @@ class LocalJobQueue:
             self._push(next_job.to_fields(), 0.0)
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
+        """Put `job` back at `due`, at most `JOB_MAX_DEFER_SECONDS` away (a non-finite `due`
+        waits that long): the pair's marker, held until the job settles, clears by then."""
         self._settle(delivery, clear=False)
+        longest = time.time() + self.settings.job_max_defer_seconds
+        if due is not None:
+            due = min(due, longest) if math.isfinite(due) else (longest if due > 0 else None)
         self._push(job.to_fields(), due or 0.0)
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        """Dead-letter the job; a dead letter of the same (provider, user, error) is replaced
+        and counted up; the list is bounded by `DEAD_LETTER_MAX_ENTRIES` and age."""
         self._settle(delivery, clear=True)
-        fields = dict(delivery.fields)
+        fields = {k: v for k, v in delivery.fields.items() if k != "count"}
         fields.update(
             error=error[:2000],
             failedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             attempts=str(attempts),
         )
-        self._dead.append((self._new_id(), fields))
+        user_id = delivery.job.user_id if delivery.job else ""
+        fingerprint = dead_fingerprint(fields.get("type", ""), user_id, fields["error"])
+        previous = self._dead.pop(self._dead_index.get(fingerprint, ""), None)
+        fields["count"] = str(int(previous.get("count", "1") or 1) + 1 if previous else 1)
+        entry_id = self._new_id()
+        self._dead[entry_id] = fields
+        self._dead_index[fingerprint] = entry_id
+        self._trim_dead()
+
+    def _trim_dead(self) -> None:
+        oldest_ms = (time.time() - self.settings.dead_letter_max_age_days * 86_400) * 1000
+        limit = self.settings.dead_letter_max_entries
+        for entry_id in list(self._dead):
+            if len(self._dead) <= limit and int(entry_id.split("-", 1)[0]) >= oldest_ms:
+                break
+            del self._dead[entry_id]
+        if len(self._dead_index) > 2 * len(self._dead) + 100:
+            live = set(self._dead)
+            self._dead_index = {f: i for f, i in self._dead_index.items() if i in live}
 
     async def keep_alive(self, deliveries: list[Delivery]) -> None:
         return None
 
     async def housekeeping(self) -> None:
         self._promote()
+        self._trim_dead()
         if self._ready:
             self._wakeup.set()
 

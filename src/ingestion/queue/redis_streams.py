@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -41,17 +42,16 @@ from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
 from ingestion.queue.jobs import Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
+from ingestion.queue.retention import DEAD_LETTER_CHUNK, dead_fingerprint, tick_ttl
 from ingestion.sync import SyncLockFactory
 
 __all__ = ["RedisConsumer", "RedisJobQueue", "consumer_name"]
 
 log = structlog.get_logger("ingestion.queue")
 
-#: How long a tick key lives: longer than any cron interval anyone would use for a sync.
-_TICK_TTL_SECONDS = 2 * 86400
 #: How long an untaken widening request waits for the pair's next job (any tick takes it).
 _WIDEN_TTL_SECONDS = 7 * 86400
-_DEAD_FIELDS = ("error", "failedAt", "attempts")
+_DEAD_FIELDS = ("error", "failedAt", "attempts", "count")
 
 
 def consumer_name() -> str:
@@ -66,6 +66,13 @@ def _flat(fields: dict[str, str]) -> list[str]:
 def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
     """XRANGE/XAUTOCLAIM entries as (id, fields); a deleted entry has empty fields."""
     return [(str(entry_id), dict(fields or {})) for entry_id, fields in raw or []]
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
 
 
 def _entry_ms(entry_id: str) -> int:
@@ -156,7 +163,7 @@ class RedisJobQueue:
                 job_id,
                 self.active_ttl,
                 f"{due:.3f}" if due > time.time() else "0",
-                _TICK_TTL_SECONDS if tick_epoch is not None else 0,
+                tick_ttl(self.settings, job.provider, tick_epoch) if tick_epoch is not None else 0,
                 self.widen_ttl,
                 len(flags),
                 *flags,
@@ -226,21 +233,36 @@ class RedisJobQueue:
                 payload=fields.get("payload", ""),
                 error=fields.get("error", ""),
                 failed_at=fields.get("failedAt", ""),
-                attempts=int(fields.get("attempts", "0") or 0),
+                attempts=_int(fields.get("attempts"), 0),
+                count=_int(fields.get("count"), 1),
             )
             for entry_id, fields in entries
         ]
 
     async def retry_dead(self, ids: list[str] | None) -> int:
-        """Put dead letters back as fresh jobs (attempt 1); unknown ids are skipped."""
-        if ids is None:
-            entries = _entries(await self.redis.xrange(self.keys.dead))
-        else:
-            entries = []
+        """Put dead letters back as fresh jobs (attempt 1); unknown ids are skipped.
+
+        All of them (`ids` None) are read `DEAD_LETTER_CHUNK` at a time, never the whole stream.
+        """
+        if ids is not None:
+            entries: list[tuple[str, dict[str, str]]] = []
             for entry_id in ids:
                 entries.extend(
                     _entries(await self.redis.xrange(self.keys.dead, entry_id, entry_id))
                 )
+            return await self._requeue(entries)
+        moved = 0
+        start = "-"
+        while True:
+            chunk = _entries(
+                await self.redis.xrange(self.keys.dead, start, "+", count=DEAD_LETTER_CHUNK)
+            )
+            if not chunk:
+                return moved
+            moved += await self._requeue(chunk)
+            start = f"({chunk[-1][0]}"
+
+    async def _requeue(self, entries: list[tuple[str, dict[str, str]]]) -> int:
         moved = 0
         for entry_id, fields in entries:
             fresh = {k: v for k, v in fields.items() if k not in _DEAD_FIELDS}
@@ -258,6 +280,18 @@ class RedisJobQueue:
                 )
             )
         return moved
+
+    @property
+    def dead_max_age_seconds(self) -> int:
+        return max(1, int(self.settings.dead_letter_max_age_days * 86_400))
+
+    def dead_min_id(self) -> str:
+        """The id below which dead letters are older than `DEAD_LETTER_MAX_AGE_DAYS`."""
+        return f"{max(0, int((time.time() - self.dead_max_age_seconds) * 1000))}-0"
+
+    async def trim_dead(self) -> int:
+        """Drop dead letters past their age (new ones trim on arrival; this covers quiet days)."""
+        return int(await self.redis.xtrim(self.keys.dead, minid=self.dead_min_id()))
 
     async def purge_dead(self) -> int:
         count = int(await self.redis.xlen(self.keys.dead))
@@ -427,7 +461,14 @@ class RedisConsumer:
         ]
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
+        """Put `job` back at `due`, at most `JOB_MAX_DEFER_SECONDS` away (a non-finite `due`
+        waits that long); the pair's marker lives until then plus its usual safety margin."""
         fields = job.to_fields()
+        now = time.time()
+        longest = now + self.queue.settings.job_max_defer_seconds
+        if due is not None:
+            due = min(due, longest) if math.isfinite(due) else (longest if due > 0 else None)
+        wait = max(0.0, due - now) if due else 0.0
         await self._reschedule(
             keys=[
                 self.keys.stream,
@@ -439,10 +480,10 @@ class RedisConsumer:
             args=[
                 self.keys.group,
                 delivery.entry_id,
-                f"{due:.3f}" if due and due > time.time() else "0",
+                f"{due:.3f}" if due and due > now else "0",
                 job.job_id,
-                self.queue.active_ttl,
-                self.queue.widen_ttl,
+                self.queue.active_ttl + math.ceil(wait),
+                self.queue.widen_ttl + math.ceil(wait),
                 *_flat(fields),
             ],
         )
@@ -454,17 +495,26 @@ class RedisConsumer:
             failedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             attempts=str(attempts),
         )
+        fields.pop("count", None)
         job = delivery.job
         active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
         running = self.keys.running(job.provider, job.user_id) if job else self.keys.dead
         widen = self.keys.widen(job.provider, job.user_id) if job else self.keys.dead
+        user_id = job.user_id if job else ""
+        index = self.keys.dead_index(
+            dead_fingerprint(fields.get("type", ""), user_id, fields["error"])
+        )
+        settings = self.queue.settings
         await self._dead(
-            keys=[self.keys.stream, self.keys.dead, active, running, widen],
+            keys=[self.keys.stream, self.keys.dead, active, running, widen, index],
             args=[
                 self.keys.group,
                 delivery.entry_id,
                 delivery.job_id,
                 self.queue.widen_ttl,
+                settings.dead_letter_max_entries,
+                self.queue.dead_min_id(),
+                self.queue.dead_max_age_seconds,
                 *_flat(fields),
             ],
         )
@@ -498,6 +548,7 @@ class RedisConsumer:
         if now - self._last_trim >= 5.0:
             self._last_trim = now
             await self.trim()
+            await self.queue.trim_dead()
         if now - self._last_prune >= 600.0:
             self._last_prune = now
             await self.prune_consumers()

@@ -168,16 +168,36 @@ return 1
 """
 )
 
-#: KEYS: stream, dead, active, running, widen. ARGV: group, entryId, jobId, widenTtl, fields…
+#: KEYS: stream, dead, active, running, widen, deadIndex. ARGV: group, entryId, jobId, widenTtl,
+#: maxEntries, minId (oldest dead letter kept), indexTtl, fields…
 #: Dead-letter and acknowledge in one step. The widening flags the job took, and those recorded
 #: while it ran, stay in the widen hash for the pair's next job: a full sync asked for is
-#: dropped only once a run with it completed.
+#: dropped only once a run with it completed. A previous dead letter of the same (provider,
+#: user, error) is replaced and its `count` carried up; the stream is trimmed by length and age.
 DEAD_LETTER = (
     _GIVE_BACK
     + """
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local count = 1
+local previous = redis.call('GET', KEYS[6])
+if previous then
+  local old = redis.call('XRANGE', KEYS[2], previous, previous)
+  if #old > 0 then
+    local old_count = 1
+    local old_fields = old[1][2]
+    for i = 1, #old_fields, 2 do
+      if old_fields[i] == 'count' then old_count = tonumber(old_fields[i + 1]) or 1 end
+    end
+    count = old_count + 1
+    redis.call('XDEL', KEYS[2], previous)
+  end
+end
+fields[#fields + 1] = 'count'
+fields[#fields + 1] = tostring(count)
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', unpack(fields))
+redis.call('XTRIM', KEYS[2], 'MINID', ARGV[6])
+redis.call('SET', KEYS[6], id, 'EX', ARGV[7])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])

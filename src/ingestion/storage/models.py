@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -140,7 +141,18 @@ class SyncRun(Base):
     """`ingestion_sync_runs`: one row per sync attempt, for status pages and history."""
 
     __tablename__ = "ingestion_sync_runs"
-    __table_args__ = (Index("ix_ingestion_sync_runs_user_provider", "user_id", "provider"),)
+    __table_args__ = (
+        # History of a pair, newest first (pruning, status pages): migration 0005.
+        Index("ix_ingestion_sync_runs_pair_id", "user_id", "provider", "id"),
+        # The pair's run still marked running (`SyncStateStore.begin`): a handful of rows.
+        Index(
+            "ix_ingestion_sync_runs_running",
+            "user_id",
+            "provider",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -2,16 +2,19 @@
 
 The cursor of a (user, provider) moves only through `checkpoint`, which the sync engine calls
 after the memory sink accepted a page: the stored cursor never runs ahead of accepted items.
+
+Run history is bounded: each `finish` keeps the pair's newest `keep_runs` runs and drops those
+older than `max_run_age` (a few indexed rows per pair, whatever the number of ticks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +25,9 @@ from ingestion.storage.models import SyncRun, SyncStateRow
 __all__ = ["RunView", "StateView", "SyncStateStore"]
 
 _ERROR_LIMIT = 2000
+#: Run history kept per (user, provider) by default (`SYNC_RUNS_KEEP`, `SYNC_RUNS_MAX_AGE_DAYS`).
+DEFAULT_KEEP_RUNS = 50
+DEFAULT_MAX_RUN_AGE = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,16 @@ class RunView:
 
 
 class SyncStateStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        keep_runs: int = DEFAULT_KEEP_RUNS,
+        max_run_age: timedelta = DEFAULT_MAX_RUN_AGE,
+    ) -> None:
         self.db = db
+        self.keep_runs = keep_runs
+        self.max_run_age = max_run_age
 
     async def load(self, user_id: str, provider: str) -> StateView:
         async with self.db.session() as session:
@@ -212,6 +226,28 @@ class SyncStateStore:
                 run.finished_at = now
                 run.error = error
                 run.details = dict(details or {})
+            await self._prune_runs(session, user_id, provider, now)
+
+    async def _prune_runs(
+        self, session: AsyncSession, user_id: str, provider: str, now: datetime
+    ) -> None:
+        """Drop the pair's runs beyond the newest `keep_runs` and those past `max_run_age`
+        (both found through the (user_id, provider, id) index, never a scan of all history)."""
+        pair = (SyncRun.user_id == user_id, SyncRun.provider == provider)
+        oldest_kept = await session.scalar(
+            select(SyncRun.id)
+            .where(*pair)
+            .order_by(SyncRun.id.desc())
+            .offset(self.keep_runs - 1)
+            .limit(1)
+        )
+        stale = SyncRun.started_at < now - self.max_run_age
+        condition = stale if oldest_kept is None else or_(SyncRun.id < oldest_kept, stale)
+        await session.execute(
+            delete(SyncRun)
+            .where(*pair, condition, SyncRun.status != "running")
+            .execution_options(synchronize_session=False)
+        )
 
     async def mark_reauth_required(
         self, user_id: str, provider: str, message: str, fingerprint: str | None

@@ -30,7 +30,14 @@ import httpx
 
 from ingestion.errors import RateLimited
 from ingestion.providers.base import TokenSource
-from ingestion.providers.http import ApiClient, Throttle, default_classify, parse_retry_after
+from ingestion.providers.http import (
+    ApiClient,
+    Throttle,
+    default_classify,
+    parse_reset_epoch,
+    parse_retry_after,
+)
+from ingestion.retry_after import MAX_WAIT_SECONDS
 
 __all__ = [
     "GITHUB_HEADERS",
@@ -75,11 +82,7 @@ def _message(response: httpx.Response) -> str:
 
 
 def _reset_wait(response: httpx.Response, now: float) -> float | None:
-    raw = response.headers.get("x-ratelimit-reset")
-    try:
-        return max(0.0, float(raw) - now) + 1.0 if raw else None
-    except ValueError:
-        return None
+    return parse_reset_epoch(response.headers.get("x-ratelimit-reset"), now=now)
 
 
 def classify(response: httpx.Response, *, now: float | None = None) -> Throttle | None:
@@ -118,7 +121,9 @@ class RateBudget:
             if "x-ratelimit-limit" in headers:
                 self.limit = int(headers["x-ratelimit-limit"])
             if "x-ratelimit-reset" in headers:
-                self.reset = float(headers["x-ratelimit-reset"])
+                reset = float(headers["x-ratelimit-reset"])
+                # `inf`, `nan` or an epoch beyond the longest wait would park the account.
+                self.reset = reset if 0 <= reset < time.time() + MAX_WAIT_SECONDS else None
         except ValueError:
             return
 

@@ -20,10 +20,10 @@ the ordinary retry path; a 404 inside a batch means the message is gone.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -32,12 +32,14 @@ from ingestion.errors import IngestionError
 from ingestion.providers.base import TokenSource
 from ingestion.providers.gmail.transform import decode_base64url
 from ingestion.providers.http import ApiClient, Pacer, Throttle, api_error, parse_retry_after
+from ingestion.transport import ResponseRejected, loads_json
 
 __all__ = [
     "QUOTA_UNITS",
     "GmailApi",
     "HistoryExpired",
     "PageTokenRejected",
+    "Unreadable",
     "classify",
     "error_reasons",
 ]
@@ -57,6 +59,14 @@ _BASE = "/gmail/v1/users/me"
 
 class HistoryExpired(IngestionError):
     """history.list answered 404: the stored `historyId` is too old; a full sync is needed."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A message whose answer could not be read (over `HTTP_MAX_RESPONSE_BYTES`, JSON nested
+    too deep): the sync skips and counts it instead of failing the page on every run."""
+
+    reason: str
 
 
 class PageTokenRejected(IngestionError):
@@ -197,11 +207,15 @@ class GmailApi:
         result: dict[str, Any] = response.json()
         return result
 
-    async def get_message(self, message_id: str) -> dict[str, Any] | None:
-        """The message in `format=full`, or None when it no longer exists (404)."""
-        response = await self._get(
-            f"{_BASE}/messages/{message_id}", "messages.get", {"format": "full"}
-        )
+    async def get_message(self, message_id: str) -> dict[str, Any] | Unreadable | None:
+        """The message in `format=full`, `Unreadable` when its answer is refused by the
+        transport's bounds, or None when it no longer exists (404)."""
+        try:
+            response = await self._get(
+                f"{_BASE}/messages/{message_id}", "messages.get", {"format": "full"}
+            )
+        except ResponseRejected as exc:
+            return Unreadable(str(exc))
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -220,12 +234,16 @@ class GmailApi:
             return None
         if response.status_code != 200:
             raise api_error(PROVIDER, "messages.attachments.get", response)
-        body: Any = response.json()
+        body: Any = loads_json(response.content, what="gmail messages.attachments.get")
         data = body.get("data") if isinstance(body, dict) else None
         return decode_base64url(data) if isinstance(data, str) else b""
 
-    async def get_messages(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """Messages in the order asked (None for one that is gone), in batches when enabled."""
+    async def get_messages(
+        self, message_ids: Sequence[str]
+    ) -> list[dict[str, Any] | Unreadable | None]:
+        """Messages in the order asked (None for one that is gone, `Unreadable` for one whose
+        answer is over the transport's bounds), in batches when enabled. A batch answer over
+        the bounds is fetched again message by message."""
         if self.batch_size <= 1 or len(message_ids) <= 1:
             return await self._get_each(message_ids)
         size = self.batch_size
@@ -244,10 +262,12 @@ class GmailApi:
             found.update(zip(again, await self._get_each(again), strict=True))
         return [found[mid] for mid in message_ids]
 
-    async def _get_each(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    async def _get_each(
+        self, message_ids: Sequence[str]
+    ) -> list[dict[str, Any] | Unreadable | None]:
         semaphore = asyncio.Semaphore(self.concurrency)
 
-        async def one(message_id: str) -> dict[str, Any] | None:
+        async def one(message_id: str) -> dict[str, Any] | Unreadable | None:
             async with semaphore:
                 return await self.get_message(message_id)
 
@@ -265,14 +285,18 @@ class GmailApi:
             )
             + f"--{boundary}--\r\n"
         )
-        response = await self.api.request(
-            "POST",
-            "/batch/gmail/v1",
-            endpoint="batch",
-            content=body.encode("ascii"),
-            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
-            cost=QUOTA_UNITS["messages.get"] * len(message_ids),
-        )
+        try:
+            response = await self.api.request(
+                "POST",
+                "/batch/gmail/v1",
+                endpoint="batch",
+                content=body.encode("ascii"),
+                headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+                cost=QUOTA_UNITS["messages.get"] * len(message_ids),
+            )
+        except ResponseRejected:
+            return {}  # too large as a whole: each message is fetched on its own
+
         if response.status_code != 200:
             raise api_error(PROVIDER, "batch", response)
         results: dict[str, Any] = {}
@@ -281,7 +305,11 @@ class GmailApi:
                 continue
             message_id = message_ids[index]
             if status == 200:
-                results[message_id] = json.loads(payload)
+                # Each part is JSON of its own, bounded like a whole answer (`transport`).
+                try:
+                    results[message_id] = loads_json(payload, what=f"gmail message {message_id}")
+                except ResponseRejected as exc:
+                    results[message_id] = Unreadable(str(exc))
             elif status == 404:
                 results[message_id] = None
             else:

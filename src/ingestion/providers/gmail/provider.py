@@ -35,7 +35,12 @@ from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import Scope, SyncContext, SyncPage
 from ingestion.providers.gmail.bodies import fill_external_bodies
-from ingestion.providers.gmail.client import GmailApi, HistoryExpired, PageTokenRejected
+from ingestion.providers.gmail.client import (
+    GmailApi,
+    HistoryExpired,
+    PageTokenRejected,
+    Unreadable,
+)
 from ingestion.providers.gmail.sync import BACKFILL, INCREMENTAL, Backfill, GmailCursor
 from ingestion.providers.gmail.transform import transform
 
@@ -226,6 +231,10 @@ class GmailProvider:
         if not ids:
             return upserts, deletes, stats
         for message_id, message in zip(ids, await _with_bodies(api, ctx, ids), strict=True):
+            if isinstance(message, Unreadable):
+                stats["skipped"] += 1
+                ctx.log.error("gmail message skipped", message_id=message_id, error=message.reason)
+                continue
             if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
                 deletes.append(message_id)
                 continue
@@ -252,8 +261,9 @@ class GmailProvider:
 
 async def _with_bodies(
     api: GmailApi, ctx: SyncContext, ids: Sequence[str]
-) -> list[dict[str, Any] | None]:
-    """The messages (None when gone), with the text bodies Gmail stores apart fetched in."""
+) -> list[dict[str, Any] | Unreadable | None]:
+    """The messages (None when gone, `Unreadable` when over the transport's bounds), with the
+    text bodies Gmail stores apart fetched in."""
     messages = await api.get_messages(ids)
     semaphore = asyncio.Semaphore(api.concurrency)
 
@@ -261,9 +271,11 @@ async def _with_bodies(
         async with semaphore:
             return await api.attachment(message_id, attachment_id)
 
-    async def fill(message: dict[str, Any] | None) -> dict[str, Any] | None:
-        if message is None:
-            return None
+    async def fill(
+        message: dict[str, Any] | Unreadable | None,
+    ) -> dict[str, Any] | Unreadable | None:
+        if message is None or isinstance(message, Unreadable):
+            return message
         filled, notes = await fill_external_bodies(message, fetch)
         if notes:
             ctx.log.warning("gmail text body not fetched", message_id=message.get("id"), why=notes)

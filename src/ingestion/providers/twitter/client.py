@@ -29,6 +29,7 @@ from ingestion.providers.http import (
     epoch_to_wait,
     parse_retry_after,
 )
+from ingestion.retry_after import MAX_WAIT_SECONDS
 
 __all__ = [
     "EXPANSIONS",
@@ -185,9 +186,12 @@ class TwitterClient:
         if remaining is None or reset is None:
             return
         try:
-            self.windows[endpoint] = _Window(int(remaining), float(reset))
+            window = _Window(int(remaining), float(reset))
         except ValueError:
             return
+        # `inf`, `nan` or an epoch beyond the longest wait would park the account.
+        if 0 <= window.reset < self.ctx.clock.now().timestamp() + MAX_WAIT_SECONDS:
+            self.windows[endpoint] = window
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
