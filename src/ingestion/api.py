@@ -8,6 +8,10 @@
   request asked for a full sync; 422 bad input, 404 no such account, 503 no queue in this process.
 - `GET /v1/status`: exactly `ingestion status --json`.
 - `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
+- `DELETE /v1/accounts/{userId}/{provider}` (`?purge=true`): `ingestion accounts remove`; 200 with
+  what was done, 202 when a running job still holds the pair (the removal finishes in the
+  background), 422 unknown provider, 503 when the memory engine refused the purge (it resumes).
+- `DELETE /v1/users/{userId}`: `ingestion users forget`; 200 with counts (202 as above).
 - `POST /v1/dlq/retry` `{"ids"?: [...]}`: `{"retried": n}` (all dead letters without `ids`).
 - `GET /`: the status page for people (`ingestion.web`).
 
@@ -37,7 +41,8 @@ from starlette.staticfiles import StaticFiles
 
 from ingestion import metrics
 from ingestion.config import PROVIDER_NAMES, Settings
-from ingestion.errors import MalformedJob
+from ingestion.errors import IngestionError, MalformedJob
+from ingestion.forget import Forgetter
 from ingestion.providers.registry import account_provider_of
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job, options_from_json
@@ -69,6 +74,13 @@ class _Api:
         self.queue = queue
         key = services.settings.ingestion_api_key
         self._key = key.get_secret_value().encode() if key else None
+        self.forgetter = Forgetter(
+            services.settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+        )
 
     # --- protection ---------------------------------------------------------------------
     def protected(self, endpoint: Endpoint) -> Endpoint:
@@ -225,6 +237,32 @@ class _Api:
             return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
         return JSONResponse({"userId": user_id, "providers": rows})
 
+    async def remove_account(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        provider = request.path_params["provider"]
+        if provider not in PROVIDER_NAMES:
+            return _problem(
+                422, f"provider must be one of {', '.join(PROVIDER_NAMES)} (got {provider!r:.40})"
+            )
+        purge = request.query_params.get("purge", "false").lower()
+        if purge not in ("true", "false", "1", "0"):
+            return _problem(422, "purge must be true or false")
+        try:
+            report = await self.forgetter.remove(provider, user_id, purge=purge in ("true", "1"))
+        except IngestionError as exc:
+            return _problem(503, f"removal recorded, not finished (it resumes): {exc}")
+        answer = report.as_json()
+        return JSONResponse(answer, status_code=202 if report.pending else 200)
+
+    async def forget_user(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        try:
+            result = await self.forgetter.forget_user(user_id)
+        except IngestionError as exc:
+            return _problem(503, f"forgetting recorded, not finished (it resumes): {exc}")
+        answer = result.as_json()
+        return JSONResponse(answer, status_code=202 if answer["pending"] else 200)
+
     async def dlq_retry(self, request: Request) -> Response:
         ids: list[str] | None = None
         raw = await request.body()
@@ -284,6 +322,12 @@ def create_app(services: Services, queue: JobQueue | None) -> Starlette:
             Route("/v1/sync", guard(api.sync), methods=["POST"]),
             Route("/v1/status", guard(api.status)),
             Route("/v1/accounts/{user_id}", guard(api.account)),
+            Route(
+                "/v1/accounts/{user_id}/{provider}",
+                guard(api.remove_account),
+                methods=["DELETE"],
+            ),
+            Route("/v1/users/{user_id}", guard(api.forget_user), methods=["DELETE"]),
             Route("/v1/dlq/retry", guard(api.dlq_retry), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
@@ -310,8 +354,13 @@ async def run_api(settings: Settings) -> None:
     metrics.check_multiprocess(settings)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    from ingestion.queue.locks import RedisSyncLock
+
     queue = RedisJobQueue(settings) if settings.redis_url else None
-    services = await Services.open(settings)
+    lock = (
+        RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout) if queue else None
+    )
+    services = await Services.open(settings, lock=lock)
     try:
         log.info(
             "ingestion api starting",

@@ -198,16 +198,19 @@ class DeliveredRecords:
         )
         return await self._sweep(condition)
 
-    async def sweep_gone(self, prefix: str) -> int:
-        """Delete every remembered record under `prefix`; returns how many."""
-        return await self._sweep(_under(prefix))
+    async def sweep_gone(self, prefix: str, *, batches: int | None = None) -> int:
+        """Delete every remembered record under `prefix` (at most `batches` batches of
+        `SWEEP_BATCH` when given); returns how many."""
+        return await self._sweep(_under(prefix), batches)
 
-    async def _sweep(self, condition: ColumnElement[bool]) -> int:
+    async def _sweep(self, condition: ColumnElement[bool], batches: int | None = None) -> int:
         """Sink first, memory second, one bounded batch at a time: a failure leaves the rest
         remembered, so a later sweep finds it again."""
         swept = 0
         after: str | None = None  # keyset: rows before it were swept or are kept
-        while True:
+        while batches is None or batches > 0:
+            if batches is not None:
+                batches -= 1
             query = select(DeliveredRow.source_id).where(self._mine(), condition)
             if after is not None:
                 query = query.where(DeliveredRow.source_id > after)
@@ -227,6 +230,7 @@ class DeliveredRecords:
                     delete(DeliveredRow).where(self._mine(), DeliveredRow.source_id.in_(source_ids))
                 )
             swept += len(source_ids)
+        return swept
 
     def _mine(self) -> ColumnElement[bool]:
         return and_(DeliveredRow.user_id == self.user_id, DeliveredRow.provider == self.provider)

@@ -8,6 +8,9 @@ there; stable record ids make the overlap harmless. Jobs may therefore run more 
 Between the sink and the cursor, the page's deliveries are remembered, and a completed full
 enumeration (or a scope gone) deletes the remembered records it no longer has
 (`ingestion.reconcile`); the reconciliation state is stored with the cursor.
+
+A removed pair (`ingestion.forget`) does not sync: a job for it ends at once, and a running one
+before its next page reaches the sink, with status `removed`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ingestion.providers.registry import create_provider
 from ingestion.reconcile import DeliveredRecords, Reconciliation
 from ingestion.storage.accounts import find_account, fingerprint
 from ingestion.storage.db import Database
+from ingestion.storage.removals import Removals
 from ingestion.storage.state import SyncStateStore
 from ingestion.tokens import TokenService
 
@@ -87,6 +91,7 @@ class SyncEngine:
         self.clock = clock
         self.lock = lock or _no_lock
         self.state = SyncStateStore(db)
+        self.removals = Removals(db)
 
     async def run(
         self,
@@ -108,7 +113,13 @@ class SyncEngine:
         started = time.perf_counter()
         bound = log.bind(provider=provider_name, user_id=user_id, job_id=job_id)
         async with self.lock(provider_name, user_id):
-            account_print = await self._fingerprint(user_id, provider.account_provider)
+            account_print, account_ref = await self._account(user_id, provider.account_provider)
+            if await self.removals.stopped(user_id, provider_name, account_ref):
+                # Removed (`accounts remove`, `users forget`) or disconnected in the product:
+                # the job ends without writing anything.
+                summary.status = "removed"
+                bound.info("sync skipped: the pair was removed")
+                return summary
             if account_print is None:
                 raise PermanentError(
                     f"user {user_id!r} has no connected {provider.account_provider} account "
@@ -133,6 +144,8 @@ class SyncEngine:
             bound.info("sync started", full=options.force_full_sync or not state.cursor)
             try:
                 async for page in provider.sync(ctx):
+                    if await self.removals.stopped(user_id, provider_name, None, lift=False):
+                        raise _Removed
                     await self._accept(
                         provider_name,
                         user_id,
@@ -145,6 +158,14 @@ class SyncEngine:
                     )
                     if progress is not None:
                         progress(summary, page)
+            except _Removed:
+                summary.status = "removed"
+                summary.seconds = time.perf_counter() - started
+                await self.state.finish(
+                    user_id, provider_name, run_id, "removed", details=summary.stats
+                )
+                bound.info("sync stopped: the pair was removed", **_counts(summary))
+                return summary
             except IngestionError as exc:
                 summary.seconds = time.perf_counter() - started
                 summary.error = str(exc)
@@ -155,7 +176,7 @@ class SyncEngine:
                     summary.status = "reauth_required"
                     # The tokens that failed, not those at the start: a refresh may have
                     # succeeded mid-sync before a later one hit the dead grant.
-                    account_print = await self._fingerprint(user_id, provider.account_provider)
+                    account_print, _ = await self._account(user_id, provider.account_provider)
                 else:
                     summary.status = "error"
                 await self.state.finish(
@@ -204,10 +225,12 @@ class SyncEngine:
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
             return summary
 
-    async def _fingerprint(self, user_id: str, account_provider: str) -> str | None:
+    async def _account(self, user_id: str, account_provider: str) -> tuple[str | None, str | None]:
+        """The fingerprint of the account's tokens and the account row's id (None, None when
+        the user has no such account)."""
         async with self.db.session() as session:
             account = await find_account(session, user_id, account_provider)
-            return fingerprint(account) if account else None
+            return (fingerprint(account), account.id) if account else (None, None)
 
     async def _accept(
         self,
@@ -273,6 +296,10 @@ class SyncEngine:
             len(page.upserts) - sent
         )
         metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids) + swept)
+
+
+class _Removed(Exception):
+    """The pair was removed while its sync ran: stop before the next page is written."""
 
 
 def _counts(summary: SyncSummary) -> dict[str, int]:
