@@ -18,9 +18,8 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,15 @@ def record(provider: str, user_id: str, source_id: str) -> MemoryRecord:
     )
 
 
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in iter(int, 1):
+        if condition():
+            return
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
 async def deliver(services: Services, provider: str, user_id: str, source_ids: list[str]) -> None:
     """What an accepted sync page leaves behind: records in the sink, remembered as delivered."""
     records = [record(provider, user_id, s) for s in source_ids]
@@ -114,7 +122,7 @@ async def delivered_count(services: Services, user_id: str, provider: str) -> in
         )
 
 
-# --- a removal while a job is in flight (PostgreSQL + Redis) ---------------------------------------
+# --- a removal while a job is in flight (PostgreSQL + Redis) -------------------------------------
 
 
 class GatedProvider:
@@ -172,12 +180,13 @@ async def test_remove_stops_a_job_in_flight(
     try:
         await connect(services, "u1", "github")
         job = asyncio.create_task(services.engine.run("github", "u1"))
-        while len(state.ids("u1")) < 2:  # page 1 accepted: the job is mid-way
-            await asyncio.sleep(0.01)
+        await until(lambda: len(state.ids("u1")) >= 2)  # page 1 accepted: the job is mid-way
         forgetter = Forgetter(settings, services.db, services.sink, lock=lock)
         removal = asyncio.create_task(forgetter.remove("github", "u1", purge=purge))
         removals = Removals(services.db)
-        while await removals.get("u1", "github") is None:
+        for _ in range(1000):
+            if await removals.get("u1", "github") is not None:
+                break
             await asyncio.sleep(0.01)
         assert not removal.done()  # it waits for the running job's lock
         GatedProvider.gate.set()  # the provider hands over page 2...
@@ -223,7 +232,7 @@ async def test_remove_stops_a_job_in_flight(
         await queue.aclose()
 
 
-# --- a purge killed mid-way ------------------------------------------------------------------------
+# --- a purge killed mid-way ----------------------------------------------------------------------
 
 
 async def test_purge_killed_mid_way_is_finished_by_the_next_run(
@@ -249,29 +258,35 @@ async def test_purge_killed_mid_way_is_finished_by_the_next_run(
     # then the engine answers 503 until the process is killed.
     state.fail_next(503, times=10_000, retry_after=1, path="/memories/delete", skip=7)
     env = {**base_env, "DATABASE_URL": pg_url, "MEMORY_ENGINE_URL": engine_url}
-    process = subprocess.Popen(
-        [*INGESTION, "accounts", "remove", "gmail", "--user", "u1", "--purge"],
+    process = await asyncio.create_subprocess_exec(
+        *INGESTION,
+        *("accounts", "remove", "gmail", "--user", "u1", "--purge"),
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while sum(1 for r in state.requests if r.path == "/memories/delete") < 8:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: (
+            process.returncode is None
+            and sum(1 for r in state.requests if r.path == "/memories/delete") >= 8
+        ),
+        timeout=60,
+    )
     os.kill(process.pid, signal.SIGKILL)
-    process.communicate()
+    assert await process.wait() == -signal.SIGKILL
     assert 0 < len(state.deleted) < len(expected)
 
     services = await Services.open(settings)
     try:
         assert await delivered_count(services, "u1", "gmail") == 1200 - 500
         removal = await Removals(services.db).get("u1", "gmail")
-        assert removal is not None and removal.settled_at is None and removal.purged == 500
+        assert removal is not None
+        assert removal.settled_at is None
+        assert removal.purged == 500
         status = await gather_status(services.db)
         row = next(r for r in status["accounts"] if r["provider"] == "gmail")
-        assert row["status"] == "removed" and row["removal"]["purged"] == 500
+        assert row["status"] == "removed"
+        assert row["removal"]["purged"] == 500
     finally:
         await services.aclose()
 
@@ -286,7 +301,8 @@ async def test_purge_killed_mid_way_is_finished_by_the_next_run(
         assert await delivered_count(services, "u1", "gmail") == 0
         assert await delivered_count(services, "u1", "calendar") == 1
         removal = await Removals(services.db).get("u1", "gmail")
-        assert removal is not None and removal.settled_at is not None
+        assert removal is not None
+        assert removal.settled_at is not None
         assert removal.purged == 1200
         async with services.db.session() as session:  # the shared Google account stays
             assert await session.scalar(select(func.count()).select_from(Account)) == 1
@@ -294,7 +310,7 @@ async def test_purge_killed_mid_way_is_finished_by_the_next_run(
         await services.aclose()
 
 
-# --- users forget ----------------------------------------------------------------------------------
+# --- users forget --------------------------------------------------------------------------------
 
 
 async def test_forget_user_across_four_providers(
@@ -369,7 +385,8 @@ async def test_forget_user_across_four_providers(
             answer = (await client.delete("/v1/users/u2")).json()
             assert answer["deleted"] == 8
             removed = await client.delete("/v1/accounts/u2/github?purge=true")
-            assert removed.status_code == 200 and removed.json()["purged"] == 0
+            assert removed.status_code == 200
+            assert removed.json()["purged"] == 0
             assert (await client.delete("/v1/accounts/u2/myspace")).status_code == 422
         assert state.ids() == set()
     finally:
@@ -381,7 +398,7 @@ class _NoQueue:
         raise AssertionError("not used")
 
 
-# --- product-side disconnect -----------------------------------------------------------------------
+# --- product-side disconnect ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("grace", ["7d", "never"])

@@ -81,7 +81,7 @@ async def gather_status(
 def _row(
     state: StateView, account_provider: str | None, removal: RemovalView | None = None
 ) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "userId": state.user_id,
         "provider": state.provider,
         "accountProvider": account_provider,
