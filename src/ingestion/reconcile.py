@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, select, true
+from sqlalchemy import ColumnElement, and_, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ingestion.memory.base import MemorySink
@@ -145,14 +145,30 @@ class DeliveredRecords:
         upserts: Sequence[MemoryRecord],
         deletes: Sequence[str],
         reconciliation: Reconciliation,
+        seen: Sequence[str] = (),
     ) -> None:
         """Remember accepted upserts (with their generation) and forget accepted deletes,
-        in one transaction: one batched upsert statement, one delete per `_CHUNK` ids."""
-        if not upserts and not deletes:
+        in one transaction: one batched upsert statement, one delete per `_CHUNK` ids. Records
+        `seen` by an open enumeration (listed, not sent again) take its generation."""
+        if not upserts and not deletes and not seen:
             return
         kept = {r.source_id: r for r in upserts}
         gone = [sid for sid in dict.fromkeys(deletes) if sid not in kept]
+        marks: dict[int, list[str]] = {}
+        for sid in dict.fromkeys(seen):
+            generation = reconciliation.generation_of(sid)
+            if generation and sid not in kept:
+                marks.setdefault(generation, []).append(sid)
         async with self.db.engine.begin() as connection:
+            for generation, ids in marks.items():
+                for start in range(0, len(ids), _CHUNK):
+                    await connection.execute(
+                        update(DeliveredRow)
+                        .where(
+                            self._mine(), DeliveredRow.source_id.in_(ids[start : start + _CHUNK])
+                        )
+                        .values(generation=generation)
+                    )
             if kept:
                 insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
                 statement = insert(DeliveredRow)

@@ -253,7 +253,7 @@ class SyncEngine:
             sent = await self.sink.upsert(user_id, page.upserts, force=options.force_full_sync)
         for scope in page.enumeration_started:
             reconciliation.start(scope)
-        await delivered.remember(page.upserts, page.deletes, reconciliation)
+        await delivered.remember(page.upserts, page.deletes, reconciliation, page.seen)
         swept = 0
         for prefix in page.scopes_gone:
             reconciliation.abandon_under(prefix)
