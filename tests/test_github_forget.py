@@ -115,6 +115,15 @@ async def test_repository_gone_from_the_listing_or_answering_404_loses_its_recor
     assert not any(k.startswith(("mona/app@", "mona/app#")) for k in stored)
     assert sum(1 for k in stored if k.startswith("mona/app2")) == 2  # same prefix, kept
 
+    shared = state.add_repo("octocat", "shared", collaborators={"mona"})
+    state.add_commit(shared, "help out", author="mona", files=[GhFile("c.py")])
+    await sync(services)
+    assert any(k.startswith("octocat/shared@") for k in await records(services))
+    shared.collaborators.clear()  # access lost: public, so it still answers, but not listed
+    summary = await sync(services)
+    assert summary.deleted == 1
+    assert not any(k.startswith("octocat/shared") for k in await records(services))
+
     repos["lib"].vanishing = True  # still listed, 404 on the repository's own calls
     state.add_commit(repos["lib"], "lost", author="mona", files=[GhFile("b.py")])
     summary = await sync(services)
