@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     #: Each sync re-reads this many recent days of every timeline and forgets the posts and
     #: likes no longer listed (0 = never re-read).
     twitter_reconcile_days: int = Field(30, ge=0, le=3650)
+    #: Hours between two such re-reads of one account.
+    twitter_reconcile_hours: float = Field(24.0, gt=0)
 
     @field_validator(
         "gmail_api_url",
