@@ -491,3 +491,56 @@ async def test_reconnect_inside_the_grace_period_keeps_the_records(
         assert state.deleted == []
     finally:
         await services.aclose()
+
+
+# --- the embedded store, --delete-account, metrics -------------------------------------------------
+
+
+async def test_embedded_store_forgets_and_the_account_row_goes_only_on_request(
+    tmp_path: Path, base_env: dict[str, str]
+) -> None:
+    from ingestion import metrics
+    from ingestion.storage.models import MemoryRow
+
+    database_url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    settings = Settings(_env_file=None, database_url=database_url)  # type: ignore[call-arg]
+    services = await Services.open(settings, migrate=True)
+    try:
+        await connect(services, "u1", "google")
+        await deliver(services, "gmail", "u1", ["a", "b", "c"])
+        await deliver(services, "calendar", "u1", ["primary/x"])
+        deleted = metrics.ITEMS.labels(provider="gmail", action="deleted")
+        before = deleted._value.get()
+        forgetter = Forgetter(settings, services.db, services.sink)
+
+        from ingestion.errors import PermanentError
+
+        with pytest.raises(PermanentError, match="also serves calendar"):
+            await forgetter.remove("gmail", "u1", purge=True, delete_account=True)
+        report = await forgetter.remove("gmail", "u1", purge=True)
+        assert report.purged == 3
+        assert not report.account_deleted
+        assert deleted._value.get() - before == 3
+        async with services.db.session() as session:
+            left = (await session.execute(select(MemoryRow.source_id))).scalars().all()
+            assert left == ["primary/x"]
+            assert await session.scalar(select(func.count()).select_from(Account)) == 1
+    finally:
+        await services.aclose()
+
+    env = {**base_env, "DATABASE_URL": database_url}
+    removed = run_cli(
+        "accounts", "remove", "calendar", "--user", "u1", "--purge", "--delete-account", env=env
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert "1 record(s) deleted" in removed.stdout
+    assert "account row deleted" in removed.stdout
+    searched = run_cli("search", "content", "--user", "u1", env=env)
+    assert "no memories match" in searched.stdout, searched.stdout
+    listed = run_cli("accounts", "list", "--json", env=env)
+    assert json.loads(listed.stdout) == []
+    helped = run_cli("accounts", "remove", "--help", env=env)
+    assert "DELETE the product's Better Auth account row" in " ".join(helped.stdout.split())
+    bad = run_cli("accounts", "remove", "myspace", "--user", "u1", env=env)
+    assert bad.returncode == 2
+    assert "unknown provider" in bad.stderr
