@@ -493,7 +493,7 @@ async def test_reconnect_inside_the_grace_period_keeps_the_records(
         await services.aclose()
 
 
-# --- the embedded store, --delete-account, metrics -------------------------------------------------
+# --- the embedded store, --delete-account, metrics ----------------------------------------------
 
 
 async def test_embedded_store_forgets_and_the_account_row_goes_only_on_request(
