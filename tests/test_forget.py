@@ -45,6 +45,7 @@ from ingestion.storage.accounts import save_account
 from ingestion.storage.models import Account, DeliveredRow, SyncRun, SyncStateRow
 from ingestion.storage.removals import Removals
 from ingestion.storage.state import SyncStateStore
+from ingestion.web import render_status_page
 from tests.conftest import INGESTION, run_cli
 from tests.emulators import memory_engine
 from tests.emulators.memory_engine import MemoryEngineState
@@ -438,6 +439,11 @@ async def test_disconnect_in_the_product_purges_after_the_grace_period(
         assert row["itemsUpserted"] == 0 or row["removal"]["purged"] == 0
         expected_purge = "2026-06-08T12:00:00Z" if grace == "7d" else None
         assert row["removal"]["purgeAfter"] == expected_purge
+        page = render_status_page(
+            status, key_required=False, queue_available=False, now=clock.now()
+        )
+        assert ("records purged 2026-06-08" in page) == (grace == "7d")
+        assert "disconnected" in page
 
         clock.current += timedelta(days=7) - timedelta(seconds=1)
         assert [r.purged for r in await forgetter.finish_pending()] == []
@@ -544,3 +550,21 @@ async def test_embedded_store_forgets_and_the_account_row_goes_only_on_request(
     bad = run_cli("accounts", "remove", "myspace", "--user", "u1", env=env)
     assert bad.returncode == 2
     assert "unknown provider" in bad.stderr
+
+
+def test_forget_after_disconnect_setting(base_env: dict[str, str]) -> None:
+    def parsed(value: str) -> float | None:
+        settings = Settings(_env_file=None, forget_after_disconnect=value)  # type: ignore[call-arg]
+        return settings.forget_after_disconnect
+
+    assert parsed("7d") == 7 * 86400
+    assert parsed("12h") == 12 * 3600
+    assert parsed("90") == 90
+    assert parsed("never") is None
+    assert Settings(_env_file=None).forget_after_disconnect == 7 * 86400  # type: ignore[call-arg]
+    bad = run_cli("status", env={**base_env, "FORGET_AFTER_DISCONNECT": "soon"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: configuration error: FORGET_AFTER_DISCONNECT: expected `never`, seconds, or a "
+        "duration such as 7d or 12h"
+    ]

@@ -8,6 +8,8 @@ engine remembers what it delivered, and compares. What this module guarantees:
   cursor is stored, every upserted `sourceId` is remembered with its `occurredAt` and the
   generation of the enumeration in progress that covers it (0 when none), and every deleted one
   is forgotten. Whichever the sink (HTTP or embedded), in one transaction of bulk statements.
+  Records a page reports as `seen` (listed by an open enumeration without being sent again) take
+  that enumeration's generation, so its sweep keeps them.
 - **Enumerations**: a page declaring `enumeration_started` opens a new generation for that
   scope (unique: never reused, even after a crash). The open generations travel in
   `ingestion_sync_state.reconcile`, stored in the same transaction as the page's cursor, so an
