@@ -233,6 +233,44 @@ async def test_remove_stops_a_job_in_flight(
         await queue.aclose()
 
 
+@pytest.mark.usefixtures("gated_github")
+async def test_remove_finishes_in_the_background_when_the_job_keeps_the_lock(
+    pg_url: str, redis_url: str, namespace: str, engine: tuple[MemoryEngineState, str]
+) -> None:
+    state, engine_url = engine
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=pg_url,
+        redis_url=redis_url,
+        redis_namespace=namespace,
+        memory_engine_url=engine_url,
+    )
+    queue = RedisJobQueue(settings)
+    lock = RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout)
+    services = await Services.open(settings, migrate=True, lock=lock)
+    try:
+        await connect(services, "u1", "github")
+        job = asyncio.create_task(services.engine.run("github", "u1"))
+        await until(lambda: len(state.ids("u1")) >= 2)
+        forgetter = Forgetter(settings, services.db, services.sink, lock=lock, lock_wait=0.3)
+        report = await forgetter.remove("github", "u1", purge=True)
+        assert report.pending
+        assert report.purged == 0
+        removal = await Removals(services.db).get("u1", "github")
+        assert removal is not None
+        assert removal.settled_at is None
+        GatedProvider.gate.set()
+        assert (await job).status == "removed"
+        [finished] = await forgetter.finish_pending()
+        assert finished.purged == 2
+        assert finished.state_removed
+        assert state.ids("u1") == set()
+        assert await forgetter.finish_pending() == []
+    finally:
+        await services.aclose()
+        await queue.aclose()
+
+
 # --- a purge killed mid-way ----------------------------------------------------------------------
 
 
@@ -360,6 +398,10 @@ async def test_forget_user_across_four_providers(
     assert state.ids("u1") == set()
     assert len(state.ids("u2")) == 8
 
+    synced = run_cli("sync", "github", "--user", "u1", env=env)
+    assert synced.returncode == 1
+    assert "was removed" in synced.stderr
+
     again = run_cli("users", "forget", "u1", "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["deleted"] == 0
@@ -383,12 +425,16 @@ async def test_forget_user_across_four_providers(
         app = create_app(services, None)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            refused = await client.post("/v1/sync", json={"provider": "gmail", "userId": "u1"})
+            assert refused.status_code == 409
+            assert "removed" in refused.json()["error"]
             answer = (await client.delete("/v1/users/u2")).json()
             assert answer["deleted"] == 8
             removed = await client.delete("/v1/accounts/u2/github?purge=true")
             assert removed.status_code == 200
             assert removed.json()["purged"] == 0
             assert (await client.delete("/v1/accounts/u2/myspace")).status_code == 422
+            assert (await client.delete(f"/v1/users/{'x' * 300}")).status_code == 422
         assert state.ids() == set()
     finally:
         await services.aclose()

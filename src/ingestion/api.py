@@ -5,7 +5,8 @@
 - `GET /metrics`: Prometheus text (every process on the host in multiprocess mode).
 - `POST /v1/sync` `{"provider", "userId", "options"?}`: 202 `{"jobId", "coalesced"}`, plus
   `"widening"` (`merged` | `follow-up` | `covered`, see `queue.base.Widening`) when a coalesced
-  request asked for a full sync; 422 bad input, 404 no such account, 503 no queue in this process.
+  request asked for a full sync; 422 bad input, 404 no such account, 409 the pair was removed,
+  503 no queue in this process.
 - `GET /v1/status`: exactly `ingestion status --json`.
 - `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
 - `DELETE /v1/accounts/{userId}/{provider}` (`?purge=true`): `ingestion accounts remove`; 200 with
@@ -49,6 +50,7 @@ from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
 from ingestion.status import QueueStatsFn, gather_status
 from ingestion.storage.accounts import find_account
+from ingestion.storage.removals import Removals
 from ingestion.storage.state import SyncStateStore
 from ingestion.web import ROW_LIMIT, STATIC_DIR, render_status_page
 
@@ -56,6 +58,8 @@ __all__ = ["create_app", "run_api", "serve"]
 
 log = structlog.get_logger("ingestion.api")
 
+#: Longest user id the service's tables hold.
+USER_ID_MAX = 255
 #: How long /readyz waits for the database or the queue before calling it unreachable.
 READY_TIMEOUT = 3.0
 
@@ -173,6 +177,12 @@ class _Api:
             return _problem(
                 404, f"user {user_id!r:.80} has no connected {account_provider} account"
             )
+        if await Removals(self.services.db).stopped(user_id, provider, account.id):
+            return _problem(
+                409,
+                f"{provider} was removed for this user; `ingestion accounts add` or `connect` "
+                "resumes it",
+            )
         if self.queue is None:
             return _problem(
                 503,
@@ -240,6 +250,8 @@ class _Api:
     async def remove_account(self, request: Request) -> Response:
         user_id = request.path_params["user_id"]
         provider = request.path_params["provider"]
+        if not user_id.strip() or len(user_id) > USER_ID_MAX:
+            return _problem(422, f"userId must be 1 to {USER_ID_MAX} characters")
         if provider not in PROVIDER_NAMES:
             return _problem(
                 422, f"provider must be one of {', '.join(PROVIDER_NAMES)} (got {provider!r:.40})"
@@ -256,6 +268,8 @@ class _Api:
 
     async def forget_user(self, request: Request) -> Response:
         user_id = request.path_params["user_id"]
+        if not user_id.strip() or len(user_id) > USER_ID_MAX:
+            return _problem(422, f"userId must be 1 to {USER_ID_MAX} characters")
         try:
             result = await self.forgetter.forget_user(user_id)
         except IngestionError as exc:

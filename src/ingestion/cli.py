@@ -47,6 +47,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ACCOUNT_PROVIDERS = ("google", "github", "twitter")
+#: Longest user id the service's tables hold.
+USER_ID_MAX = 255
 
 
 class UsageFailure(Exception):
@@ -77,6 +79,12 @@ def check_provider(name: str) -> str:
     if name not in PROVIDER_NAMES:
         fail(f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}")
     return name
+
+
+def check_user(user_id: str) -> str:
+    if not user_id.strip() or len(user_id) > USER_ID_MAX:
+        fail(f"user id must be 1 to {USER_ID_MAX} characters")
+    return user_id
 
 
 def parse_when(value: str | None, option: str) -> datetime | None:
@@ -184,6 +192,16 @@ def sync(
         else:
             err.print(f"sync failed: {result}", markup=False, highlight=False)
         raise typer.Exit(1)
+    if result.status == "removed":
+        message = (
+            f"{provider} for user {user} was removed (`ingestion accounts remove`, `users forget`, "
+            "or a disconnect in the product); `accounts add` or `connect` resumes it"
+        )
+        if as_json:
+            print_json(result.as_json())
+        else:
+            err.print(message, markup=False, highlight=False)
+        raise typer.Exit(1)
     if as_json:
         print_json(result.as_json())
         return
@@ -274,6 +292,7 @@ def accounts_remove(
     interrupted purge.
     """
     check_provider(provider)
+    check_user(user)
     settings = load_settings()
 
     async def body(services: Any) -> Any:
@@ -308,7 +327,10 @@ def accounts_remove(
     if result.account_deleted:
         parts.append("account row deleted")
     if result.pending:
-        parts.append("a running job still holds the pair: it finishes in the background")
+        parts.append(
+            "a running job still holds the pair: `ingestion run` / `worker` finish the removal, "
+            "or run this command again"
+        )
     out.print("; ".join(parts), markup=False, highlight=False)
 
 
@@ -321,6 +343,7 @@ def users_forget(
 
     The product's Better Auth rows are kept (they are the product's to delete).
     """
+    check_user(user)
     settings = load_settings()
 
     async def body(services: Any) -> Any:
