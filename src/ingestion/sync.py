@@ -36,7 +36,7 @@ from ingestion.providers.registry import create_provider
 from ingestion.reconcile import DeliveredRecords, Reconciliation
 from ingestion.storage.accounts import find_account, fingerprint
 from ingestion.storage.db import Database
-from ingestion.storage.removals import Removals
+from ingestion.storage.removals import Removals, disconnect_purge_time
 from ingestion.storage.state import SyncStateStore
 from ingestion.tokens import TokenService
 
@@ -119,6 +119,10 @@ class SyncEngine:
                 # the job ends without writing anything.
                 summary.status = "removed"
                 bound.info("sync skipped: the pair was removed")
+                return summary
+            if account_print is None and await self._disconnected(user_id, provider_name):
+                summary.status = "removed"
+                bound.warning("sync skipped: the account was disconnected in the product")
                 return summary
             if account_print is None:
                 raise PermanentError(
@@ -224,6 +228,18 @@ class SyncEngine:
             )
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
             return summary
+
+    async def _disconnected(self, user_id: str, provider_name: str) -> bool:
+        """A pair that synced before and whose account row is gone was disconnected in the
+        product: recorded as such (as the scheduler's next tick would), so its job ends
+        quietly instead of failing."""
+        if (await self.state.load(user_id, provider_name)).updated_at is None:
+            return False
+        now = self.clock.now()
+        await self.removals.mark_disconnected(
+            user_id, provider_name, now, disconnect_purge_time(self.settings, now)
+        )
+        return True
 
     async def _account(self, user_id: str, account_provider: str) -> tuple[str | None, str | None]:
         """The fingerprint of the account's tokens and the account row's id (None, None when
