@@ -485,6 +485,11 @@ async def test_disconnect_in_the_product_purges_after_the_grace_period(
         status = await gather_status(services.db)
         row = next(r for r in status["accounts"] if r["userId"] == "u1")
         assert row["status"] == "disconnected"
+        transport = httpx.ASGITransport(app=create_app(services, None))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            [one] = (await client.get("/v1/accounts/u1")).json()["providers"]
+            assert one["status"] == "disconnected"
+            assert one["removal"]["purgeAfter"] == row["removal"]["purgeAfter"]
         assert row["itemsUpserted"] == 0 or row["removal"]["purged"] == 0
         expected_purge = "2026-06-08T12:00:00Z" if grace == "7d" else None
         assert row["removal"]["purgeAfter"] == expected_purge

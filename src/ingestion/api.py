@@ -222,27 +222,32 @@ class _Api:
                 if await find_account(session, user_id, account_provider) is not None:
                     connected.add(account_provider)
         rows: list[dict[str, Any]] = []
+        removals = Removals(self.services.db)
         for provider in sorted(PROVIDER_NAMES):
             account_provider = account_provider_of(provider)
             state = await store.load(user_id, provider)
-            if account_provider not in connected and state.updated_at is None:
+            removal = await removals.get(user_id, provider)
+            pending = removal is not None and removal.settled_at is None
+            if account_provider not in connected and state.updated_at is None and not pending:
                 continue
-            rows.append(
-                {
-                    "userId": user_id,
-                    "provider": provider,
-                    "accountProvider": account_provider if account_provider in connected else None,
-                    "connected": account_provider in connected,
-                    "status": state.status,
-                    "lastSyncTime": _iso(state.last_sync_time),
-                    "itemsFetched": state.items_fetched,
-                    "itemsUpserted": state.items_upserted,
-                    "itemsDeleted": state.items_deleted,
-                    "lastError": state.last_error,
-                    "reauthRequired": state.status == "reauth_required",
-                    "updatedAt": _iso(state.updated_at),
-                }
-            )
+            row: dict[str, Any] = {
+                "userId": user_id,
+                "provider": provider,
+                "accountProvider": account_provider if account_provider in connected else None,
+                "connected": account_provider in connected,
+                "status": state.status,
+                "lastSyncTime": _iso(state.last_sync_time),
+                "itemsFetched": state.items_fetched,
+                "itemsUpserted": state.items_upserted,
+                "itemsDeleted": state.items_deleted,
+                "lastError": state.last_error,
+                "reauthRequired": state.status == "reauth_required",
+                "updatedAt": _iso(state.updated_at),
+            }
+            if removal is not None:
+                row["status"] = removal.reason
+                row["removal"] = removal.as_json()
+            rows.append(row)
         if not rows:
             return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
         return JSONResponse({"userId": user_id, "providers": rows})
