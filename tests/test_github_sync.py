@@ -263,7 +263,7 @@ async def test_secondary_rate_limit_is_waited_out(
     assert "mona/notes@" + repo.commits[0].sha in await records(services)
 
 
-async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(
+async def test_deleted_repository_loses_its_records_and_a_blocked_one_keeps_its_cursor(
     github: tuple[GitHubState, RunningServer], services_for: Any
 ) -> None:
     state, server = github
@@ -287,15 +287,18 @@ async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_ke
     assert summary.status == "ok"
     assert state.count(status=403) >= 1
     after = (await services.engine.state.load("u1", "github")).cursor
-    assert after["repos"]["mona/gone"]["commits"] == gone_cursor
-    assert after["repos"]["mona/gone"]["listed"] is False
+    assert gone_cursor
+    assert "mona/gone" not in after["repos"]  # left /user/repos: its records are deleted
+    assert summary.deleted == 1
     assert after["repos"]["mona/blocked"]["commits"] == cursor["repos"]["mona/blocked"]["commits"]
     stored = await records(services)
+    assert not any(k.startswith("mona/gone") for k in stored)
+    assert sum(1 for k in stored if k.startswith("mona/blocked@")) == 1
     assert sum(1 for k in stored if k.startswith("mona/keep@")) == 2
     assert "mona/empty#1" in stored  # the empty repository's 409 did not stop its issues
 
 
-async def test_repository_answering_404_is_skipped_and_keeps_its_cursor(
+async def test_repository_answering_404_loses_its_records(
     github: tuple[GitHubState, RunningServer], services_for: Any
 ) -> None:
     state, server = github
@@ -315,11 +318,15 @@ async def test_repository_answering_404_is_skipped_and_keeps_its_cursor(
 
     assert summary.status == "ok"
     assert state.count(status=404) >= 1
-    after = (await services.engine.state.load("u1", "github")).cursor["repos"]["mona/goes"]
-    assert after["commits"] == before["commits"]
-    assert after["issues"] == before["issues"]
+    assert before["commits"]
+    # Still listed by /user/repos (listings lag), but 404: its commit and issue are deleted.
+    assert summary.deleted == 2
+    after = (await services.engine.state.load("u1", "github")).cursor["repos"]
+    assert "mona/goes" not in after
     stored = await records(services)
+    assert not any(k.startswith("mona/goes") for k in stored)
     assert sum(1 for k in stored if k.startswith("mona/stays@")) == 2
+    assert "mona/stays#1" in stored
 
 
 async def test_max_results_stops_early_and_the_next_sync_continues(

@@ -5,9 +5,14 @@
 - `GET /metrics`: Prometheus text (every process on the host in multiprocess mode).
 - `POST /v1/sync` `{"provider", "userId", "options"?}`: 202 `{"jobId", "coalesced"}`, plus
   `"widening"` (`merged` | `follow-up` | `covered`, see `queue.base.Widening`) when a coalesced
-  request asked for a full sync; 422 bad input, 404 no such account, 503 no queue in this process.
+  request asked for a full sync; 422 bad input, 404 no such account, 409 the pair was removed,
+  503 no queue in this process.
 - `GET /v1/status`: exactly `ingestion status --json`.
 - `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
+- `DELETE /v1/accounts/{userId}/{provider}` (`?purge=true`): `ingestion accounts remove`; 200 with
+  what was done, 202 when a running job still holds the pair (the removal finishes in the
+  background), 422 unknown provider, 503 when the memory engine refused the purge (it resumes).
+- `DELETE /v1/users/{userId}`: `ingestion users forget`; 200 with counts (202 as above).
 - `POST /v1/dlq/retry` `{"ids"?: [...]}`: `{"retried": n}` (all dead letters without `ids`).
 - `GET /`: the status page for people (`ingestion.web`).
 
@@ -41,13 +46,15 @@ from starlette.staticfiles import StaticFiles
 from ingestion import metrics
 from ingestion.api_guard import RequestGuard
 from ingestion.config import PROVIDER_NAMES, Settings
-from ingestion.errors import MalformedJob, describe_unexpected
+from ingestion.errors import IngestionError, MalformedJob, describe_unexpected
+from ingestion.forget import Forgetter
 from ingestion.providers.registry import account_provider_of
 from ingestion.queue.base import JobQueue, is_entry_id
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
 from ingestion.status import QueueStatsFn, gather_status
 from ingestion.storage.accounts import find_account
+from ingestion.storage.removals import Removals
 from ingestion.storage.state import SyncStateStore
 from ingestion.web import ROW_LIMIT, STATIC_DIR, render_login_page, render_status_page
 
@@ -94,6 +101,13 @@ class _Api:
         self.services = services
         self.queue = queue
         self._key_required = services.settings.ingestion_api_key is not None
+        self.forgetter = Forgetter(
+            services.settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+        )
 
     @property
     def queue_stats(self) -> QueueStatsFn | None:
@@ -169,6 +183,12 @@ class _Api:
             return _problem(
                 404, f"user {user_id!r:.80} has no connected {account_provider} account"
             )
+        if await Removals(self.services.db).stopped(user_id, provider, account.id):
+            return _problem(
+                409,
+                f"{provider} was removed for this user; `ingestion accounts add` or `connect` "
+                "resumes it",
+            )
         if self.queue is None:
             return _problem(
                 503,
@@ -211,30 +231,67 @@ class _Api:
                 if await find_account(session, user_id, account_provider) is not None:
                     connected.add(account_provider)
         rows: list[dict[str, Any]] = []
+        removals = Removals(self.services.db)
         for provider in sorted(PROVIDER_NAMES):
             account_provider = account_provider_of(provider)
             state = await store.load(user_id, provider)
-            if account_provider not in connected and state.updated_at is None:
+            removal = await removals.get(user_id, provider)
+            pending = removal is not None and removal.settled_at is None
+            if account_provider not in connected and state.updated_at is None and not pending:
                 continue
-            rows.append(
-                {
-                    "userId": user_id,
-                    "provider": provider,
-                    "accountProvider": account_provider if account_provider in connected else None,
-                    "connected": account_provider in connected,
-                    "status": state.status,
-                    "lastSyncTime": _iso(state.last_sync_time),
-                    "itemsFetched": state.items_fetched,
-                    "itemsUpserted": state.items_upserted,
-                    "itemsDeleted": state.items_deleted,
-                    "lastError": state.last_error,
-                    "reauthRequired": state.status == "reauth_required",
-                    "updatedAt": _iso(state.updated_at),
-                }
-            )
+            row: dict[str, Any] = {
+                "userId": user_id,
+                "provider": provider,
+                "accountProvider": account_provider if account_provider in connected else None,
+                "connected": account_provider in connected,
+                "status": state.status,
+                "lastSyncTime": _iso(state.last_sync_time),
+                "itemsFetched": state.items_fetched,
+                "itemsUpserted": state.items_upserted,
+                "itemsDeleted": state.items_deleted,
+                "lastError": state.last_error,
+                "reauthRequired": state.status == "reauth_required",
+                "updatedAt": _iso(state.updated_at),
+            }
+            if removal is not None:
+                row["status"] = removal.reason
+                row["removal"] = removal.as_json()
+            rows.append(row)
         if not rows:
             return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
         return JSONResponse({"userId": user_id, "providers": rows})
+
+    async def remove_account(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        provider = request.path_params["provider"]
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            return _problem(422, problem)
+        if provider not in PROVIDER_NAMES:
+            return _problem(
+                422, f"provider must be one of {', '.join(PROVIDER_NAMES)} (got {provider!r:.40})"
+            )
+        purge = request.query_params.get("purge", "false").lower()
+        if purge not in ("true", "false", "1", "0"):
+            return _problem(422, "purge must be true or false")
+        try:
+            report = await self.forgetter.remove(provider, user_id, purge=purge in ("true", "1"))
+        except IngestionError as exc:
+            return _problem(503, f"removal recorded, not finished (it resumes): {exc}")
+        answer = report.as_json()
+        return JSONResponse(answer, status_code=202 if report.pending else 200)
+
+    async def forget_user(self, request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            return _problem(422, problem)
+        try:
+            result = await self.forgetter.forget_user(user_id)
+        except IngestionError as exc:
+            return _problem(503, f"forgetting recorded, not finished (it resumes): {exc}")
+        answer = result.as_json()
+        return JSONResponse(answer, status_code=202 if answer["pending"] else 200)
 
     async def dlq_retry(self, request: Request) -> Response:
         ids: list[str] | None = None
@@ -315,6 +372,12 @@ def create_app(services: Services, queue: JobQueue | None) -> Starlette:
             Route("/v1/status", api.status),
             Route("/v1/accounts/{user_id}", api.account),
             Route("/v1/dlq/retry", api.dlq_retry, methods=["POST"]),
+            Route(
+                "/v1/accounts/{user_id}/{provider}",
+                api.remove_account,
+                methods=["DELETE"],
+            ),
+            Route("/v1/users/{user_id}", api.forget_user, methods=["DELETE"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
     )
@@ -340,8 +403,13 @@ async def run_api(settings: Settings) -> None:
     metrics.check_multiprocess(settings)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    from ingestion.queue.locks import RedisSyncLock
+
     queue = RedisJobQueue(settings) if settings.redis_url else None
-    services = await Services.open(settings)
+    lock = (
+        RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout) if queue else None
+    )
+    services = await Services.open(settings, lock=lock)
     try:
         log.info(
             "ingestion api starting",

@@ -22,6 +22,7 @@ async def run_service(settings: Settings) -> None:
     """
     from ingestion import metrics
     from ingestion.api import create_app, serve
+    from ingestion.forget import Forgetter
     from ingestion.queue import LocalJobQueue, RedisJobQueue
     from ingestion.queue.base import Consumer
     from ingestion.scheduler import Scheduler
@@ -55,7 +56,11 @@ async def run_service(settings: Settings) -> None:
         worker = Worker(settings, consumer, engine_runner(services.engine))
         scheduler = Scheduler(settings, queue, services.db, clock=services.clock)
         app = create_app(services, queue)
+        forgetter = Forgetter(
+            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+        )
         tasks = [
+            asyncio.create_task(forgetter.run(stop)),
             asyncio.create_task(serve(app, settings.api_host, settings.api_port, stop)),
             asyncio.create_task(worker.run(stop)),
             asyncio.create_task(scheduler.run(stop)),

@@ -47,7 +47,9 @@ app = typer.Typer(
 accounts_app = typer.Typer(help="Connected accounts.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-lettered jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Users: forgetting everything of one.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(users_app, name="users")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(db_app, name="db")
 
@@ -57,6 +59,8 @@ err = Console(stderr=True, soft_wrap=True)
 ACCOUNT_PROVIDERS = ("google", "github", "twitter")
 #: A token option's value that means "read it from standard input".
 STDIN = "-"
+#: Longest user id the service's tables hold.
+USER_ID_MAX = 255
 
 
 class UsageFailure(Exception):
@@ -112,6 +116,12 @@ def check_provider(name: str) -> str:
     if name not in PROVIDER_NAMES:
         fail(f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}")
     return name
+
+
+def check_user(user_id: str) -> str:
+    if not user_id.strip() or len(user_id) > USER_ID_MAX:
+        fail(f"user id must be 1 to {USER_ID_MAX} characters")
+    return user_id
 
 
 def parse_when(value: str | None, option: str) -> datetime | None:
@@ -222,6 +232,16 @@ def sync(
         else:
             err.print(f"sync failed: {result}", markup=False, highlight=False)
         raise typer.Exit(1)
+    if result.status == "removed":
+        message = (
+            f"{provider} for user {user} was removed (`ingestion accounts remove`, `users forget`, "
+            "or a disconnect in the product); `accounts add` or `connect` resumes it"
+        )
+        if as_json:
+            print_json(result.as_json())
+        else:
+            err.print(message, markup=False, highlight=False)
+        raise typer.Exit(1)
     if as_json:
         print_json(result.as_json())
         return
@@ -312,6 +332,9 @@ def accounts_add(
     account_provider = account_provider_of(provider)
 
     async def body(services: Any) -> str:
+        from ingestion.storage.removals import Removals
+
+        await Removals(services.db).lift(user, provider)
         async with services.db.session() as session:
             account = await save_account(
                 session,
@@ -328,6 +351,129 @@ def accounts_add(
     account_id = run_async(lambda: with_services(settings, body))
     out.print(
         f"stored {account_provider} account {account_id} for user {user}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@accounts_app.command("remove")
+def accounts_remove(
+    provider: Annotated[str, typer.Argument(help="gmail | calendar | github | twitter")],
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Also delete every record delivered for this pair from the memory engine",
+        ),
+    ] = False,
+    delete_account: Annotated[
+        bool,
+        typer.Option(
+            "--delete-account",
+            help="Also DELETE the product's Better Auth account row (its tokens). Without it "
+            "the service never deletes that row. Gmail and Calendar share the Google "
+            "account: remove the other one first.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Stop syncing the pair at once and drop its state; --purge also deletes its records.
+
+    A queued or running job of the pair ends without writing; the scheduler skips it until
+    `accounts add` or `connect` stores tokens again. Idempotent: running it again finishes an
+    interrupted purge.
+    """
+    check_provider(provider)
+    check_user(user)
+    settings = load_settings()
+
+    async def body(services: Any) -> Any:
+        from ingestion.forget import Forgetter
+
+        forgetter = Forgetter(
+            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+        )
+        try:
+            return await forgetter.remove(
+                provider, user, purge=purge, delete_account=delete_account
+            )
+        except IngestionError as exc:
+            return exc
+
+    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    if isinstance(result, IngestionError):
+        err.print(
+            f"remove failed: {result} (the pair is stopped; run the command again to finish)",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    if as_json:
+        print_json(result.as_json())
+        return
+    parts = [f"removed {provider} for user {user}"]
+    if result.purge:
+        parts.append(f"{result.purged} record(s) deleted from the memory engine")
+    elif result.kept:
+        parts.append(f"{result.kept} delivered record(s) kept (purge with --purge)")
+    if result.account_deleted:
+        parts.append("account row deleted")
+    if result.pending:
+        parts.append(
+            "a running job still holds the pair: `ingestion run` / `worker` finish the removal, "
+            "or run this command again"
+        )
+    out.print("; ".join(parts), markup=False, highlight=False)
+
+
+@users_app.command("forget")
+def users_forget(
+    user: Annotated[str, typer.Argument(help="User id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON")] = False,
+) -> None:
+    """Every provider of the user removed and purged, and the user's sync history; idempotent.
+
+    The product's Better Auth rows are kept (they are the product's to delete).
+    """
+    check_user(user)
+    settings = load_settings()
+
+    async def body(services: Any) -> Any:
+        from ingestion.forget import Forgetter
+
+        forgetter = Forgetter(
+            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+        )
+        try:
+            return await forgetter.forget_user(user)
+        except IngestionError as exc:
+            return exc
+
+    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    if isinstance(result, IngestionError):
+        err.print(
+            f"forget failed: {result} (syncing is stopped; run the command again to finish)",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    document = result.as_json()
+    if as_json:
+        print_json(document)
+        return
+    per_provider = ", ".join(
+        f"{name} {report['purged']}" for name, report in document["providers"].items()
+    )
+    out.print(
+        f"forgot user {user}: {document['deleted']} record(s) deleted"
+        + (f" ({per_provider})" if per_provider else "")
+        + f", {document['runs']} sync run(s) removed"
+        + (
+            "; a running job still holds a pair: it finishes in the background"
+            if document["pending"]
+            else ""
+        ),
         markup=False,
         highlight=False,
     )
@@ -415,8 +561,10 @@ def connect(
         sys.stdout.flush()
 
     async def body(services: Any) -> Any:
+        from ingestion.storage.removals import Removals
+
         try:
-            return await connect_account(
+            connected = await connect_account(
                 settings,
                 services.db,
                 services.http,
@@ -431,6 +579,8 @@ def connect(
             raise
         except IngestionError as exc:
             return exc
+        await Removals(services.db).lift(user, provider)
+        return connected
 
     result = run_async(lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):

@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     job_retry_base_seconds: float = Field(5.0, ge=0)
     job_retry_max_seconds: float = Field(3600.0, ge=0)
     backfill_days: int = Field(365, ge=1)
+    #: Seconds a pair whose account the product deleted keeps its records before they are
+    #: purged from the memory engine; None (`never`) keeps them. Accepts `never`, seconds, or a
+    #: number with a unit: `90s`, `30m`, `12h`, `7d`.
+    forget_after_disconnect: float | None = 7 * 86400.0
+    #: How often `run` and `worker` look for purges to finish (interrupted, or due).
+    forget_interval_seconds: float = Field(60.0, gt=0)
     #: A rate-limited job is deferred (not counted as a failed attempt) at most this many times.
     job_max_deferrals: int = Field(50, ge=0)
     #: Longest single wait of a deferred or retried job, whatever `Retry-After` or a reset
@@ -292,6 +298,11 @@ class Settings(BaseSettings):
     #: Requests left unused in each X rate window: the sync defers itself to the window's reset
     #: when only this many remain (0 = stop just before X would answer 429).
     twitter_rate_limit_reserve: int = Field(0, ge=0)
+    #: Each sync re-reads this many recent days of every timeline and forgets the posts and
+    #: likes no longer listed (0 = never re-read).
+    twitter_reconcile_days: int = Field(30, ge=0, le=3650)
+    #: Hours between two such re-reads of one account.
+    twitter_reconcile_hours: float = Field(24.0, gt=0)
 
     @field_validator(
         "gmail_api_url",
@@ -388,6 +399,25 @@ class Settings(BaseSettings):
         if not croniter.is_valid(value):
             raise ValueError(f"not a valid cron expression: {value!r}")
         return value
+
+    @field_validator("forget_after_disconnect", mode="before")
+    @classmethod
+    def _duration_or_never(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text == "never":
+            return None
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        scale = units.get(text[-1:], 0)
+        number = text[:-1] if scale else text
+        try:
+            seconds = float(number) * (scale or 1)
+        except ValueError:
+            raise ValueError("expected `never`, seconds, or a duration such as 7d or 12h") from None
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ValueError("expected a duration of zero or more")
+        return seconds
 
     @field_validator("log_level", mode="before")
     @classmethod

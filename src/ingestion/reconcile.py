@@ -8,6 +8,8 @@ engine remembers what it delivered, and compares. What this module guarantees:
   cursor is stored, every upserted `sourceId` is remembered with its `occurredAt` and the
   generation of the enumeration in progress that covers it (0 when none), and every deleted one
   is forgotten. Whichever the sink (HTTP or embedded), in one transaction of bulk statements.
+  Records a page reports as `seen` (listed by an open enumeration without being sent again) take
+  that enumeration's generation, so its sweep keeps them.
 - **Enumerations**: a page declaring `enumeration_started` opens a new generation for that
   scope (unique: never reused, even after a crash). The open generations travel in
   `ingestion_sync_state.reconcile`, stored in the same transaction as the page's cursor, so an
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, select, true
+from sqlalchemy import ColumnElement, and_, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ingestion.memory.base import MemorySink
@@ -145,14 +147,30 @@ class DeliveredRecords:
         upserts: Sequence[MemoryRecord],
         deletes: Sequence[str],
         reconciliation: Reconciliation,
+        seen: Sequence[str] = (),
     ) -> None:
         """Remember accepted upserts (with their generation) and forget accepted deletes,
-        in one transaction: one batched upsert statement, one delete per `_CHUNK` ids."""
-        if not upserts and not deletes:
+        in one transaction: one batched upsert statement, one delete per `_CHUNK` ids. Records
+        `seen` by an open enumeration (listed, not sent again) take its generation."""
+        if not upserts and not deletes and not seen:
             return
         kept = {r.source_id: r for r in upserts}
         gone = [sid for sid in dict.fromkeys(deletes) if sid not in kept]
+        marks: dict[int, list[str]] = {}
+        for sid in dict.fromkeys(seen):
+            generation = reconciliation.generation_of(sid)
+            if generation and sid not in kept:
+                marks.setdefault(generation, []).append(sid)
         async with self.db.engine.begin() as connection:
+            for generation, ids in marks.items():
+                for start in range(0, len(ids), _CHUNK):
+                    await connection.execute(
+                        update(DeliveredRow)
+                        .where(
+                            self._mine(), DeliveredRow.source_id.in_(ids[start : start + _CHUNK])
+                        )
+                        .values(generation=generation)
+                    )
             if kept:
                 insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
                 statement = insert(DeliveredRow)
@@ -198,16 +216,19 @@ class DeliveredRecords:
         )
         return await self._sweep(condition)
 
-    async def sweep_gone(self, prefix: str) -> int:
-        """Delete every remembered record under `prefix`; returns how many."""
-        return await self._sweep(_under(prefix))
+    async def sweep_gone(self, prefix: str, *, batches: int | None = None) -> int:
+        """Delete every remembered record under `prefix` (at most `batches` batches of
+        `SWEEP_BATCH` when given); returns how many."""
+        return await self._sweep(_under(prefix), batches)
 
-    async def _sweep(self, condition: ColumnElement[bool]) -> int:
+    async def _sweep(self, condition: ColumnElement[bool], batches: int | None = None) -> int:
         """Sink first, memory second, one bounded batch at a time: a failure leaves the rest
         remembered, so a later sweep finds it again."""
         swept = 0
         after: str | None = None  # keyset: rows before it were swept or are kept
-        while True:
+        while batches is None or batches > 0:
+            if batches is not None:
+                batches -= 1
             query = select(DeliveredRow.source_id).where(self._mine(), condition)
             if after is not None:
                 query = query.where(DeliveredRow.source_id > after)
@@ -227,6 +248,7 @@ class DeliveredRecords:
                     delete(DeliveredRow).where(self._mine(), DeliveredRow.source_id.in_(source_ids))
                 )
             swept += len(source_ids)
+        return swept
 
     def _mine(self) -> ColumnElement[bool]:
         return and_(DeliveredRow.user_id == self.user_id, DeliveredRow.provider == self.provider)

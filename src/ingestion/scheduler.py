@@ -5,7 +5,10 @@ Guarantees:
 - Every registered provider runs on `settings.cron_for(name)`; a tick enqueues one job per user
   with a connected account of that provider, except accounts whose sync state is
   `reauth_required` and whose tokens have not changed since (a reconnect changes the account's
-  fingerprint, and the user is scheduled again).
+  fingerprint, and the user is scheduled again), and removed pairs (`ingestion.forget`).
+- **A product-side disconnect is noticed here**: a pair with sync state whose account row is
+  gone is recorded as disconnected (it stops; its records are purged `FORGET_AFTER_DISCONNECT`
+  later by the forgetter of `run` / `worker`).
 - **Exactly once per (provider, user, tick) across any number of schedulers**: the queue checks
   a key named after the scheduled tick time (not `now()`) and adds the job in one atomic step.
   A job for a pair that is still queued or running is coalesced.
@@ -35,7 +38,8 @@ from ingestion.providers.registry import REGISTRY, account_provider_of
 from ingestion.queue.jobs import Job
 from ingestion.storage.accounts import find_account, fingerprint, list_accounts
 from ingestion.storage.db import Database
-from ingestion.storage.state import SyncStateStore
+from ingestion.storage.removals import Removals, disconnect_purge_time
+from ingestion.storage.state import StateView, SyncStateStore
 
 __all__ = ["Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
 
@@ -71,6 +75,7 @@ class Scheduler:
         self.clock = clock or SystemClock()
         self.providers = providers or list(REGISTRY)
         self.states = SyncStateStore(db)
+        self.removals = Removals(db)
 
     def next_tick(self, provider: str, after: datetime) -> datetime:
         result: datetime = croniter(self.settings.cron_for(provider), after).get_next(datetime)
@@ -143,13 +148,22 @@ class Scheduler:
         return report
 
     async def due_users(self, provider: str) -> list[str]:
-        """Users with a connected account for `provider` who do not wait on a reconnect."""
+        """Users with a connected account for `provider` who do not wait on a reconnect and
+        did not remove the pair; records the pairs whose account the product deleted."""
         account_provider = account_provider_of(provider)
         states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
+        removed = {r.user_id for r in await self.removals.all() if r.provider == provider}
         users: list[str] = []
         async with self.db.session() as session:
-            for account in await list_accounts(session, account_provider):
+            accounts = await list_accounts(session, account_provider)
+        await self._record_disconnects(provider, states, {a.user_id for a in accounts}, removed)
+        async with self.db.session() as session:
+            for account in accounts:
                 if account.user_id in users:
+                    continue
+                if account.user_id in removed and await self.removals.stopped(
+                    account.user_id, provider, account.id
+                ):
                     continue
                 state = states.get(account.user_id)
                 if state is not None and state.status == "reauth_required":
@@ -158,6 +172,24 @@ class Scheduler:
                         continue
                 users.append(account.user_id)
         return users
+
+    async def _record_disconnects(
+        self,
+        provider: str,
+        states: dict[str, StateView],
+        connected: set[str],
+        removed: set[str],
+    ) -> None:
+        now = self.clock.now()
+        for user_id in sorted(set(states) - connected - removed):
+            purge_after = disconnect_purge_time(self.settings, now)
+            if await self.removals.mark_disconnected(user_id, provider, now, purge_after):
+                log.warning(
+                    "account disconnected in the product; the pair stops",
+                    provider=provider,
+                    user_id=user_id,
+                    purge_after=purge_after.isoformat() if purge_after else "never",
+                )
 
 
 async def serve_scheduler(settings: Settings) -> None:

@@ -2,6 +2,9 @@
 
 Per connected account and provider: sync status, last successful sync, item counts, last
 error, whether a person must reconnect; then queue figures and recent runs. No token appears.
+A removed or disconnected pair (`ingestion.forget`) shows its removal as its status, with a
+`removal` block (reason, when its records are purged, how many were); a pair whose removal
+still has work left is listed even when nothing else of it remains.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from ingestion.config import PROVIDER_NAMES
 from ingestion.providers.registry import account_provider_of
 from ingestion.storage.accounts import list_accounts
 from ingestion.storage.db import Database
+from ingestion.storage.removals import Removals, RemovalView
 from ingestion.storage.state import StateView, SyncStateStore
 
 __all__ = ["QueueStatsFn", "gather_status"]
@@ -32,6 +36,7 @@ async def gather_status(
     async with db.session() as session:
         accounts = await list_accounts(session)
     states = {(s.user_id, s.provider): s for s in await store.all()}
+    removals = {(r.user_id, r.provider): r for r in await Removals(db).all()}
     providers_of: dict[str, list[str]] = {}
     for name in PROVIDER_NAMES:
         providers_of.setdefault(account_provider_of(name), []).append(name)
@@ -44,10 +49,14 @@ async def gather_status(
                 continue
             seen.add(key)
             state = states.get(key) or StateView.empty(*key)
-            rows.append(_row(state, account.provider_id))
+            rows.append(_row(state, account.provider_id, removals.get(key)))
     for key, state in states.items():
         if key not in seen:
-            rows.append(_row(state, None))
+            seen.add(key)
+            rows.append(_row(state, None, removals.get(key)))
+    for key, removal in removals.items():
+        if key not in seen and removal.settled_at is None:
+            rows.append(_row(StateView.empty(*key), None, removal))
     rows.sort(key=lambda r: (r["userId"], r["provider"]))
     queue: dict[str, Any] = await queue_stats() if queue_stats else {"kind": "none"}
     recent = [
@@ -69,8 +78,10 @@ async def gather_status(
     return {"accounts": rows, "queue": queue, "recentRuns": recent}
 
 
-def _row(state: StateView, account_provider: str | None) -> dict[str, Any]:
-    return {
+def _row(
+    state: StateView, account_provider: str | None, removal: RemovalView | None = None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "userId": state.user_id,
         "provider": state.provider,
         "accountProvider": account_provider,
@@ -84,3 +95,7 @@ def _row(state: StateView, account_provider: str | None) -> dict[str, Any]:
         "reauthRequired": state.status == "reauth_required",
         "updatedAt": _iso(state.updated_at),
     }
+    if removal is not None:
+        row["status"] = removal.reason
+        row["removal"] = removal.as_json()
+    return row

@@ -8,6 +8,9 @@ there; stable record ids make the overlap harmless. Jobs may therefore run more 
 Between the sink and the cursor, the page's deliveries are remembered, and a completed full
 enumeration (or a scope gone) deletes the remembered records it no longer has
 (`ingestion.reconcile`); the reconciliation state is stored with the cursor.
+
+A removed pair (`ingestion.forget`) does not sync: a job for it ends at once, and a running one
+before its next page reaches the sink, with status `removed`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ingestion.providers.registry import create_provider
 from ingestion.reconcile import DeliveredRecords, Reconciliation
 from ingestion.storage.accounts import find_account, fingerprint
 from ingestion.storage.db import Database
+from ingestion.storage.removals import Removals, disconnect_purge_time
 from ingestion.storage.state import SyncStateStore
 from ingestion.tokens import TokenService
 
@@ -99,6 +103,7 @@ class SyncEngine:
             keep_runs=settings.sync_runs_keep,
             max_run_age=timedelta(days=settings.sync_runs_max_age_days),
         )
+        self.removals = Removals(db)
 
     async def run(
         self,
@@ -120,7 +125,17 @@ class SyncEngine:
         started = time.perf_counter()
         bound = log.bind(provider=provider_name, user_id=user_id, job_id=job_id)
         async with self.lock(provider_name, user_id):
-            account_print = await self._fingerprint(user_id, provider.account_provider)
+            account_print, account_ref = await self._account(user_id, provider.account_provider)
+            if await self.removals.stopped(user_id, provider_name, account_ref):
+                # Removed (`accounts remove`, `users forget`) or disconnected in the product:
+                # the job ends without writing anything.
+                summary.status = "removed"
+                bound.info("sync skipped: the pair was removed")
+                return summary
+            if account_print is None and await self._disconnected(user_id, provider_name):
+                summary.status = "removed"
+                bound.warning("sync skipped: the account was disconnected in the product")
+                return summary
             if account_print is None:
                 raise PermanentError(
                     f"user {user_id!r} has no connected {provider.account_provider} account "
@@ -145,6 +160,8 @@ class SyncEngine:
             bound.info("sync started", full=options.force_full_sync or not state.cursor)
             try:
                 async for page in provider.sync(ctx):
+                    if await self.removals.stopped(user_id, provider_name, None, lift=False):
+                        raise _Removed
                     await self._accept(
                         provider_name,
                         user_id,
@@ -157,6 +174,14 @@ class SyncEngine:
                     )
                     if progress is not None:
                         progress(summary, page)
+            except _Removed:
+                summary.status = "removed"
+                summary.seconds = time.perf_counter() - started
+                await self.state.finish(
+                    user_id, provider_name, run_id, "removed", details=summary.stats
+                )
+                bound.info("sync stopped: the pair was removed", **_counts(summary))
+                return summary
             except IngestionError as exc:
                 summary.seconds = time.perf_counter() - started
                 summary.error = str(exc)
@@ -167,7 +192,7 @@ class SyncEngine:
                     summary.status = "reauth_required"
                     # The tokens that failed, not those at the start: a refresh may have
                     # succeeded mid-sync before a later one hit the dead grant.
-                    account_print = await self._fingerprint(user_id, provider.account_provider)
+                    account_print, _ = await self._account(user_id, provider.account_provider)
                 else:
                     summary.status = "error"
                 await self.state.finish(
@@ -218,10 +243,24 @@ class SyncEngine:
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
             return summary
 
-    async def _fingerprint(self, user_id: str, account_provider: str) -> str | None:
+    async def _disconnected(self, user_id: str, provider_name: str) -> bool:
+        """A pair that synced before and whose account row is gone was disconnected in the
+        product: recorded as such (as the scheduler's next tick would), so its job ends
+        quietly instead of failing."""
+        if (await self.state.load(user_id, provider_name)).updated_at is None:
+            return False
+        now = self.clock.now()
+        await self.removals.mark_disconnected(
+            user_id, provider_name, now, disconnect_purge_time(self.settings, now)
+        )
+        return True
+
+    async def _account(self, user_id: str, account_provider: str) -> tuple[str | None, str | None]:
+        """The fingerprint of the account's tokens and the account row's id (None, None when
+        the user has no such account)."""
         async with self.db.session() as session:
             account = await find_account(session, user_id, account_provider)
-            return fingerprint(account) if account else None
+            return (fingerprint(account), account.id) if account else (None, None)
 
     async def _accept(
         self,
@@ -244,7 +283,7 @@ class SyncEngine:
             sent = await self.sink.upsert(user_id, page.upserts, force=options.force_full_sync)
         for scope in page.enumeration_started:
             reconciliation.start(scope)
-        await delivered.remember(page.upserts, page.deletes, reconciliation)
+        await delivered.remember(page.upserts, page.deletes, reconciliation, page.seen)
         swept = 0
         for prefix in page.scopes_gone:
             reconciliation.abandon_under(prefix)
@@ -287,6 +326,10 @@ class SyncEngine:
             len(page.upserts) - sent
         )
         metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids) + swept)
+
+
+class _Removed(Exception):
+    """The pair was removed while its sync ran: stop before the next page is written."""
 
 
 def _counts(summary: SyncSummary) -> dict[str, int]:

@@ -389,6 +389,7 @@ def engine_runner(engine: SyncEngine) -> JobRunner:
 
 async def serve_worker(settings: Settings, concurrency: int | None = None) -> None:
     """`ingestion worker`: consume the Redis queue until SIGINT/SIGTERM, then exit cleanly."""
+    from ingestion.forget import Forgetter
     from ingestion.queue import redis_queue
     from ingestion.services import Services, install_stop_signals, load_plugins
 
@@ -401,7 +402,13 @@ async def serve_worker(settings: Settings, concurrency: int | None = None) -> No
     services = await Services.open(settings, lock=consumer.sync_lock())
     try:
         worker = Worker(settings, consumer, engine_runner(services.engine), concurrency=concurrency)
-        await worker.run(stop)
+        forgetter = Forgetter(settings, services.db, services.sink, lock=services.engine.lock)
+        forgetting = asyncio.create_task(forgetter.run(stop))
+        try:
+            await worker.run(stop)
+        finally:
+            stop.set()
+            await forgetting
     finally:
         await services.aclose()
         await queue.aclose()

@@ -17,6 +17,14 @@ What it does like github.com (and GitHub Enterprise Server under `path_prefix="/
 - secondary limits on demand (`secondary_limit_requests`): 403 "You have exceeded a secondary
   rate limit…" with `retry-after` when `secondary_retry_after` is set.
 - repositories that are deleted (404), blocked (403) or empty (409 on commits).
+- issues transferred to another repository of the same owner (`transfer_issue`): gone from the
+  source's listings, a new number and id in the target, and `GET /repos/{o}/{r}/issues/{n}` of
+  the old location answers 301 Moved Permanently to the new one; a deleted issue
+  (`delete_issue`) answers 410 Gone. Source: GitHub REST reference, "Get an issue" ("returns a
+  301 Moved Permanently status if the issue was transferred to another repository ... 410 Gone
+  status if the issue was deleted from a repository where the authenticated user has read
+  access"), and "Transferring an issue to another repository" (same owner only; ids change,
+  as reported in GoogleCloudPlatform/repo-automation-playground#85).
 - repository-wide listings: `/repos/{o}/{r}/pulls` (`state`, `base`, `sort` created | updated |
   popularity | long-running, `direction` defaulting to desc for created and asc otherwise) in
   the list form without counts or `merged`; `/repos/{o}/{r}/issues/comments` and
@@ -170,6 +178,10 @@ class GhRepo:
     blocked: bool = False
     #: Deleted a moment ago: still in `/user/repos` (listings lag), 404 everywhere else.
     vanishing: bool = False
+    #: Issues transferred away: old number → (target repository, new number).
+    moved: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: Numbers of deleted issues (410 Gone).
+    removed_issues: set[int] = field(default_factory=set)
 
     @property
     def full_name(self) -> str:
@@ -309,6 +321,23 @@ class GitHubState:
         (issue.review_comments if review else issue.comments).append(comment)
         self.touch(issue)
         return comment
+
+    def transfer_issue(self, issue: GhIssue, source: GhRepo, target: GhRepo) -> GhIssue:
+        """Move an issue (not a PR) to another repository of the same owner, as GitHub does:
+        it takes the next number there (and so a new id), and the old URL redirects."""
+        if issue.is_pull or source.owner != target.owner:
+            raise ValueError("only issues move, and only between repositories of one owner")
+        del source.issues[issue.number]
+        old = issue.number
+        issue.number = max(target.issues, default=0) + 1
+        target.issues[issue.number] = issue
+        source.moved[old] = (target.full_name, issue.number)
+        self.touch(issue)
+        return issue
+
+    def delete_issue(self, repo: GhRepo, issue: GhIssue) -> None:
+        del repo.issues[issue.number]
+        repo.removed_issues.add(issue.number)
 
     def merge_pull(self, issue: GhIssue) -> None:
         self.touch(issue)
@@ -683,6 +712,24 @@ class _Handler:
             raise _error(404, "Not Found")
         return issue
 
+    def issue(self, request: Request, login: str) -> tuple[Any, str | None]:
+        repo = self.repo(request, login)
+        number = int(request.path_params["number"])
+        if number in repo.moved:
+            target, new = repo.moved[number]
+            location = f"{self.api(request)}/repos/{target}/issues/{new}"
+            raise _Answer(
+                JSONResponse(
+                    {"message": "Moved Permanently", "url": location, "documentation_url": DOCS},
+                    301,
+                    headers={"location": location},
+                )
+            )
+        if number in repo.removed_issues:
+            raise _error(410, "This issue was deleted")
+        issue = self._issue(repo, request)
+        return issue_payload(self.state, repo, issue, self.api(request)), None
+
     def issue_comments(self, request: Request, login: str) -> tuple[Any, str | None]:
         repo = self.repo(request, login)
         issue = self._issue(repo, request)
@@ -907,6 +954,7 @@ def create_app(state: GitHubState) -> Starlette:
         *route("/issues", handler.issues),
         *route("/repos/{owner}/{repo}/issues", handler.repo_issues),
         *route("/repos/{owner}/{repo}/issues/comments", handler.repo_issue_comments),
+        *route("/repos/{owner}/{repo}/issues/{number:int}", handler.issue),
         *route("/repos/{owner}/{repo}/issues/{number:int}/comments", handler.issue_comments),
         *route("/repos/{owner}/{repo}/pulls", handler.pulls),
         *route("/repos/{owner}/{repo}/pulls/comments", handler.repo_pull_comments),

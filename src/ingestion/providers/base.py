@@ -14,7 +14,8 @@ Deletions a provider cannot see (an expired cursor forces a full re-enumeration,
 is gone cannot be listed) are reconciled by the engine, which remembers every record it delivered:
 a page may declare that a full enumeration of a `Scope` starts (`enumeration_started`) or is
 complete (`enumeration_completed`), or that a scope is gone (`scopes_gone`); see
-`ingestion.reconcile`.
+`ingestion.reconcile`. An enumeration that only checks what still exists (without sending the
+items again) reports the `sourceId`s it listed in `seen`.
 Only the FIRST page of a fresh enumeration declares its start; pages of a resumed one do not.
 
 A provider raises `ingestion.errors` exceptions: `RateLimited` to defer the job (pages yielded
@@ -126,6 +127,10 @@ class SyncPage:
     #: Prefixes that can no longer be listed at all: every remembered record under them is
     #: deleted (and any enumeration in progress under them is abandoned).
     scopes_gone: Sequence[str] = ()
+    #: `sourceId`s an open enumeration listed without upserting them (a reconciliation pass
+    #: that only checks what still exists): they count as delivered by it, so its sweep keeps
+    #: them. Ids never delivered are ignored.
+    seen: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ __all__ = [
     "Base",
     "DeliveredRow",
     "MemoryRow",
+    "RemovalRow",
     "SentHash",
     "SyncRun",
     "SyncStateRow",
@@ -219,3 +220,29 @@ class DeliveredRow(Base):
     source_id: Mapped[str] = mapped_column(String(512), primary_key=True)
     occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RemovalRow(Base):
+    """`ingestion_removals` (migration 0006): a (user, provider) the service stopped syncing.
+
+    Written by `accounts remove`, `users forget` and when the product deleted the account. While
+    the row exists the pair is not synced (a job for it ends without writing). `purge_after` is
+    when its delivered records are deleted from the memory engine (NULL = kept); `settled_at` is
+    set once that and the pair's state removal are complete. `account_ref` is the account row at
+    removal.
+    """
+
+    __tablename__ = "ingestion_removals"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: removed | forgotten | disconnected
+    reason: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    purge_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Records deleted from the memory engine so far by this removal.
+    purged: Mapped[int] = mapped_column(Integer, default=0)
+    #: Id of the account row at removal: a new row (the product linked the account again)
+    #: lifts a settled removal; a token refresh keeps the id.
+    account_ref: Mapped[str | None] = mapped_column(Text, nullable=True)

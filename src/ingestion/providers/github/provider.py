@@ -19,22 +19,32 @@ Scope of one sync (configurable through `GITHUB_REPOS_ALLOW`/`_DENY`, `BACKFILL_
 
 Guarantees: pages are yielded oldest-first within a stream with a complete state, so a
 deferral (`RateLimited` at the primary-limit reset or before the reserve is spent) resumes
-without duplicates; an unchanged account costs only 304s; a repository answering 404/403 (not a
+without duplicates; an unchanged account costs only 304s; a repository answering 403 (not a
 rate limit) is skipped with a warning and keeps its cursor; 409 (empty repository) and 422 skip
 one stream, never the whole sync; 401 goes through the token service (then `ReauthRequired`).
+
+Deletions no cursor reports (see `_forget_repo` and `_check_issues`):
+
+- a repository we synced that answers 404/410/451 to a repository call, or is missing from a
+  complete (changed, all pages read) `/user/repos` listing, is dropped from the state and every
+  record under `owner/repo@` and `owner/repo#` is deleted (`scopes_gone`);
+- an owned repository's whole issue listing (`state=all`, conditional) is read at most once
+  per `ISSUE_CHECK_EVERY`: an issue or PR delivered from it that is no longer listed was deleted
+  or transferred to another repository (GitHub gives it a new number and id there and answers
+  the old URL with 301), and its record is deleted. All pages 304 = nothing changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ingestion.config import Settings
 from ingestion.memory.record import MemoryRecord
-from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.base import Scope, SyncContext, SyncPage
 from ingestion.providers.github.client import GitHubClient, Reply
 from ingestion.providers.github.conversations import Conversations
 from ingestion.providers.github.sync import (
@@ -62,6 +72,12 @@ MAX_FILE_PAGES = 10
 PUSH_SETTLE = timedelta(minutes=2)
 #: A repository answering these to a repository-level call is skipped, cursor kept.
 GONE = (403, 404, 410, 451)
+#: ...and with these it is gone for good (deleted, access lost, unavailable for legal
+#: reasons): its records are deleted. 403 (blocked, SSO not authorised) may pass.
+REPO_GONE = (404, 410, 451)
+#: How often an owned repository's whole issue listing is read to find issues deleted or
+#: transferred away (no `since` listing shows them).
+ISSUE_CHECK_EVERY = timedelta(days=1)
 
 
 class _RepoGone(Exception):
@@ -136,6 +152,8 @@ class _Run:
         self.upserted = 0
         #: sourceId → updated_at taken in this run (issues come from two listings).
         self.taken: dict[str, str] = {}
+        #: Repositories found gone, whose records the next page deletes (`scopes_gone`).
+        self.gone: list[str] = []
         self._reported = {"requests": 0, "notModified": 0, "rateLimitUnits": 0}
 
     # --- pages and stats ---------------------------------------------------------------------
@@ -148,11 +166,14 @@ class _Run:
         stats = {k: v - self._reported[k] for k, v in current.items()}
         self._reported = current
         self.upserted += len(records)
+        gone = [prefix for repo in self.gone for prefix in (f"{repo}@", f"{repo}#")]
+        self.gone = []
         return SyncPage(
             state=self.state.dump(),
             upserts=records,
             fetched=len(records) if fetched is None else fetched,
             stats=stats,
+            scopes_gone=gone,
         )
 
     def _chunk_size(self) -> int:
@@ -178,7 +199,13 @@ class _Run:
                 if info.own:
                     async for page in self._repo_issues(info):
                         yield page
+                    async for page in self._check_issues(info):
+                        yield page
             except _RepoGone as gone:
+                if gone.reply.status in REPO_GONE:
+                    self._forget_repo(gone.repo, gone.reply.status)
+                    yield self.page([])
+                    continue
                 self.log.warning(
                     "github repository skipped",
                     repo=gone.repo,
@@ -230,8 +257,8 @@ class _Run:
         if walk is None or not walk.changed:
             return
         listed: dict[str, Mapping[str, Any]] = {str(r["full_name"]): r for r in walk.items}
-        for info in self.state.repos.values():
-            info.listed = info.full_name in listed
+        for name in [n for n in self.state.repos if n not in listed]:
+            self._forget_repo(name, None)
         for name, repo in listed.items():
             info = self.state.repos.get(name) or RepoInfo(full_name=name)
             info.branch = str(repo.get("default_branch") or "main")
@@ -240,6 +267,84 @@ class _Run:
             info.listed = True
             self.state.repos[name] = info
         self.state.repos_etags = walk.etags
+
+    def _forget_repo(self, repo: str, status: int | None) -> None:
+        """The repository is gone (deleted, access lost): drop its cursor; the next page
+        deletes its records."""
+        self.state.repos.pop(repo, None)
+        self.gone.append(repo)
+        self.log.info(
+            "github repository gone; deleting its records",
+            repo=repo,
+            reason=f"answered {status}" if status else "no longer in /user/repos",
+        )
+
+    async def _check_issues(self, info: RepoInfo) -> AsyncIterator[SyncPage]:
+        """Read the owned repository's whole issue listing (at most once per
+        `ISSUE_CHECK_EVERY`, conditionally) and delete the records of issues and PRs it no
+        longer lists. Only their numbers are kept in memory."""
+        now = self.ctx.clock.now()
+        checked = parse_time(info.issues_checked)
+        if self.max_results is not None:
+            return
+        if checked is None:  # first sync of the repository: its issues were just listed
+            info.issues_checked = format_time(now)
+            return
+        if now - checked < ISSUE_CHECK_EVERY:
+            return
+        listed = await self._issue_numbers(info)
+        info.issues_checked = format_time(now)
+        prefix = f"{info.full_name}#"
+        if listed is None:  # unchanged since the last check: nothing deleted or moved
+            yield self.page([])
+            return
+        numbers, info.issue_list_etags = listed
+        yield replace(
+            self.page([], fetched=0),
+            enumeration_started=[Scope(prefix)],
+            seen=[f"{prefix}{n}" for n in numbers],
+            enumeration_completed=[prefix],
+        )
+
+    async def _issue_numbers(
+        self, info: RepoInfo
+    ) -> tuple[list[int], list[tuple[str, str]]] | None:
+        """Every issue and PR number of the repository with the new ETags; None when every
+        page answered 304 (or the listing was refused: 409/422, logged)."""
+        params = {
+            "state": "all",
+            "sort": "created",
+            "direction": "asc",
+            "per_page": self.settings.github_page_size,
+        }
+        url = self.client.url(f"/repos/{info.full_name}/issues", params)
+        for conditional in (True, False):
+            numbers: list[int] = []
+            etags: list[tuple[str, str]] = []
+            pages = unchanged = 0
+            async for page in self.client.listing(
+                url,
+                endpoint="repo_issues_check",
+                etags=info.issue_list_etags if conditional else None,
+            ):
+                if not page.ok:
+                    self._listing_error(page.reply, "repo_issues_check", info.full_name)
+                    return None
+                pages += 1
+                if page.etag:
+                    etags.append((page.url, page.etag))
+                if page.items is None:
+                    unchanged += 1
+                    continue
+                for item in page.items:
+                    number = item.get("number") if isinstance(item, Mapping) else None
+                    if isinstance(number, int) and not isinstance(number, bool):
+                        numbers.append(number)
+            if unchanged == pages:
+                return None
+            if unchanged == 0:
+                return numbers, etags
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _walk(
         self,

@@ -11,7 +11,8 @@ The stored cursor (the `metadata` JSON of `ingestion_sync_state`) is::
         "owner/name": {
           "branch": "main", "pushedAt": "…", "own": true,   # from /user/repos, kept for 304s
           "listed": true, "commitsPushedAt": "…",            # pushedAt when commits last done
-          "commits": {stream}, "issues": {stream}
+          "commits": {stream}, "issues": {stream},
+          "issuesChecked": "…", "issueListEtags": [[url, etag], …]  # owned: last full listing
         }, …
       },
       "issues": {stream}                     # GET /issues?filter=all
@@ -29,7 +30,9 @@ and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, 
   keeps only what is inside the new window: the state stays bounded by about a page or a day of
   activity per stream.
 
-A repository that vanishes or becomes inaccessible keeps its entry, so its cursor survives.
+A repository that leaves `/user/repos`, or answers 404/410/451, is dropped from the state (its
+records are deleted by the provider's `scopes_gone`); one that answers 403 (blocked) keeps its
+entry and cursor.
 """
 
 from __future__ import annotations
@@ -131,9 +134,12 @@ class RepoInfo:
     issues: StreamCursor = field(default_factory=StreamCursor)
     #: `pushedAt` when the commits stream last completed (skip the listing while unchanged).
     commits_pushed_at: str | None = None
-    #: False once the repository left `/user/repos` (deleted, access lost): not synced, but
-    #: its cursor is kept in case it comes back.
+    #: Read from states written before repositories that left `/user/repos` were dropped.
     listed: bool = True
+    #: Owned repositories: when the whole issue listing was last checked for issues deleted
+    #: or transferred away, and the ETags of that listing's pages.
+    issues_checked: str | None = None
+    issue_list_etags: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, full_name: str, raw: Any) -> RepoInfo:
@@ -147,6 +153,10 @@ class RepoInfo:
             issues=StreamCursor.load(raw.get("issues")),
             commits_pushed_at=raw.get("commitsPushedAt"),
             listed=bool(raw.get("listed", True)),
+            issues_checked=raw.get("issuesChecked")
+            if isinstance(raw.get("issuesChecked"), str)
+            else None,
+            issue_list_etags=_etags(raw.get("issueListEtags")),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -158,6 +168,8 @@ class RepoInfo:
             "issues": self.issues.dump(),
             "commitsPushedAt": self.commits_pushed_at,
             "listed": self.listed,
+            "issuesChecked": self.issues_checked,
+            "issueListEtags": [list(p) for p in self.issue_list_etags],
         }
 
 
@@ -196,6 +208,12 @@ class GitHubState:
             "repos": {k: v.dump() for k, v in sorted(self.repos.items())},
             "issues": self.issues.dump(),
         }
+
+
+def _etags(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        return []
+    return [(str(p[0]), str(p[1])) for p in raw if isinstance(p, list | tuple) and len(p) == 2]
 
 
 def _patterns(raw: str) -> list[str]:

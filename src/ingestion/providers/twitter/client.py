@@ -160,6 +160,21 @@ class TwitterClient:
             meta=dict(body.get("meta") or {}),
         )
 
+    async def timeline_ids(self, kind: str, user_id: str, params: dict[str, str]) -> TimelinePage:
+        """One page of `kind` with only the default fields (ids): what a reconciliation pass
+        needs to know which posts are still listed."""
+        path = TIMELINE_PATHS[kind].format(id=user_id)
+        response = await self._get(kind, path, {"max_results": str(PAGE_SIZE), **params})
+        if response.status_code != 200:
+            raise api_error("twitter", f"users/:id/{kind}", response)
+        body = _json(response)
+        data, meta = body.get("data"), body.get("meta")
+        return TimelinePage(
+            data=[d for d in data if isinstance(d, dict)] if isinstance(data, list) else [],
+            includes={},
+            meta=dict(meta) if isinstance(meta, dict) else {},
+        )
+
     async def _get(self, endpoint: str, path: str, params: dict[str, str]) -> httpx.Response:
         self._check_window(endpoint)
         response = await self.api.request("GET", path, endpoint=endpoint, params=params)

@@ -5,7 +5,8 @@ timelines (`TWITTER_TIMELINES`) in order, each with a fair share of the per-sync
 (`TWITTER_PAGE_BUDGET`; what one timeline leaves unused goes to the next). A budget that runs out
 ends the sync normally with every pass's checkpoint stored; the next sync continues it. A rate
 window about to run out (or a 429) raises `RateLimited` with the reset time: the job is
-deferred, and the pages already yielded keep their cursor (see `sync.py`).
+deferred, and the pages already yielded keep their cursor (see `sync.py`). Posts deleted and
+likes taken back are found by a periodic re-read of the recent window (`reconcile.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import ClassVar
 from ingestion.config import Settings
 from ingestion.errors import RateLimited
 from ingestion.providers.base import SyncContext, SyncPage
+from ingestion.providers.twitter import reconcile
 from ingestion.providers.twitter.client import TwitterClient
 from ingestion.providers.twitter.sync import (
     TIMELINES,
@@ -89,6 +91,10 @@ class TwitterProvider:
                 timelines=exhausted,
                 budget=self.settings.twitter_page_budget,
             )
+        if not exhausted and not deferred and ctx.options.max_results is None:
+            async for page in self._reconcile(ctx, walk, walk_budget):
+                yielded = True
+                yield page
         if not yielded or exhausted:
             yield SyncPage(
                 state=cursor.as_state(),
@@ -100,3 +106,27 @@ class TwitterProvider:
                 "; ".join(str(exc) for _, exc in deferred),
                 retry_after=max(waits) if waits else None,
             )
+
+    async def _reconcile(
+        self, ctx: SyncContext, walk: TimelineWalk, budget: Budget
+    ) -> AsyncIterator[SyncPage]:
+        """The re-read of the recent window, when due (`reconcile.py`); a first sync only
+        starts its clock. A rate window running out ends the pass without sweeping."""
+        if not reconcile.enabled(self.settings, self.timelines):
+            return
+        now = ctx.clock.now()
+        if not walk.cursor.reconcile.get("at"):
+            window = now - timedelta(days=self.settings.twitter_reconcile_days)
+            reconcile.stamp(walk, now, window, None)
+            yield SyncPage(state=walk.cursor.as_state())
+            return
+        if not reconcile.due(self.settings, walk, now):
+            return
+        walk.budget = Budget(pages=budget.pages)
+        try:
+            async for page in reconcile.reconcile_pass(walk, self.settings, now):
+                yield page
+        except RateLimited as exc:
+            ctx.log.info("twitter reconcile pass stopped by a rate window", reason=str(exc))
+        finally:
+            budget.pages = walk.budget.pages

@@ -6,7 +6,8 @@ Stored state (`ingestion_sync_state.metadata`)::
      "timelines": {
         "tweets":   {"newestId": "…", "run": {...}?},
         "mentions": {"newestId": "…", "run": {...}?},
-        "likes":    {"knownIds": ["…", …], "run": {...}?}}}
+        "likes":    {"knownIds": ["…", …], "run": {...}?}},
+     "reconcile": {"at": "…", "likeAnchors": [["…", "…"], …]}}   # see reconcile.py
 
 Guarantees:
 
@@ -91,22 +92,29 @@ class TwitterCursor:
     user_id: str | None = None
     username: str | None = None
     timelines: dict[str, TimelineCursor] = field(default_factory=dict)
+    #: The reconciliation pass's own state (`ingestion.providers.twitter.reconcile`).
+    reconcile: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, state: Mapping[str, Any]) -> TwitterCursor:
         timelines = state.get("timelines") or {}
+        reconcile = state.get("reconcile")
         return cls(
             user_id=state.get("userId"),
             username=state.get("username"),
             timelines={name: TimelineCursor.of(timelines.get(name)) for name in TIMELINES},
+            reconcile=copy.deepcopy(dict(reconcile)) if isinstance(reconcile, Mapping) else {},
         )
 
     def as_state(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "userId": self.user_id,
             "username": self.username,
             "timelines": {name: cursor.as_state() for name, cursor in self.timelines.items()},
         }
+        if self.reconcile:
+            state["reconcile"] = copy.deepcopy(self.reconcile)
+        return state
 
 
 @dataclass
