@@ -27,7 +27,7 @@ from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
 from tests.conftest import run_cli
-from tests.emulators.github import GhFile, GitHubState, create_app, seed_activity
+from tests.emulators.github import ABUSE_MESSAGE, GhFile, GitHubState, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
 
 TOKEN = "gho_test_token_mona"
@@ -261,6 +261,30 @@ async def test_secondary_rate_limit_is_waited_out(
     assert summary.status == "ok"
     assert state.count(status=403) == 2
     assert "mona/notes@" + repo.commits[0].sha in await records(services)
+
+
+async def test_retry_after_on_a_403_is_honoured_whatever_the_message_says(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    """An older Enterprise server's "abuse detection" 403 with `retry-after` on a repository's
+    listing is waited out: the repository is neither skipped nor the sync failed."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    state.add_commit(repo, "Initial commit", author="mona", files=[GhFile("README.md")])
+    state.add_issue(repo, "An issue", user="mona")
+    state.secondary_message = ABUSE_MESSAGE
+    state.secondary_limit_path = r"/commits$"
+    state.secondary_limit_requests = 2
+    state.secondary_retry_after = 1
+    services = await services_for(server.url)
+
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    assert state.count(status=403) == 2
+    stored = await records(services)
+    assert "mona/notes@" + repo.commits[0].sha in stored
+    assert "mona/notes#1" in stored
 
 
 async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(

@@ -57,6 +57,7 @@ from tests.emulators.github_payloads import (
 )
 
 __all__ = [
+    "ABUSE_MESSAGE",
     "GhComment",
     "GhCommit",
     "GhFile",
@@ -75,6 +76,13 @@ SECONDARY_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
     "If you reach out to GitHub Support for help, please include the request ID "
     "0000:0000:0000000:0000000:00000000."
+)
+#: What GitHub Enterprise Server before 3.x (and github.com before 2021) said for the same
+#: limit, with `retry-after`: the wording quoted in public reports (octokit/plugin-throttling
+#: matched `/\babuse\b/i` for it; renovatebot/renovate's GitHub client starts-with matched it).
+ABUSE_MESSAGE = (
+    "You have triggered an abuse detection mechanism. Please wait a few minutes before you "
+    "try again."
 )
 PRIMARY_MESSAGE = (
     "API rate limit exceeded for user ID {id}. If you reach out to GitHub Support for help, "
@@ -234,6 +242,10 @@ class GitHubState:
         #: The next N requests get a secondary rate limit answer.
         self.secondary_limit_requests = 0
         self.secondary_retry_after: int | None = 1
+        #: The message of those answers (`ABUSE_MESSAGE` for older Enterprise servers), and a
+        #: path pattern limiting them to some endpoints (None = any request).
+        self.secondary_message = SECONDARY_MESSAGE
+        self.secondary_limit_path: str | None = None
         self.commit_files_per_page = 300
         #: Repository issue listings page with `after` cursors (GitHub since 2025) instead of
         #: `page` numbers (as recorded in 2017 by @octokit/fixtures).
@@ -499,7 +511,10 @@ class _Handler:
             login = self.authenticate(request)
             window = state.window(login)
             headers = self.rate_headers(window)
-            if state.secondary_limit_requests > 0:
+            limited_path = state.secondary_limit_path is None or re.search(
+                state.secondary_limit_path, request.url.path
+            )
+            if state.secondary_limit_requests > 0 and limited_path:
                 state.secondary_limit_requests -= 1
                 extra = (
                     {}
@@ -508,7 +523,7 @@ class _Handler:
                 )
                 response: Response = JSONResponse(
                     {
-                        "message": SECONDARY_MESSAGE,
+                        "message": state.secondary_message,
                         "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
                     },
                     403,
