@@ -19,7 +19,13 @@ from croniter import croniter
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PROVIDER_NAMES", "Settings", "describe_error", "normalize_database_url"]
+__all__ = [
+    "PROVIDER_NAMES",
+    "Settings",
+    "describe_error",
+    "normalize_database_url",
+    "parse_loopback_redirect",
+]
 
 #: Every provider the service knows; the registry maps each to its implementation.
 PROVIDER_NAMES: tuple[str, ...] = ("gmail", "calendar", "github", "twitter")
@@ -52,6 +58,30 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def parse_loopback_redirect(value: str) -> tuple[str, int, str]:
+    """(host, port, path) of a fixed `ingestion connect` redirect URI.
+
+    It must be `http://127.0.0.1:PORT/path`, `http://localhost:PORT/path` or
+    `http://[::1]:PORT/path`: the listener runs on this machine, and the URI must be exactly the
+    one registered for the OAuth app (Google Web-application clients, X apps).
+    """
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(
+            "expected a loopback http URL such as http://127.0.0.1:8765/callback "
+            "(registered exactly in the OAuth app)"
+        )
+    if not port or parts.query or parts.fragment:
+        raise ValueError(
+            "expected an explicit port and no query, e.g. http://127.0.0.1:8765/callback"
+        )
+    return parts.hostname, port, parts.path or "/"
+
+
 class Settings(BaseSettings):
     """Configuration of one process. Build it once at start-up and pass it down."""
 
@@ -76,6 +106,9 @@ class Settings(BaseSettings):
     github_client_secret: SecretStr | None = None
     twitter_client_id: str | None = None
     twitter_client_secret: SecretStr | None = None
+    #: The exact redirect URI `ingestion connect` uses (a loopback URL registered for the app);
+    #: unset = `http://127.0.0.1:PORT/callback` on a free port (Desktop-app clients only).
+    oauth_redirect_uri: str | None = None
     #: Refresh an access token when it expires within this many seconds.
     token_refresh_margin: int = Field(300, ge=0)
     #: Seconds one token-endpoint request may take (it runs while the account row is locked).
@@ -215,6 +248,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("oauth_redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str | None) -> str | None:
+        if value:
+            parse_loopback_redirect(value)
+        return value or None
 
     @field_validator("twitter_timelines")
     @classmethod
