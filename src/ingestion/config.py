@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     #: Requests left unused in each X rate window: the sync defers itself to the window's reset
     #: when only this many remain (0 = stop just before X would answer 429).
     twitter_rate_limit_reserve: int = Field(0, ge=0)
+    #: Day of the month X resets the app's usage cap (the subscription's billing day); unset =
+    #: the first of the month (UTC). Past a short month's end it resets on the month's last day.
+    twitter_usage_cap_reset_day: int | None = Field(None, ge=1, le=31)
 
     @field_validator(
         "gmail_api_url",

@@ -25,7 +25,13 @@ import structlog
 from ingestion import metrics
 from ingestion.clock import Clock
 from ingestion.config import Settings
-from ingestion.errors import IngestionError, PermanentError, RateLimited, ReauthRequired
+from ingestion.errors import (
+    IngestionError,
+    PermanentError,
+    QuotaExhausted,
+    RateLimited,
+    ReauthRequired,
+)
 from ingestion.memory.base import MemorySink
 from ingestion.memory.record import record_id
 from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
@@ -148,7 +154,11 @@ class SyncEngine:
             except IngestionError as exc:
                 summary.seconds = time.perf_counter() - started
                 summary.error = str(exc)
-                if isinstance(exc, RateLimited):
+                if isinstance(exc, QuotaExhausted):
+                    summary.status = "quota_exhausted"
+                    summary.retry_after = exc.retry_after
+                    metrics.QUOTA_EXHAUSTED.labels(provider=provider_name).inc()
+                elif isinstance(exc, RateLimited):
                     summary.status = "deferred"
                     summary.retry_after = exc.retry_after
                 elif isinstance(exc, ReauthRequired):
