@@ -109,7 +109,8 @@ async def test_full_sync_across_repositories_with_pagination(
 ) -> None:
     state, server = github
     seed_activity(state, "mona", repos=3, commits_per_repo=25, issues_per_repo=24)
-    services = await services_for(server.url)
+    # Every organisation issue too (most are octocat's): pagination of `/issues` itself.
+    services = await services_for(server.url, github_issues_filter="all")
 
     summary = await sync(services)
 
@@ -202,7 +203,7 @@ async def test_rate_limit_exhaustion_defers_to_reset_and_resumes_without_duplica
     state, server = github
     seed_activity(state, "mona", repos=2, commits_per_repo=30, issues_per_repo=10)
     state.rate_limit = 40
-    services = await services_for(server.url)
+    services = await services_for(server.url, github_issues_filter="all")
 
     with pytest.raises(RateLimited) as stopped:
         await sync(services)
@@ -285,6 +286,45 @@ async def test_retry_after_on_a_403_is_honoured_whatever_the_message_says(
     stored = await records(services)
     assert "mona/notes@" + repo.commits[0].sha in stored
     assert "mona/notes#1" in stored
+
+
+@pytest.mark.parametrize("setting", ["participating", "all"])
+async def test_issues_of_other_repositories_are_those_the_person_takes_part_in(
+    github: tuple[GitHubState, RunningServer], services_for: Any, setting: str
+) -> None:
+    """`/issues?filter=all` is every issue an organisation member can see: by default only
+    what the person created, is assigned to, is mentioned in or subscribed to is taken (plus
+    every issue of their own repositories); `GITHUB_ISSUES_FILTER=all` takes everything."""
+    state, server = github
+    own = state.add_repo("mona", "notes")
+    org = state.add_repo("acme", "platform", org_members={"mona"})
+    state.add_issue(own, "Someone else's issue in my repo", user="octocat")
+    created = state.add_issue(org, "Mine", user="mona")
+    assigned = state.add_issue(org, "Assigned", user="octocat", assignees=["mona"])
+    mentioned = state.add_issue(org, "Ping", user="octocat", body="@mona can you look?")
+    commented = state.add_issue(org, "Discussed", user="octocat")
+    state.add_comment(commented, "mona", "I had a look")
+    others = [state.add_issue(org, f"Unrelated {n}", user="octocat") for n in range(5)]
+    services = await services_for(server.url, github_issues_filter=setting)
+
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    stored = await records(services)
+    assert "mona/notes#1" in stored
+    for issue in (created, assigned, mentioned, commented):
+        assert f"acme/platform#{issue.number}" in stored
+    taken = {f"acme/platform#{i.number}" for i in others} & stored.keys()
+    assert len(taken) == (5 if setting == "all" else 0)
+    asked = {r.query for r in state.log if r.path == "/issues"}
+    filters = {q.split("filter=")[1].split("&")[0] for q in asked}
+    expected = {"all"} if setting == "all" else {"created", "assigned", "mentioned", "subscribed"}
+    assert filters == expected
+
+    before = len(state.log)
+    again = await sync(services)
+    assert again.upserted == 0
+    assert {r.status for r in state.log[before:] if r.path == "/issues"} == {304}
 
 
 async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(

@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     github_rate_limit_reserve: int = Field(50, ge=0)
     #: `per_page` of every GitHub listing (GitHub's maximum is 100).
     github_page_size: int = Field(100, ge=1, le=100)
+    #: Issues and PRs of other people's repositories: `participating` (created, assigned,
+    #: mentioned, subscribed) or `all` (every issue the token can see: for a member of a large
+    #: organisation, every issue of every organisation repository). Own repositories: all.
+    github_issues_filter: Literal["participating", "all"] = "participating"
 
     # --- X / Twitter ---------------------------------------------------------------------------
     #: Comma-separated subset of `tweets,mentions,likes`.

@@ -666,7 +666,10 @@ class _Handler:
                     "assigned": login in issue.assignees,
                     "created": issue.user == login,
                     "mentioned": f"@{login}" in (issue.body or ""),
-                    "subscribed": issue.user == login or login in issue.assignees,
+                    # GitHub subscribes a person who opens, is assigned or comments.
+                    "subscribed": issue.user == login
+                    or login in issue.assignees
+                    or any(c.user == login for c in issue.comments),
                     "repos": visible,
                     "all": visible,
                 }.get(which)

@@ -10,8 +10,9 @@ Scope of one sync (configurable through `GITHUB_REPOS_ALLOW`/`_DENY`, `BACKFILL_
    (files, patches; >300 files paginated) are fetched only for commits not yet ingested, and
    the listing is skipped altogether while the repository's `pushed_at` is unchanged;
 3. per owned repository, every issue and PR updated since the cursor;
-4. `GET /issues?filter=all&state=all` updated since the cursor (issues and PRs the person can
-   see, created, was assigned, mentioned in or commented on), within the allow/deny globs;
+4. `GET /issues?state=all` updated since the cursor, once per filter: `created`, `assigned`,
+   `mentioned` and `subscribed` (what the person takes part in), or only `all` (every issue
+   the token can see) with `GITHUB_ISSUES_FILTER=all`; within the allow/deny globs;
 5. the conversation of the issues and PRs of one listing page comes from repository-wide
    listings where they are cheaper (`conversations.py`: `/pulls` for merged/draft/refs,
    `/issues/comments`, `/pulls/comments`), else per item: `/pulls/{n}` for a PR, and its
@@ -60,6 +61,12 @@ COMMIT_CHUNK = 50
 MAX_FILE_PAGES = 10
 #: A repository pushed to this recently gets its commit listing asked again next time.
 PUSH_SETTLE = timedelta(minutes=2)
+#: `/issues` filters (GitHub REST "List issues assigned to the authenticated user": `filter`
+#: = assigned | created | mentioned | subscribed | repos | all) by `GITHUB_ISSUES_FILTER`.
+ISSUE_FILTERS: dict[str, tuple[str, ...]] = {
+    "participating": ("created", "assigned", "mentioned", "subscribed"),
+    "all": ("all",),
+}
 #: A repository answering these to a repository-level call is skipped, cursor kept.
 GONE = (403, 404, 410, 451)
 
@@ -393,18 +400,29 @@ class _Run:
             yield page
 
     async def _user_issues(self) -> AsyncIterator[SyncPage]:
-        def store(cursor: StreamCursor) -> None:
-            self.state.issues = cursor
+        """`GET /issues` once per filter: by default what the person takes part in (their own
+        repositories' issues come from `_repo_issues`); `filter=all` only when configured."""
+        filters = ISSUE_FILTERS[self.settings.github_issues_filter]
+        for name in list(self.state.issues):
+            if name not in filters:
+                del self.state.issues[name]
+        for name in filters:
 
-        async for page in self._issue_stream(
-            path="/issues",
-            extra={"filter": "all"},
-            endpoint="issues",
-            get_cursor=lambda: self.state.issues,
-            set_cursor=store,
-            repo=None,
-        ):
-            yield page
+            def load(name: str = name) -> StreamCursor:
+                return self.state.issues.get(name) or StreamCursor()
+
+            def store(cursor: StreamCursor, name: str = name) -> None:
+                self.state.issues[name] = cursor
+
+            async for page in self._issue_stream(
+                path="/issues",
+                extra={"filter": name},
+                endpoint="issues",
+                get_cursor=load,
+                set_cursor=store,
+                repo=None,
+            ):
+                yield page
 
     async def _issue_stream(
         self,

@@ -14,8 +14,8 @@ The stored cursor (the `metadata` JSON of `ingestion_sync_state`) is::
           "commits": {stream}, "issues": {stream}
         }, …
       },
-      "issues": {stream}                     # GET /issues?filter=all
-    }
+      "issues": {filter: {stream}}           # GET /issues?filter=… (created, assigned,
+    }                                        # mentioned, subscribed; or all)
 
 and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, etag], …]}``:
 
@@ -169,7 +169,8 @@ class GitHubState:
     user_etag: str | None = None
     repos_etags: list[tuple[str, str]] = field(default_factory=list)
     repos: dict[str, RepoInfo] = field(default_factory=dict)
-    issues: StreamCursor = field(default_factory=StreamCursor)
+    #: One cursor per `/issues` filter.
+    issues: dict[str, StreamCursor] = field(default_factory=dict)
 
     @classmethod
     def load(cls, raw: Mapping[str, Any]) -> GitHubState:
@@ -184,7 +185,7 @@ class GitHubState:
             repos={k: RepoInfo.load(k, v) for k, v in repos.items()}
             if isinstance(repos, Mapping)
             else {},
-            issues=StreamCursor.load(raw.get("issues")),
+            issues=_issue_cursors(raw.get("issues")),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -194,8 +195,17 @@ class GitHubState:
             "userEtag": self.user_etag,
             "reposEtags": [list(p) for p in self.repos_etags],
             "repos": {k: v.dump() for k, v in sorted(self.repos.items())},
-            "issues": self.issues.dump(),
+            "issues": {k: v.dump() for k, v in sorted(self.issues.items())},
         }
+
+
+def _issue_cursors(raw: Any) -> dict[str, StreamCursor]:
+    """The per-filter cursors (a cursor of the former single `filter=all` stream is `all`)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    if "since" in raw or "seen" in raw:
+        return {"all": StreamCursor.load(raw)}
+    return {str(k): StreamCursor.load(v) for k, v in raw.items()}
 
 
 def _patterns(raw: str) -> list[str]:
