@@ -327,6 +327,79 @@ async def test_issues_of_other_repositories_are_those_the_person_takes_part_in(
     assert {r.status for r in state.log[before:] if r.path == "/issues"} == {304}
 
 
+async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    """`since` filters on the commit's own date: a branch written last week and merged today,
+    old local work pushed today, and a force-push all bring commits the date window misses.
+    The walk goes from the new head back to the last head ingested (compare), and a
+    force-push whose old head is gone gets a bounded re-walk."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    now = clock.now()
+    for n in range(15):  # more than a page: a date window would move up to the newest
+        state.add_commit(
+            repo, f"base {n}", author="mona", date=now - timedelta(days=30 - n), files=[]
+        )
+    state.add_commit(repo, "recent", author="mona", date=now - timedelta(hours=2), files=[])
+    services = await services_for(server.url)
+    await sync(services)
+    assert len(await records(services)) == 16
+
+    # A branch from an old commit, written ten days ago, merged now (merge commit by mona),
+    # plus a colleague's commit on it (not mona's: not taken).
+    old_base = repo.commits[-1].sha
+    tip = state.branch(
+        repo,
+        old_base,
+        ["feature a", "feature b"],
+        author="mona",
+        dates=[now - timedelta(days=10), now - timedelta(days=9)],
+    )
+    tip = state.branch(repo, tip, ["colleague"], author="octocat", dates=[now - timedelta(days=8)])
+    merge = state.merge(repo, tip, author="mona")
+    # Local work made five days ago, pushed now on top of the merge.
+    late = state.add_commit(repo, "late push", author="mona", date=now - timedelta(days=5))
+    clock.offset += 600
+
+    summary = await sync(services)
+
+    stored = await records(services)
+    titles = {r.title for r in stored.values()}
+    assert {"feature a", "feature b", "late push", "Merge branch"} <= titles
+    assert "colleague" not in titles
+    assert f"mona/notes@{merge}" in stored and f"mona/notes@{late.sha}" in stored
+    assert summary.status == "ok"
+    assert state.count(path=r"/compare/") == 1
+
+    # A force-push: history rewritten from an old commit (the old head is still known).
+    rewritten = state.branch(
+        repo, old_base, ["rewritten"], author="mona", dates=[now - timedelta(days=6)]
+    )
+    state.force_push(repo, rewritten)
+    clock.offset += 600
+    await sync(services)
+    assert "rewritten" in {r.title for r in (await records(services)).values()}
+
+    # A force-push whose old head was garbage-collected: a bounded re-walk finds the new work.
+    gone = state.branch(
+        repo, old_base, ["after gc"], author="mona", dates=[now - timedelta(days=3)]
+    )
+    state.force_push(repo, gone, forget=True)
+    clock.offset += 600
+    again = await sync(services)
+    assert again.status == "ok"
+    assert "after gc" in {r.title for r in (await records(services)).values()}
+    assert state.count(path=r"/compare/", status=404) == 1
+
+    # Unchanged: nothing but conditional requests.
+    clock.offset += 600
+    before = len(state.log)
+    quiet = await sync(services)
+    assert quiet.upserted == 0
+    assert {r.status for r in state.log[before:]} == {304}
+
+
 async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(
     github: tuple[GitHubState, RunningServer], services_for: Any
 ) -> None:

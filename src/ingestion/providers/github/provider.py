@@ -28,12 +28,14 @@ one stream, never the whole sync; 401 goes through the token service (then `Reau
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ingestion.config import Settings
+from ingestion.errors import PermanentError
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import SyncContext, SyncPage
 from ingestion.providers.github.client import GitHubClient, Reply
@@ -67,6 +69,12 @@ ISSUE_FILTERS: dict[str, tuple[str, ...]] = {
     "participating": ("created", "assigned", "mentioned", "subscribed"),
     "all": ("all",),
 }
+#: A comparison longer than this many pages is replaced by a re-walk by date.
+MAX_COMPARE_PAGES = 10
+#: How far back a re-walk by date reaches when the last head cannot be compared (a force-push
+#: whose old head was garbage-collected): rebased commits carry a new committer date.
+REWALK_WINDOW = timedelta(days=30)
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 #: A repository answering these to a repository-level call is skipped, cursor kept.
 GONE = (403, 404, 410, 451)
 
@@ -296,14 +304,145 @@ class _Run:
 
     # --- commits -----------------------------------------------------------------------------
     async def _commits(self, info: RepoInfo) -> AsyncIterator[SyncPage]:
-        start = info.commits
-        if start.since is not None and info.commits_pushed_at == info.pushed_at:
+        """The person's new commits on the default branch (see `sync.py` for the walk)."""
+        begun = info.head is not None or info.commits.since is not None
+        if begun and info.commits_pushed_at == info.pushed_at:
             return
-        since = start.since or format_time(self.floor)
+        head = await self._branch_head(info)
+        if head is not None:
+            sha, etag = head
+            if info.head is None:
+                since = info.commits.since or format_time(self.floor)
+                async for page in self._commits_since(info, sha, since):
+                    yield page
+            elif sha != info.head:
+                async for page in self._commits_between(info, info.head, sha):
+                    yield page
+            info.head, info.head_etag = sha, etag
+            info.commits = StreamCursor()
+        info.commits_pushed_at = self._settled(info.pushed_at)
+        yield self.page([])
+
+    async def _branch_head(self, info: RepoInfo) -> tuple[str, str | None] | None:
+        """The default branch's head sha and ETag; None when unchanged since `info.head`
+        (a 304, free) or when there is nothing to walk (empty repository: 409, logged)."""
+        url = self.client.url(
+            f"/repos/{info.full_name}/commits", {"sha": info.branch, "per_page": 1}
+        )
+        etag = info.head_etag if info.head else None
+        reply = await self.client.get(url, endpoint="commits", etag=etag)
+        if reply.not_modified:
+            return None
+        if reply.status != 200 or not isinstance(reply.data, list):
+            self._listing_error(reply, "commits", info.full_name)
+            return None
+        if not reply.data:
+            return None
+        first = reply.data[0]
+        sha = first.get("sha") if isinstance(first, Mapping) else None
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+            raise PermanentError(f"github commits of {info.full_name}: no commit sha in the answer")
+        return sha, reply.etag
+
+    async def _commits_between(self, info: RepoInfo, old: str, new: str) -> AsyncIterator[SyncPage]:
+        """Commits reachable from `new` and not from `old` (a force-push included: GitHub
+        compares from the merge base), through `compare/{old}...{new}`; a comparison GitHub
+        cannot make (the old head was garbage-collected, no common ancestor) or one longer
+        than `MAX_COMPARE_PAGES` pages gets the bounded re-walk instead."""
+        url: str | None = self.client.url(
+            f"/repos/{info.full_name}/compare/{old}...{new}",
+            {"per_page": self.settings.github_page_size},
+        )
+        listed: list[Mapping[str, Any]] = []
+        pages = 0
+        while url is not None:
+            reply = await self.client.get(url, endpoint="compare")
+            pages += 1
+            if reply.status in (404, 422):
+                # The old head is unknown (garbage-collected) or shares no history with the
+                # new one; a repository that vanished answers 404 to the re-walk as well.
+                self.log.warning(
+                    "github branch rewritten; re-walking recent commits",
+                    repo=info.full_name,
+                    status=reply.status,
+                    reason=_message(reply),
+                )
+                async for page in self._commits_since(info, new, self._rewalk_since(info)):
+                    yield page
+                return
+            if reply.status != 200 or not isinstance(reply.data, Mapping):
+                self._listing_error(reply, "compare", info.full_name)
+                return
+            data = reply.data
+            if pages == 1:
+                if data.get("status") in ("identical", "behind"):
+                    return
+                total = data.get("total_commits")
+                if (
+                    isinstance(total, int)
+                    and total > MAX_COMPARE_PAGES * self.settings.github_page_size
+                ):
+                    url = None
+                    listed = []
+                    break
+            listed.extend(c for c in data.get("commits") or [] if isinstance(c, Mapping))
+            url = reply.next_url
+            if url is not None and pages >= MAX_COMPARE_PAGES:
+                listed = []
+                break
+        else:
+            async for page in self._take_commits(info, listed):
+                yield page
+            return
+        self.log.warning(
+            "github comparison too long; re-walking recent commits", repo=info.full_name
+        )
+        async for page in self._commits_since(info, new, self._rewalk_since(info)):
+            yield page
+
+    def _rewalk_since(self, info: RepoInfo) -> str:
+        """Where a re-walk by date starts: its own checkpoint, else `REWALK_WINDOW` back
+        (never before the backfill floor)."""
+        floor = max(self.floor, self.ctx.clock.now() - REWALK_WINDOW)
+        return info.commits.since or format_time(floor)
+
+    async def _take_commits(
+        self, info: RepoInfo, listed: list[Mapping[str, Any]]
+    ) -> AsyncIterator[SyncPage]:
+        """The person's commits of a comparison, oldest first, in chunks; `seen` remembers
+        those taken so a deferred walk resumes without refetching them."""
+        login = (self.state.login or "").lower()
+        start = info.commits
+        todo = sorted(
+            (
+                c
+                for c in listed
+                if str((c.get("author") or {}).get("login") or "").lower() == login
+                and start.is_new(str(c.get("sha")), _commit_date(c))
+            ),
+            key=lambda c: (_commit_date(c), str(c.get("sha"))),
+        )
+        taken = dict(start.seen)
+        first = 0
+        while first < len(todo):
+            self._check_budget()
+            chunk = todo[first : first + self._chunk_size()]
+            first += len(chunk)
+            records = await _all(self._commit_record(info, c) for c in chunk)
+            taken.update((str(c["sha"]), _commit_date(c)) for c in chunk)
+            info.commits = StreamCursor(since=start.since, seen=dict(taken))
+            yield self.page(records)
+
+    async def _commits_since(
+        self, info: RepoInfo, head: str, since: str
+    ) -> AsyncIterator[SyncPage]:
+        """The person's commits reachable from `head` committed at or after `since` (the first
+        walk back to the backfill floor, and the bounded re-walk)."""
+        start = info.commits
         etags = start.etags if since == start.since else []
         while True:
             params = {
-                "sha": info.branch,
+                "sha": head,
                 "author": self.state.login,
                 "since": since,
                 "per_page": self.settings.github_page_size,
@@ -312,8 +451,6 @@ class _Run:
             walk = await self._walk(url, "commits", etags, repo=info.full_name)
             if walk is None or not walk.changed:
                 # Unchanged, or empty repository (409) / refused query (422): nothing to take.
-                info.commits_pushed_at = self._settled(info.pushed_at)
-                yield self.page([])
                 return
             fresh = {str(c["sha"]): _commit_date(c) for c in walk.items}
             todo = sorted(
@@ -340,9 +477,7 @@ class _Run:
                 else None
             )
             if moved is None or moved.since == since:
-                # One page (or a window that cannot shrink): ask the same URL next time.
                 info.commits = StreamCursor(since=since, seen=fresh, etags=walk.etags)
-                info.commits_pushed_at = self._settled(info.pushed_at)
                 yield self.page([])
                 return
             info.commits = start = moved

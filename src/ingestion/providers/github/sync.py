@@ -11,6 +11,7 @@ The stored cursor (the `metadata` JSON of `ingestion_sync_state`) is::
         "owner/name": {
           "branch": "main", "pushedAt": "…", "own": true,   # from /user/repos, kept for 304s
           "listed": true, "commitsPushedAt": "…",            # pushedAt when commits last done
+          "head": sha, "headEtag": "\"…\"",               # branch head when commits last done
           "commits": {stream}, "issues": {stream}
         }, …
       },
@@ -25,9 +26,15 @@ and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, 
   after `since`, so an overlapping answer never refetches details of an item already ingested;
 - when a listing takes more than one page, `since` moves to the newest date minus a lookback
   (`LOOKBACK` for issues: items updated while the sync ran are caught by the overlap;
-  `COMMIT_LOOKBACK` for commits, which land on the branch after they were made) and `seen`
-  keeps only what is inside the new window: the state stays bounded by about a page or a day of
-  activity per stream.
+  `COMMIT_LOOKBACK` for the first walk of commits) and `seen` keeps only what is inside the
+  new window: the state stays bounded by about a page or a day of activity per stream.
+
+Commits are walked by date only once (the first sync of a repository, back to the backfill
+floor). After that the branch is walked by graph: from its new head back to `head`, the last
+head ingested (`compare/{head}...{new}`), because `since` filters on a commit's own date and a
+merged branch or a late push brings commits dated days before. Then the commits cursor's `seen`
+holds only the commits of the pending comparison already taken (a deferred walk resumes
+without refetching them).
 
 A repository that vanishes or becomes inaccessible keeps its entry, so its cursor survives.
 """
@@ -134,6 +141,10 @@ class RepoInfo:
     #: False once the repository left `/user/repos` (deleted, access lost): not synced, but
     #: its cursor is kept in case it comes back.
     listed: bool = True
+    #: The default branch's head when its commits were last all taken (None until the first
+    #: walk completed), and the ETag of the one-commit listing that names it.
+    head: str | None = None
+    head_etag: str | None = None
 
     @classmethod
     def load(cls, full_name: str, raw: Any) -> RepoInfo:
@@ -147,6 +158,8 @@ class RepoInfo:
             issues=StreamCursor.load(raw.get("issues")),
             commits_pushed_at=raw.get("commitsPushedAt"),
             listed=bool(raw.get("listed", True)),
+            head=raw.get("head") if isinstance(raw.get("head"), str) else None,
+            head_etag=raw.get("headEtag") if isinstance(raw.get("headEtag"), str) else None,
         )
 
     def dump(self) -> dict[str, Any]:
@@ -158,6 +171,8 @@ class RepoInfo:
             "issues": self.issues.dump(),
             "commitsPushedAt": self.commits_pushed_at,
             "listed": self.listed,
+            "head": self.head,
+            "headEtag": self.head_etag,
         }
 
 
