@@ -368,7 +368,8 @@ async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
     titles = {r.title for r in stored.values()}
     assert {"feature a", "feature b", "late push", "Merge branch"} <= titles
     assert "colleague" not in titles
-    assert f"mona/notes@{merge}" in stored and f"mona/notes@{late.sha}" in stored
+    assert f"mona/notes@{merge}" in stored
+    assert f"mona/notes@{late.sha}" in stored
     assert summary.status == "ok"
     assert state.count(path=r"/compare/") == 1
 
