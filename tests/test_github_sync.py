@@ -123,7 +123,10 @@ async def test_full_sync_across_repositories_with_pagination(
     assert summary.status == "ok"
     # More than one page per listing, each followed through Link rel="next" (to /repositories/…).
     assert state.count(path=r"^/repositories/\d+/commits$") >= 3 * 2
-    assert state.count(path=r"^/repositories/\d+/issues$") >= 2
+    # Issue listings go by keyset (`since` = the last `updated_at` read), not by page links.
+    asked = [r.query for r in state.log if r.path == "/repos/mona/project-00/issues"]
+    assert len({re.search(r"since=([^&]+)", q).group(1) for q in asked}) >= 2  # type: ignore[union-attr]
+    assert state.count(path=r"^/repositories/\d+/issues$") == 0
     assert summary.stats["rateLimitUnits"] == state.units_used
 
     commit = next(r for r in commits if r.source_id.startswith("mona/project-00@"))
@@ -166,6 +169,42 @@ async def test_unchanged_resync_makes_only_conditional_requests(
     assert state.window("mona").remaining == remaining
     assert summary.upserted == 0
     assert summary.stats["rateLimitUnits"] == 0
+
+
+async def test_a_new_token_gets_200s_for_old_etags_and_rereads_only_the_listings(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    """ETags are bound to the token: after a rotation (GitHub App user tokens every 8 hours)
+    every listing page answers 200 and costs a rate-limit unit, but no item's details are
+    fetched again and nothing is re-sent; the next sync on the same token is all 304 again."""
+    state, server = github
+    seed_activity(state, "mona", repos=3, commits_per_repo=25, issues_per_repo=25)
+    services = await services_for(server.url)
+    await sync(services)
+    quiet = len(state.log)
+    await sync(services)
+    listing_pages = len(state.log) - quiet
+
+    state.tokens["gho_rotated"] = "mona"
+    async with services.db.session() as session:
+        await save_account(session, user_id="u1", provider_id="github", access_token="gho_rotated")
+    before = len(state.log)
+    rotated = await sync(services)
+
+    after_rotation = state.log[before:]
+    assert rotated.upserted == 0
+    assert {r.status for r in after_rotation} == {200}
+    assert all(r.if_none_match for r in after_rotation)  # the old ETags were sent, in vain
+    assert len(after_rotation) == listing_pages
+    assert rotated.stats["rateLimitUnits"] == listing_pages
+    assert not [
+        r for r in after_rotation if re.search(r"/(commits/[0-9a-f]{40}|pulls/\d+)$", r.path)
+    ]
+
+    before = len(state.log)
+    again = await sync(services)
+    assert {r.status for r in state.log[before:]} == {304}
+    assert again.stats["rateLimitUnits"] == 0
 
 
 async def test_issue_edited_and_pull_request_merged_between_syncs(
@@ -399,6 +438,39 @@ async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
     quiet = await sync(services)
     assert quiet.upserted == 0
     assert {r.status for r in state.log[before:]} == {304}
+
+
+async def test_an_issue_updated_while_its_listing_is_paged_skips_nothing(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    """Sorted by `updated`, an item updated mid-walk moves to the end and every item behind
+    it shifts up by one: a walk by page number (or offset cursor) skips the item that crossed
+    the page boundary, for good. The walk goes by `since` on the last `updated_at` seen."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    start = clock.now() - timedelta(days=3)
+    issues = [
+        state.add_issue(repo, f"Issue {n}", user="octocat", created_at=start + timedelta(minutes=n))
+        for n in range(25)
+    ]
+    touched: list[str] = []
+
+    def update_the_first_issue_at_the_second_request(path: str, query: str) -> None:
+        if re.search(r"^/(repos/mona/notes|repositories/\d+)/issues$", path):
+            touched.append(query)
+            if len(touched) == 2:
+                state.touch(issues[0])
+
+    state.before_request = update_the_first_issue_at_the_second_request
+    services = await services_for(server.url)
+
+    summary = await sync(services)
+
+    assert len(touched) >= 2, "the listing was never asked a second page"
+    stored = await records(services)
+    missing = [i.number for i in issues if f"mona/notes#{i.number}" not in stored]
+    assert missing == []
+    assert summary.status == "ok"
 
 
 async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(

@@ -569,13 +569,19 @@ class _Run:
         set_cursor: Callable[[StreamCursor], None],
         repo: str | None,
     ) -> AsyncIterator[SyncPage]:
-        """A listing sorted by `updated` ascending: pages are yielded as read, the cursor
-        following the last item taken."""
+        """A listing sorted by `updated` ascending, walked by keyset: each request asks
+        `since` = the last `updated_at` read (less a second: GitHub's `since` may be inclusive
+        or not), so an item updated mid-walk (it moves to the end, and every item behind it
+        shifts by one) cannot make a page boundary skip another. Only a full page of items
+        sharing one `updated_at` is followed by its `Link: rel="next"`. Pages are yielded as
+        read, the cursor following the last item taken; the overlap re-reads a few items,
+        which `seen` and `taken` keep from being fetched again."""
         start = get_cursor()
         since = start.since or format_time(self.floor)
-        etags = start.etags if since == start.since else []
+        etags = dict(start.etags) if since == start.since else {}
         conversations = Conversations(self.client, self.settings.github_page_size)
-        while True:
+
+        def first_url(since: str) -> str:
             params = {
                 **extra,
                 "state": "all",
@@ -584,21 +590,25 @@ class _Run:
                 "since": since,
                 "per_page": self.settings.github_page_size,
             }
-            url = self.client.url(path, params)
+            return self.client.url(path, params)
+
+        while True:
+            url: str | None = first_url(since)
             fresh: dict[str, str] = {}
-            pages = unchanged = 0
+            requests = 0
+            previous_last: str | None = None
             new_etags: list[tuple[str, str]] = []
-            async for page in self.client.listing(url, endpoint=endpoint, etags=etags):
-                if not page.ok:
-                    self._listing_error(page.reply, endpoint, repo)
+            while url is not None:
+                reply = await self.client.get(url, endpoint=endpoint, etag=etags.get(url))
+                requests += 1
+                if reply.not_modified:
+                    return  # the stored URL answered 304: nothing changed
+                if reply.status != 200 or not isinstance(reply.data, list):
+                    self._listing_error(reply, endpoint, repo)
                     return
-                pages += 1
-                if page.etag:
-                    new_etags.append((page.url, page.etag))
-                if page.items is None:
-                    unchanged += 1
-                    continue
-                items = [i for i in page.items if isinstance(i, Mapping)]
+                if reply.etag:
+                    new_etags = [(url, reply.etag)]
+                items = [i for i in reply.data if isinstance(i, Mapping)]
                 for item in items:
                     fresh[_issue_key(item, repo)] = str(item.get("updated_at"))
                 self._check_budget()
@@ -608,25 +618,27 @@ class _Run:
                     parse_time(since) or self.floor,
                 )
                 records = await _all(self._issue_record(i, repo, conversations) for i in todo)
-                if items:
+                last = str(items[-1].get("updated_at")) if items else None
+                if last is not None:
                     # Ascending order: everything updated before `last` has been read.
-                    last = str(items[-1].get("updated_at"))
                     set_cursor(
                         StreamCursor(since=last, seen={k: v for k, v in fresh.items() if v == last})
                     )
                 yield self.page(records, fetched=len(items))
-            if unchanged == pages:
-                return
+                url = _keyset_next(reply, last, previous_last, first_url)
+                previous_last = last
             latest = newest(fresh.values())
-            moved = start.advanced(latest, fresh) if latest and pages > 1 else None
+            moved = start.advanced(latest, fresh) if latest and requests > 1 else None
             if moved is None or moved.since == since:
-                # One page (or a window that cannot shrink): ask the same URL next time.
-                set_cursor(StreamCursor(since=since, seen=fresh, etags=new_etags))
+                # One request (or a window that cannot shrink): ask the same URL next time.
+                set_cursor(
+                    StreamCursor(since=since, seen=fresh, etags=new_etags if requests == 1 else [])
+                )
                 yield self.page([])
                 return
             set_cursor(moved)
             start = moved
-            since, etags = moved.since or since, []
+            since, etags = moved.since or since, {}
 
     def _wanted(self, item: Mapping[str, Any], repo: str | None, cursor: StreamCursor) -> bool:
         full = repo or _repo_of(item)
@@ -703,6 +715,20 @@ class _Run:
                 raise api_error("github", endpoint, page.reply.response)
             out.extend(i for i in page.items or [] if isinstance(i, Mapping))
         return out
+
+
+def _keyset_next(
+    reply: Reply, last: str | None, previous: str | None, first_url: Callable[[str], str]
+) -> str | None:
+    """The next request of a keyset walk: none after the last page; the `Link` next URL while
+    a full page holds one `updated_at` only (no progress by `since`); else `since` = the last
+    `updated_at` less a second."""
+    if reply.next_url is None or last is None:
+        return None
+    when = parse_time(last)
+    if when is None or last == previous:
+        return reply.next_url
+    return first_url(format_time(when - timedelta(seconds=1)))
 
 
 def _commit_date(commit: Mapping[str, Any]) -> str:
