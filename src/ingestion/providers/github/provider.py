@@ -538,6 +538,9 @@ class _Run:
         """`GET /issues` once per filter: by default what the person takes part in (their own
         repositories' issues come from `_repo_issues`); `filter=all` only when configured."""
         filters = ISSUE_FILTERS[self.settings.github_issues_filter]
+        # One set of repository-wide listings for every filter: the same issues come back
+        # under several filters, and an index vouches for an item whatever listed it.
+        conversations = Conversations(self.client, self.settings.github_page_size)
         for name in list(self.state.issues):
             if name not in filters:
                 del self.state.issues[name]
@@ -556,6 +559,7 @@ class _Run:
                 get_cursor=load,
                 set_cursor=store,
                 repo=None,
+                conversations=conversations,
             ):
                 yield page
 
@@ -568,6 +572,7 @@ class _Run:
         get_cursor: Callable[[], StreamCursor],
         set_cursor: Callable[[StreamCursor], None],
         repo: str | None,
+        conversations: Conversations | None = None,
     ) -> AsyncIterator[SyncPage]:
         """A listing sorted by `updated` ascending, walked by keyset: each request asks
         `since` = the last `updated_at` read (less a second: GitHub's `since` may be inclusive
@@ -579,7 +584,8 @@ class _Run:
         start = get_cursor()
         since = start.since or format_time(self.floor)
         etags = dict(start.etags) if since == start.since else {}
-        conversations = Conversations(self.client, self.settings.github_page_size)
+        if conversations is None:
+            conversations = Conversations(self.client, self.settings.github_page_size)
 
         def first_url(since: str) -> str:
             params = {
