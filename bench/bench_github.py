@@ -277,7 +277,9 @@ def report(
         f"`commits` records (all its records in the full sync: {peer_records}).",
         "- Our records hold what the tap does not fetch: PR fields (merged, draft, base/head "
         "refs), issue comments and PR review comments (the conversation in the content), and "
-        "the items of `/issues?filter=all`. They come from repository-wide listings "
+        "the organisation issues the person takes part in (`/issues` with `filter=created`, "
+        "`assigned`, `mentioned`, `subscribed`: 9,330 items where the tap, listing every issue "
+        "of the repositories, has 10,000). They come from repository-wide listings "
         "(`/pulls?state=all&sort=updated`, `/issues/comments` and `/pulls/comments` with "
         "`since`), read once for the items of a listing page; `/pulls/{n}` and the per-item "
         "comment listings remain only for items those listings cannot vouch for. The tap's "
