@@ -473,6 +473,42 @@ async def test_an_issue_updated_while_its_listing_is_paged_skips_nothing(
     assert summary.status == "ok"
 
 
+async def test_a_walk_between_heads_deferred_by_the_rate_limit_resumes_without_refetching(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    now = clock.now()
+    state.add_commit(repo, "base", author="mona", date=now - timedelta(days=40), files=[])
+    services = await services_for(server.url)
+    await sync(services)
+    dates = [now - timedelta(days=20, hours=-n) for n in range(70)]
+    tip = state.branch(
+        repo, repo.head or "", [f"work {n}" for n in range(70)], author="mona", dates=dates
+    )
+    state.merge(repo, tip, author="mona")
+    clock.offset += 600
+    # Enough for the listings and one chunk of details (50), not for the rest.
+    state.exhaust("mona", reset_in=3600, remaining=65)
+
+    with pytest.raises(RateLimited):
+        await sync(services)
+    partial = {r.title for r in (await records(services)).values()}
+    assert 1 < len(partial) < 72
+
+    clock.offset += 3601
+    state.rate_limit = 5000
+    before = len(state.log)
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    titles = {r.title for r in (await records(services)).values()}
+    assert {f"work {n}" for n in range(70)} | {"Merge branch"} <= titles
+    fetched = [r.path for r in state.log[before:] if re.search(r"/commits/[0-9a-f]{40}$", r.path)]
+    assert len(fetched) == len(fetched_set := set(fetched))
+    assert len(fetched_set) == 72 - len(partial)  # only what the first attempt did not take
+
+
 async def test_deleted_and_blocked_repositories_are_skipped_with_their_cursor_kept(
     github: tuple[GitHubState, RunningServer], services_for: Any
 ) -> None:
