@@ -319,20 +319,37 @@ def test_conditional_requests_and_rate_limits(
     assert throttle.retry_after >= 60
 
 
+@pytest.fixture
+def own_emulator() -> Iterator[tuple[GitHubState, RunningServer, httpx.Client]]:
+    """An emulator of its own (the module's shared one must not see force-pushes)."""
+    state = GitHubState()
+    state.add_user("mona", token="t0k3n")
+    seed_activity(state, "mona", repos=1, commits_per_repo=3, issues_per_repo=0)
+    server = serve(create_app(state))
+    client = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer t0k3n"})
+    yield state, server, client
+    client.close()
+    server.stop()
+
+
 def test_compare_and_commit_listing_follow_the_commit_graph(
-    emulator: tuple[GitHubState, RunningServer, httpx.Client],
+    own_emulator: tuple[GitHubState, RunningServer, httpx.Client],
 ) -> None:
     """`compare/{base}...{head}` (REST "Compare two commits"): status, counts, merge base,
     commits reachable from head but not from the merge base in chronological order, files on
     the first page only; the commits listing starts at the branch head whatever its date."""
-    state, _, client = emulator
+    state, _, client = own_emulator
     repo = state.repos["mona/project-00"]
     old_head = repo.head
     assert old_head is not None
     root = repo.commits[-1].sha
     now = state.now()
     tip = state.branch(
-        repo, root, ["side 1", "side 2"], author="mona", dates=[now - timedelta(days=9)] * 2
+        repo,
+        root,
+        ["side 1", "side 2"],
+        author="mona",
+        dates=[now - timedelta(days=9), now - timedelta(days=8)],
     )
     merge = state.merge(repo, tip, author="mona")
     late = state.add_commit(repo, "late", author="mona", date=now - timedelta(days=5)).sha
