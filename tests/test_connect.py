@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -20,9 +21,11 @@ import pytest
 
 from ingestion.config import Settings
 from ingestion.connect import ConnectResult, connect_account
-from ingestion.errors import PermanentError
+from ingestion.errors import ConfigurationError, PermanentError
+from ingestion.providers.gmail.auth import GOOGLE_OAUTH
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account
+from ingestion.token_endpoint import interpret_token_answer
 from tests.conftest import INGESTION, run_cli
 from tests.emulators.oauth import OAuthState
 from tests.emulators.server import free_port, serve
@@ -42,11 +45,21 @@ def env_for(base_env: dict[str, str], oauth: tuple[OAuthState, str]) -> dict[str
 
 
 def start_connect(
-    env: dict[str, str], provider: str, port: int
+    env: dict[str, str], provider: str, port: int, *extra: str
 ) -> tuple[subprocess.Popen[str], str]:
     """Start `ingestion connect` and return the process and the consent URL it printed."""
     proc = subprocess.Popen(
-        [*INGESTION, "connect", provider, "--user", USER, "--no-browser", "--port", str(port)],
+        [
+            *INGESTION,
+            "connect",
+            provider,
+            "--user",
+            USER,
+            "--no-browser",
+            "--port",
+            str(port),
+            *extra,
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -61,12 +74,12 @@ def start_connect(
     raise AssertionError(f"connect printed no URL; stderr: {stderr[-2000:]}")
 
 
-def consent(url: str, port: int) -> httpx.Response:
+def consent(url: str, port: int, path: str = "/callback") -> httpx.Response:
     """Follow the consent URL and deliver the redirect to the CLI's loopback listener."""
     answer = httpx.get(url, follow_redirects=False)
     assert answer.status_code == 302, answer.text
     location = answer.headers["location"]
-    assert location.startswith(f"http://127.0.0.1:{port}/callback?")
+    assert location.startswith(f"http://127.0.0.1:{port}{path}?")
     return httpx.get(location)
 
 
@@ -236,3 +249,117 @@ def test_connect_without_client_id_is_a_one_line_error(base_env: dict[str, str])
         "error: GITHUB_CLIENT_ID is not set: the github OAuth app is needed to refresh or "
         "connect an account"
     ]
+
+
+def test_connect_google_web_client_takes_the_exact_registered_redirect_uri(
+    base_env: dict[str, str], oauth: tuple[OAuthState, str]
+) -> None:
+    """A Web-application client accepts only its registered URI: `--redirect-uri` gives it."""
+    state, _ = oauth
+    port = free_port()
+    registered = f"http://127.0.0.1:{port}/oauth2/callback"
+    state.google_client_type = "web"
+    state.google_redirect_uris = {registered}
+    env = env_for(base_env, oauth)
+    proc, url = start_connect(env, "gmail", 0, "--redirect-uri", registered)
+    delivered = consent(url, port, "/oauth2/callback")
+    code, stdout, stderr = finish(proc)
+
+    assert delivered.status_code == 200
+    assert code == 0, stderr[-2000:]
+    assert "connected google account" in stdout
+    assert state.authorize_requests[0]["redirect_uri"] == registered
+    assert state.token_calls("google", "authorization_code") == 1
+
+
+async def test_connect_google_web_client_without_its_uri_says_what_to_register(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    """Any loopback port is for Desktop-app clients only: Google shows redirect_uri_mismatch
+    and never redirects; the error names the URI to register and OAUTH_REDIRECT_URI."""
+    state, _ = oauth
+    state.google_client_type = "web"
+    state.google_redirect_uris = {"http://127.0.0.1:8765/oauth2/callback"}
+    settings = settings_for(sqlite_url, oauth)
+    services = await Services.open(settings)
+    pages: list[httpx.Response] = []
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await connect_account(
+                settings,
+                services.db,
+                services.http,
+                provider="gmail",
+                user_id=USER,
+                open_browser=False,
+                timeout=1,
+                announce=lambda url: pages.append(httpx.get(url)),
+            )
+    finally:
+        await services.aclose()
+    assert pages[0].status_code == 400
+    assert "redirect_uri_mismatch" in pages[0].text
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "redirect_uri_mismatch" in message
+    assert "OAUTH_REDIRECT_URI" in message
+    assert "http://127.0.0.1:" in message
+
+
+async def test_connect_uses_oauth_redirect_uri_from_the_settings(
+    sqlite_url: str, oauth: tuple[OAuthState, str]
+) -> None:
+    state, url = oauth
+    port = free_port()
+    registered = f"http://localhost:{port}/cb"
+    state.google_client_type = "web"
+    state.google_redirect_uris = {registered}
+    values = {k.lower(): v for k, v in state.settings_env(url).items()}
+    settings = Settings(database_url=sqlite_url, oauth_redirect_uri=registered, **values)
+    services = await Services.open(settings)
+
+    def person(consent_url: str) -> None:
+        answer = httpx.get(consent_url, follow_redirects=False)
+        location = answer.headers["location"]
+        assert location.startswith(f"{registered}?")
+        threading.Thread(target=httpx.get, args=(location,), daemon=True).start()
+
+    try:
+        result = await connect_account(
+            settings,
+            services.db,
+            services.http,
+            provider="calendar",
+            user_id=USER,
+            open_browser=False,
+            timeout=30,
+            announce=person,
+        )
+    finally:
+        await services.aclose()
+    assert result.account_provider == "google"
+    assert state.authorize_requests[0]["redirect_uri"] == registered
+
+
+@pytest.mark.parametrize(
+    "value", ["https://app.example.com/api/auth/callback/google", "http://127.0.0.1/callback"]
+)
+def test_a_redirect_uri_that_is_not_a_loopback_url_with_a_port_stops_at_start(
+    base_env: dict[str, str], value: str
+) -> None:
+    result = run_cli(
+        "connect", "gmail", "--user", USER, env={**base_env, "OAUTH_REDIRECT_URI": value}
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "OAUTH_REDIRECT_URI" in result.stderr
+
+
+def test_google_redirect_uri_mismatch_at_the_token_endpoint_is_one_configuration_line() -> None:
+    answer = httpx.Response(
+        400, json={"error": "redirect_uri_mismatch", "error_description": "Bad Request"}
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        interpret_token_answer(answer, datetime.now(UTC), GOOGLE_OAUTH)
+    assert str(caught.value).startswith("OAUTH_REDIRECT_URI: ")
+    assert "redirect_uri_mismatch" in str(caught.value)

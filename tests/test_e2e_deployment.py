@@ -127,8 +127,10 @@ def seed(world: World) -> None:
         ):
             for commit in repo.commits:
                 world.expect("github", user, f"{repo.full_name}@{commit.sha}")
-            for number in repo.issues:
-                world.expect("github", user, f"{repo.full_name}#{number}")
+            for number, issue in repo.issues.items():
+                # Organisation issues only where the person takes part (GITHUB_ISSUES_FILTER).
+                if repo.owner == user or user in (issue.user, *issue.assignees):
+                    world.expect("github", user, f"{repo.full_name}#{number}")
         # X: own posts; the stored access token has expired, so the sync refreshes it first.
         world.x.add_user(X_IDS[user], user)
         for i in range(15):

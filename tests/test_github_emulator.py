@@ -14,6 +14,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,73 @@ def test_conditional_requests_and_rate_limits(
     assert throttle is not None
     assert throttle.retry_after is not None
     assert throttle.retry_after >= 60
+
+
+@pytest.fixture
+def own_emulator() -> Iterator[tuple[GitHubState, RunningServer, httpx.Client]]:
+    """An emulator of its own (the module's shared one must not see force-pushes)."""
+    state = GitHubState()
+    state.add_user("mona", token="t0k3n")
+    seed_activity(state, "mona", repos=1, commits_per_repo=3, issues_per_repo=0)
+    server = serve(create_app(state))
+    client = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer t0k3n"})
+    yield state, server, client
+    client.close()
+    server.stop()
+
+
+def test_compare_and_commit_listing_follow_the_commit_graph(
+    own_emulator: tuple[GitHubState, RunningServer, httpx.Client],
+) -> None:
+    """`compare/{base}...{head}` (REST "Compare two commits"): status, counts, merge base,
+    commits reachable from head but not from the merge base in chronological order, files on
+    the first page only; the commits listing starts at the branch head whatever its date."""
+    state, _, client = own_emulator
+    repo = state.repos["mona/project-00"]
+    old_head = repo.head
+    assert old_head is not None
+    root = repo.commits[-1].sha
+    now = state.now()
+    tip = state.branch(
+        repo,
+        root,
+        ["side 1", "side 2"],
+        author="mona",
+        dates=[now - timedelta(days=9), now - timedelta(days=8)],
+    )
+    merge = state.merge(repo, tip, author="mona")
+    late = state.add_commit(repo, "late", author="mona", date=now - timedelta(days=5)).sha
+    base = "/repos/mona/project-00"
+
+    ahead = client.get(f"{base}/compare/{old_head}...main").json()
+    assert (ahead["status"], ahead["ahead_by"], ahead["behind_by"]) == ("ahead", 4, 0)
+    assert ahead["merge_base_commit"]["sha"] == old_head
+    assert [c["commit"]["message"] for c in ahead["commits"]] == [
+        "side 1",
+        "side 2",
+        "late",
+        "Merge branch",
+    ]  # chronological, not topological
+    assert {c["sha"] for c in ahead["commits"]} >= {merge, late}
+    assert ahead["files"]
+    assert client.get(f"{base}/compare/main...{old_head}").json()["status"] == "behind"
+    assert client.get(f"{base}/compare/main...main").json()["status"] == "identical"
+
+    paged = client.get(f"{base}/compare/{old_head}...main", params={"per_page": 3})
+    assert len(paged.json()["commits"]) == 3
+    assert 'rel="next"' in paged.headers["link"]
+    second = client.get(next_link(paged.headers["link"]) or "")
+    assert "files" not in second.json()
+    assert len(second.json()["commits"]) == 1
+
+    listed = client.get(f"{base}/commits", params={"sha": "main", "per_page": 1}).json()
+    assert listed[0]["sha"] == late  # the head first, though older than the merge
+
+    rewritten = state.branch(repo, root, ["rewritten"], author="mona", dates=[now])
+    state.force_push(repo, rewritten)
+    diverged = client.get(f"{base}/compare/{late}...main").json()
+    assert diverged["status"] == "diverged"
+    assert diverged["merge_base_commit"]["sha"] == root
+    assert [c["commit"]["message"] for c in diverged["commits"]] == ["rewritten"]
+    state.force_push(repo, rewritten, forget=True)
+    assert client.get(f"{base}/compare/{late}...main").status_code == 404

@@ -27,7 +27,7 @@ from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
 from tests.conftest import run_cli
-from tests.emulators.github import GhFile, GitHubState, create_app, seed_activity
+from tests.emulators.github import ABUSE_MESSAGE, GhFile, GitHubState, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
 
 TOKEN = "gho_test_token_mona"
@@ -109,7 +109,8 @@ async def test_full_sync_across_repositories_with_pagination(
 ) -> None:
     state, server = github
     seed_activity(state, "mona", repos=3, commits_per_repo=25, issues_per_repo=24)
-    services = await services_for(server.url)
+    # Every organisation issue too (most are octocat's): pagination of `/issues` itself.
+    services = await services_for(server.url, github_issues_filter="all")
 
     summary = await sync(services)
 
@@ -122,7 +123,10 @@ async def test_full_sync_across_repositories_with_pagination(
     assert summary.status == "ok"
     # More than one page per listing, each followed through Link rel="next" (to /repositories/…).
     assert state.count(path=r"^/repositories/\d+/commits$") >= 3 * 2
-    assert state.count(path=r"^/repositories/\d+/issues$") >= 2
+    # Issue listings go by keyset (`since` = the last `updated_at` read), not by page links.
+    asked = [r.query for r in state.log if r.path == "/repos/mona/project-00/issues"]
+    assert len({re.search(r"since=([^&]+)", q).group(1) for q in asked}) >= 2  # type: ignore[union-attr]
+    assert state.count(path=r"^/repositories/\d+/issues$") == 0
     assert summary.stats["rateLimitUnits"] == state.units_used
 
     commit = next(r for r in commits if r.source_id.startswith("mona/project-00@"))
@@ -167,6 +171,42 @@ async def test_unchanged_resync_makes_only_conditional_requests(
     assert summary.stats["rateLimitUnits"] == 0
 
 
+async def test_a_new_token_gets_200s_for_old_etags_and_rereads_only_the_listings(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    """ETags are bound to the token: after a rotation (GitHub App user tokens every 8 hours)
+    every listing page answers 200 and costs a rate-limit unit, but no item's details are
+    fetched again and nothing is re-sent; the next sync on the same token is all 304 again."""
+    state, server = github
+    seed_activity(state, "mona", repos=3, commits_per_repo=25, issues_per_repo=25)
+    services = await services_for(server.url)
+    await sync(services)
+    quiet = len(state.log)
+    await sync(services)
+    listing_pages = len(state.log) - quiet
+
+    state.tokens["gho_rotated"] = "mona"
+    async with services.db.session() as session:
+        await save_account(session, user_id="u1", provider_id="github", access_token="gho_rotated")
+    before = len(state.log)
+    rotated = await sync(services)
+
+    after_rotation = state.log[before:]
+    assert rotated.upserted == 0
+    assert {r.status for r in after_rotation} == {200}
+    assert all(r.if_none_match for r in after_rotation)  # the old ETags were sent, in vain
+    assert len(after_rotation) == listing_pages
+    assert rotated.stats["rateLimitUnits"] == listing_pages
+    assert not [
+        r for r in after_rotation if re.search(r"/(commits/[0-9a-f]{40}|pulls/\d+)$", r.path)
+    ]
+
+    before = len(state.log)
+    again = await sync(services)
+    assert {r.status for r in state.log[before:]} == {304}
+    assert again.stats["rateLimitUnits"] == 0
+
+
 async def test_issue_edited_and_pull_request_merged_between_syncs(
     github: tuple[GitHubState, RunningServer], services_for: Any
 ) -> None:
@@ -202,7 +242,7 @@ async def test_rate_limit_exhaustion_defers_to_reset_and_resumes_without_duplica
     state, server = github
     seed_activity(state, "mona", repos=2, commits_per_repo=30, issues_per_repo=10)
     state.rate_limit = 40
-    services = await services_for(server.url)
+    services = await services_for(server.url, github_issues_filter="all")
 
     with pytest.raises(RateLimited) as stopped:
         await sync(services)
@@ -261,6 +301,212 @@ async def test_secondary_rate_limit_is_waited_out(
     assert summary.status == "ok"
     assert state.count(status=403) == 2
     assert "mona/notes@" + repo.commits[0].sha in await records(services)
+
+
+async def test_retry_after_on_a_403_is_honoured_whatever_the_message_says(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    """An older Enterprise server's "abuse detection" 403 with `retry-after` on a repository's
+    listing is waited out: the repository is neither skipped nor the sync failed."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    state.add_commit(repo, "Initial commit", author="mona", files=[GhFile("README.md")])
+    state.add_issue(repo, "An issue", user="mona")
+    state.secondary_message = ABUSE_MESSAGE
+    state.secondary_limit_path = r"/commits$"
+    state.secondary_limit_requests = 2
+    state.secondary_retry_after = 1
+    services = await services_for(server.url)
+
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    assert state.count(status=403) == 2
+    stored = await records(services)
+    assert "mona/notes@" + repo.commits[0].sha in stored
+    assert "mona/notes#1" in stored
+
+
+@pytest.mark.parametrize("setting", ["participating", "all"])
+async def test_issues_of_other_repositories_are_those_the_person_takes_part_in(
+    github: tuple[GitHubState, RunningServer], services_for: Any, setting: str
+) -> None:
+    """`/issues?filter=all` is every issue an organisation member can see: by default only
+    what the person created, is assigned to, is mentioned in or subscribed to is taken (plus
+    every issue of their own repositories); `GITHUB_ISSUES_FILTER=all` takes everything."""
+    state, server = github
+    own = state.add_repo("mona", "notes")
+    org = state.add_repo("acme", "platform", org_members={"mona"})
+    state.add_issue(own, "Someone else's issue in my repo", user="octocat")
+    created = state.add_issue(org, "Mine", user="mona")
+    assigned = state.add_issue(org, "Assigned", user="octocat", assignees=["mona"])
+    mentioned = state.add_issue(org, "Ping", user="octocat", body="@mona can you look?")
+    commented = state.add_issue(org, "Discussed", user="octocat")
+    state.add_comment(commented, "mona", "I had a look")
+    others = [state.add_issue(org, f"Unrelated {n}", user="octocat") for n in range(5)]
+    services = await services_for(server.url, github_issues_filter=setting)
+
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    stored = await records(services)
+    assert "mona/notes#1" in stored
+    for issue in (created, assigned, mentioned, commented):
+        assert f"acme/platform#{issue.number}" in stored
+    taken = {f"acme/platform#{i.number}" for i in others} & stored.keys()
+    assert len(taken) == (5 if setting == "all" else 0)
+    asked = {r.query for r in state.log if r.path == "/issues"}
+    filters = {q.split("filter=")[1].split("&")[0] for q in asked}
+    expected = {"all"} if setting == "all" else {"created", "assigned", "mentioned", "subscribed"}
+    assert filters == expected
+
+    before = len(state.log)
+    again = await sync(services)
+    assert again.upserted == 0
+    assert {r.status for r in state.log[before:] if r.path == "/issues"} == {304}
+
+
+async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    """`since` filters on the commit's own date: a branch written last week and merged today,
+    old local work pushed today, and a force-push all bring commits the date window misses.
+    The walk goes from the new head back to the last head ingested (compare), and a
+    force-push whose old head is gone gets a bounded re-walk."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    now = clock.now()
+    for n in range(15):  # more than a page: a date window would move up to the newest
+        state.add_commit(
+            repo, f"base {n}", author="mona", date=now - timedelta(days=30 - n), files=[]
+        )
+    state.add_commit(repo, "recent", author="mona", date=now - timedelta(hours=2), files=[])
+    services = await services_for(server.url)
+    await sync(services)
+    assert len(await records(services)) == 16
+
+    # A branch from an old commit, written ten days ago, merged now (merge commit by mona),
+    # plus a colleague's commit on it (not mona's: not taken).
+    old_base = repo.commits[-1].sha
+    tip = state.branch(
+        repo,
+        old_base,
+        ["feature a", "feature b"],
+        author="mona",
+        dates=[now - timedelta(days=10), now - timedelta(days=9)],
+    )
+    tip = state.branch(repo, tip, ["colleague"], author="octocat", dates=[now - timedelta(days=8)])
+    merge = state.merge(repo, tip, author="mona")
+    # Local work made five days ago, pushed now on top of the merge.
+    late = state.add_commit(repo, "late push", author="mona", date=now - timedelta(days=5))
+    clock.offset += 600
+
+    summary = await sync(services)
+
+    stored = await records(services)
+    titles = {r.title for r in stored.values()}
+    assert {"feature a", "feature b", "late push", "Merge branch"} <= titles
+    assert "colleague" not in titles
+    assert f"mona/notes@{merge}" in stored
+    assert f"mona/notes@{late.sha}" in stored
+    assert summary.status == "ok"
+    assert state.count(path=r"/compare/") == 1
+
+    # A force-push: history rewritten from an old commit (the old head is still known).
+    rewritten = state.branch(
+        repo, old_base, ["rewritten"], author="mona", dates=[now - timedelta(days=6)]
+    )
+    state.force_push(repo, rewritten)
+    clock.offset += 600
+    await sync(services)
+    assert "rewritten" in {r.title for r in (await records(services)).values()}
+
+    # A force-push whose old head was garbage-collected: a bounded re-walk finds the new work.
+    gone = state.branch(
+        repo, old_base, ["after gc"], author="mona", dates=[now - timedelta(days=3)]
+    )
+    state.force_push(repo, gone, forget=True)
+    clock.offset += 600
+    again = await sync(services)
+    assert again.status == "ok"
+    assert "after gc" in {r.title for r in (await records(services)).values()}
+    assert state.count(path=r"/compare/", status=404) == 1
+
+    # Unchanged: nothing but conditional requests.
+    clock.offset += 600
+    before = len(state.log)
+    quiet = await sync(services)
+    assert quiet.upserted == 0
+    assert {r.status for r in state.log[before:]} == {304}
+
+
+async def test_an_issue_updated_while_its_listing_is_paged_skips_nothing(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    """Sorted by `updated`, an item updated mid-walk moves to the end and every item behind
+    it shifts up by one: a walk by page number (or offset cursor) skips the item that crossed
+    the page boundary, for good. The walk goes by `since` on the last `updated_at` seen."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    start = clock.now() - timedelta(days=3)
+    issues = [
+        state.add_issue(repo, f"Issue {n}", user="octocat", created_at=start + timedelta(minutes=n))
+        for n in range(25)
+    ]
+    touched: list[str] = []
+
+    def update_the_first_issue_at_the_second_request(path: str, query: str) -> None:
+        if re.search(r"^/(repos/mona/notes|repositories/\d+)/issues$", path):
+            touched.append(query)
+            if len(touched) == 2:
+                state.touch(issues[0])
+
+    state.before_request = update_the_first_issue_at_the_second_request
+    services = await services_for(server.url)
+
+    summary = await sync(services)
+
+    assert len(touched) >= 2, "the listing was never asked a second page"
+    stored = await records(services)
+    missing = [i.number for i in issues if f"mona/notes#{i.number}" not in stored]
+    assert missing == []
+    assert summary.status == "ok"
+
+
+async def test_a_walk_between_heads_deferred_by_the_rate_limit_resumes_without_refetching(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    now = clock.now()
+    state.add_commit(repo, "base", author="mona", date=now - timedelta(days=40), files=[])
+    services = await services_for(server.url)
+    await sync(services)
+    dates = [now - timedelta(days=20, hours=-n) for n in range(70)]
+    tip = state.branch(
+        repo, repo.head or "", [f"work {n}" for n in range(70)], author="mona", dates=dates
+    )
+    state.merge(repo, tip, author="mona")
+    clock.offset += 600
+    # Enough for the listings and one chunk of details (50), not for the rest.
+    state.exhaust("mona", reset_in=3600, remaining=65)
+
+    with pytest.raises(RateLimited):
+        await sync(services)
+    partial = {r.title for r in (await records(services)).values()}
+    assert 1 < len(partial) < 72
+
+    clock.offset += 3601
+    state.rate_limit = 5000
+    before = len(state.log)
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    titles = {r.title for r in (await records(services)).values()}
+    assert {f"work {n}" for n in range(70)} | {"Merge branch"} <= titles
+    fetched = [r.path for r in state.log[before:] if re.search(r"/commits/[0-9a-f]{40}$", r.path)]
+    assert len(fetched) == len(fetched_set := set(fetched))
+    assert len(fetched_set) == 72 - len(partial)  # only what the first attempt did not take
 
 
 async def test_deleted_repository_loses_its_records_and_a_blocked_one_keeps_its_cursor(

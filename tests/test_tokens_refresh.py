@@ -26,6 +26,7 @@ from ingestion.services import Services
 from ingestion.storage.accounts import find_account, save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.state import SyncStateStore
+from tests.conftest import run_cli
 from tests.emulators.oauth import OAuthState
 from tests.tokens_probe import ProbeApi, ProbeProvider
 
@@ -305,6 +306,78 @@ async def test_refused_client_is_a_configuration_error(
         assert (await row(services, "google")).refresh_token == grant.refresh_token
     finally:
         await services.aclose()
+
+
+@pytest.mark.parametrize(
+    ("settings_change", "code"),
+    [
+        ({"google_client_secret": None}, "invalid_request"),
+        ({"google_client_id": "x"}, "invalid_client"),
+    ],
+)
+async def test_google_refusing_the_app_is_a_configuration_error_not_a_dead_grant(
+    sqlite_url: str,
+    oauth: tuple[OAuthState, str],
+    settings_change: dict[str, Any],
+    code: str,
+) -> None:
+    """Google says `invalid_request` ("client_secret is missing.") or `invalid_client` for a
+    wrongly set up app: the error names the variables, the grant is kept, and the account is
+    not marked `reauth_required`."""
+    state, url = oauth
+    settings = make_settings(sqlite_url, state, url, **settings_change)
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("google", "ann")
+        await store(services, "google", grant.access_token, grant.refresh_token, expires_in=-1)
+        with pytest.raises(ConfigurationError, match=code) as caught:
+            await services.engine.run("gmail", USER)
+        message = str(caught.value)
+        assert message.startswith("GOOGLE_CLIENT_ID / GOOGLE_CLIENT_SECRET: ")
+        assert "\n" not in message
+        assert (await row(services, "google")).refresh_token == grant.refresh_token
+        sync_state = await services.engine.state.load(USER, "gmail")
+        assert sync_state.status == "error"
+    finally:
+        await services.aclose()
+
+
+def test_cli_sync_exits_2_naming_the_variable_when_google_refuses_the_app(
+    sqlite_url: str, oauth: tuple[OAuthState, str], base_env: dict[str, str]
+) -> None:
+    state, url = oauth
+    env = {**base_env, **state.settings_env(url), "DATABASE_URL": sqlite_url}
+    env.pop("GOOGLE_CLIENT_SECRET")
+    grant = state.issue("google", "ann")
+    added = run_cli(
+        "accounts",
+        "add",
+        "gmail",
+        "--user",
+        USER,
+        "--access-token",
+        grant.access_token,
+        "--refresh-token",
+        grant.refresh_token or "",
+        "--expires-at",
+        "2000-01-01T00:00:00Z",
+        env=env,
+    )
+    assert added.returncode == 0, added.stderr
+
+    result = run_cli("sync", "gmail", "--user", USER, env=env)
+
+    assert result.returncode == 2, result.stderr
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if "GOOGLE_CLIENT" in line and not line.startswith("{")  # JSON log lines aside
+    ]
+    assert len(lines) == 1
+    assert "invalid_request" in lines[0]
+    assert "Traceback" not in result.stderr
+    listed = run_cli("status", "--json", env=env)
+    assert "reauth_required" not in listed.stdout
 
 
 async def test_missing_client_id_names_the_variable(

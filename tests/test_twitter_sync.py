@@ -8,21 +8,27 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import stamina
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from ingestion.clock import SystemClock
 from ingestion.config import Settings
-from ingestion.errors import RateLimited
+from ingestion.errors import QuotaExhausted, RateLimited
 from ingestion.providers.base import FetchOptions
+from ingestion.providers.twitter.client import usage_cap_reset
 from ingestion.services import Services
+from ingestion.status import gather_status
 from ingestion.storage.accounts import save_account
 from ingestion.storage.models import MemoryRow
 from ingestion.storage.state import SyncStateStore
 from ingestion.sync import SyncEngine, SyncSummary
+from ingestion.web import render_status_page
 from tests.emulators.server import RunningServer, serve
 from tests.emulators.twitter import TwitterState, create_app, days_ago
 
@@ -436,3 +442,79 @@ async def test_full_resync_and_since_bound_the_backfill(
     assert [r.endpoint for r in s.log] == ["me", "tweets"]  # the cursor was ignored
     assert "since_id" not in s.log[1].params
     assert set(await harness.records()) == {old, recent}
+
+
+class _ShiftedClock(SystemClock):
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.offset
+
+
+async def test_monthly_usage_cap_stops_calls_until_it_resets_then_resumes(
+    harness: Harness, x_state: TwitterState
+) -> None:
+    """X's usage cap (429 `UsageCapExceeded`, window headers still showing requests left) is
+    not a 15-minute window: the account becomes `quota_exhausted` (status, status page,
+    metric) and no call is made until the configured reset day, then the sync resumes."""
+    s = x_state
+    own = own_posts(s, 30)
+    services = await harness.services()
+    clock = _ShiftedClock()
+    settings = services.settings.model_copy(update={"twitter_usage_cap_reset_day": 15})
+    engine = SyncEngine(
+        settings=settings,
+        db=services.db,
+        sink=services.sink,
+        tokens=services.tokens,
+        http=services.http,
+        clock=clock,
+    )
+    s.usage_cap = 0
+    before = REGISTRY.get_sample_value("ingestion_quota_exhausted_total", {"provider": "twitter"})
+
+    with pytest.raises(QuotaExhausted) as capped:
+        await engine.run("twitter", "u1")
+
+    assert [r.status for r in s.log] == [429]  # one call, not retried, other timelines not tried
+    now = datetime.now(UTC)
+    reset = usage_cap_reset(now, "Monthly", 15)
+    assert reset.day == 15
+    assert abs((capped.value.retry_after or 0) - (reset - now).total_seconds()) < 60
+    state = await SyncStateStore(services.db).load("u1", "twitter")
+    assert state.status == "quota_exhausted"
+    assert "Usage cap exceeded" in (state.last_error or "")
+    after = REGISTRY.get_sample_value("ingestion_quota_exhausted_total", {"provider": "twitter"})
+    assert (after or 0) - (before or 0) == 1
+    document = await gather_status(services.db, None)
+    (row,) = [r for r in document["accounts"] if r["provider"] == "twitter"]
+    assert row["status"] == "quota_exhausted"
+    page = render_status_page(
+        document, key_required=False, queue_available=True, now=datetime.now(UTC)
+    )
+    assert "s-quota_exhausted" in page
+
+    # The scheduler's next ticks: not one call while the cap holds.
+    for _ in range(3):
+        with pytest.raises(QuotaExhausted):
+            await engine.run("twitter", "u1")
+    assert len(s.log) == 1
+
+    # The period ends (X resets the cap; our clock passes the reset day): the sync resumes.
+    s.usage_cap = None
+    clock.offset = reset - now + timedelta(minutes=1)
+    summary = await engine.run("twitter", "u1")
+    assert summary.status == "ok"
+    assert set(own) <= set(await harness.records())
+    assert (await SyncStateStore(services.db).load("u1", "twitter")).status == "ok"
+
+
+def test_usage_cap_reset_day_is_clamped_to_the_month() -> None:
+    jan = datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert usage_cap_reset(jan, "Monthly", None) == datetime(2026, 2, 1, tzinfo=UTC)
+    assert usage_cap_reset(jan, "Monthly", 31) == datetime(2026, 2, 28, tzinfo=UTC)
+    assert usage_cap_reset(datetime(2026, 12, 20, tzinfo=UTC), "Monthly", 10) == datetime(
+        2027, 1, 10, tzinfo=UTC
+    )
+    assert usage_cap_reset(jan, "Daily", None) == datetime(2026, 2, 1, tzinfo=UTC)

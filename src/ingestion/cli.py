@@ -22,7 +22,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from ingestion.config import PROVIDER_NAMES, Settings, describe_error, secret_from_environment
+from ingestion.config import (
+    PROVIDER_NAMES,
+    Settings,
+    describe_error,
+    parse_loopback_redirect,
+    secret_from_environment,
+)
 from ingestion.errors import (
     ConfigurationError,
     IngestionError,
@@ -220,6 +226,8 @@ def sync(
         with SyncProgress(enabled=not as_json and sys.stderr.isatty(), label=provider) as bar:
             try:
                 return await services.engine.run(provider, user, options, progress=bar.update)
+            except ConfigurationError:
+                raise  # exit 2, one line naming the variable
             except IngestionError as exc:
                 return exc
 
@@ -542,6 +550,15 @@ def connect(
             "(0 = any free port; use the port registered for the OAuth app where required)",
         ),
     ] = 0,
+    redirect_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--redirect-uri",
+            help="Exact redirect URI registered for the OAuth app, a loopback URL such as "
+            "http://127.0.0.1:8765/callback (needed for Google Web-application clients and X; "
+            "default OAUTH_REDIRECT_URI)",
+        ),
+    ] = None,
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Only print the consent URL")
     ] = False,
@@ -554,6 +571,11 @@ def connect(
 
     check_provider(provider)
     settings = load_settings()
+    if redirect_uri is not None:
+        try:
+            parse_loopback_redirect(redirect_uri)
+        except ValueError as exc:
+            fail(f"--redirect-uri: {exc}")
 
     def announce(url: str) -> None:
         out.print("Open this URL to grant access:", markup=False, highlight=False)
@@ -571,6 +593,7 @@ def connect(
                 provider=provider,
                 user_id=user,
                 port=port,
+                redirect_uri=redirect_uri,
                 open_browser=not no_browser,
                 timeout=timeout,
                 announce=announce,

@@ -37,6 +37,7 @@ __all__ = [
     "is_loopback_host",
     "normalize_database_url",
     "parse_better_auth_secrets",
+    "parse_loopback_redirect",
     "secret_from_environment",
 ]
 
@@ -147,6 +148,30 @@ def _check_http_url(value: str, *, plain_anywhere: bool = False) -> str:
     return value.rstrip("/")
 
 
+def parse_loopback_redirect(value: str) -> tuple[str, int, str]:
+    """(host, port, path) of a fixed `ingestion connect` redirect URI.
+
+    It must be `http://127.0.0.1:PORT/path`, `http://localhost:PORT/path` or
+    `http://[::1]:PORT/path`: the listener runs on this machine, and the URI must be exactly the
+    one registered for the OAuth app (Google Web-application clients, X apps).
+    """
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(
+            "expected a loopback http URL such as http://127.0.0.1:8765/callback "
+            "(registered exactly in the OAuth app)"
+        )
+    if not port or parts.query or parts.fragment:
+        raise ValueError(
+            "expected an explicit port and no query, e.g. http://127.0.0.1:8765/callback"
+        )
+    return parts.hostname, port, parts.path or "/"
+
+
 class Settings(BaseSettings):
     """Configuration of one process. Build it once at start-up and pass it down."""
 
@@ -171,6 +196,9 @@ class Settings(BaseSettings):
     github_client_secret: SecretStr | None = None
     twitter_client_id: str | None = None
     twitter_client_secret: SecretStr | None = None
+    #: The exact redirect URI `ingestion connect` uses (a loopback URL registered for the app);
+    #: unset = `http://127.0.0.1:PORT/callback` on a free port (Desktop-app clients only).
+    oauth_redirect_uri: str | None = None
     #: Refresh an access token when it expires within this many seconds.
     token_refresh_margin: int = Field(300, ge=0)
     #: Seconds one token-endpoint request may take (it runs while the account row is locked).
@@ -290,6 +318,10 @@ class Settings(BaseSettings):
     github_rate_limit_reserve: int = Field(50, ge=0)
     #: `per_page` of every GitHub listing (GitHub's maximum is 100).
     github_page_size: int = Field(100, ge=1, le=100)
+    #: Issues and PRs of other people's repositories: `participating` (created, assigned,
+    #: mentioned, subscribed) or `all` (every issue the token can see: for a member of a large
+    #: organisation, every issue of every organisation repository). Own repositories: all.
+    github_issues_filter: Literal["participating", "all"] = "participating"
 
     # --- X / Twitter ---------------------------------------------------------------------------
     #: Comma-separated subset of `tweets,mentions,likes`.
@@ -303,6 +335,9 @@ class Settings(BaseSettings):
     twitter_reconcile_days: int = Field(30, ge=0, le=3650)
     #: Hours between two such re-reads of one account.
     twitter_reconcile_hours: float = Field(24.0, gt=0)
+    #: Day of the month X resets the app's usage cap (the subscription's billing day); unset =
+    #: the first of the month (UTC). Past a short month's end it resets on the month's last day.
+    twitter_usage_cap_reset_day: int | None = Field(None, ge=1, le=31)
 
     @field_validator(
         "gmail_api_url",
@@ -423,6 +458,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("oauth_redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str | None) -> str | None:
+        if value:
+            parse_loopback_redirect(value)
+        return value or None
 
     @field_validator("twitter_timelines")
     @classmethod

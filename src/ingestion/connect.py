@@ -1,8 +1,10 @@
 """`ingestion connect`: the OAuth authorization-code flow for a person at a terminal.
 
-1. A one-shot HTTP listener opens on `127.0.0.1:PORT` (any free port unless given: X needs the
-   exact callback URL registered for the app, Google and GitHub accept any loopback port);
-   the redirect URI is `http://127.0.0.1:PORT/callback`.
+1. A one-shot HTTP listener opens on `127.0.0.1:PORT` (any free port unless given) and the
+   redirect URI is `http://127.0.0.1:PORT/callback`; or, with a fixed redirect URI
+   (`OAUTH_REDIRECT_URI` / `--redirect-uri`), on that URI's loopback host, port and path. Any
+   loopback port works only for Google Desktop-app clients and GitHub; a Google
+   Web-application client and X need the exact URI registered for the app.
 2. The consent URL (built with Authlib's RFC 6749 / RFC 7636 helpers: `state`, a PKCE S256
    challenge where the provider takes one, the provider's read scopes and extra parameters such
    as Google's `access_type=offline&prompt=consent`) is announced, and opened in a browser
@@ -38,7 +40,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_r
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from ingestion.clock import Clock, SystemClock
-from ingestion.config import Settings
+from ingestion.config import Settings, parse_loopback_redirect
 from ingestion.errors import PermanentError, RetryableError
 from ingestion.providers.base import OAuthEndpoints
 from ingestion.providers.registry import account_provider_of, auth_for
@@ -76,15 +78,23 @@ class ConnectResult:
 class CallbackListener:
     """A loopback HTTP server that waits for the request to `/callback` carrying `state`."""
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, fixed_uri: str | None = None, path: str = CALLBACK_PATH) -> None:
         self.port = 0
+        self.path = path
+        self._fixed_uri = fixed_uri
         self._state = state
         self._server: asyncio.Server | None = None
         self._result: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def start(cls, state: str, port: int = 0, host: str = "127.0.0.1") -> CallbackListener:
-        listener = cls(state)
+    async def start(
+        cls, state: str, port: int = 0, host: str = "127.0.0.1", *, redirect_uri: str | None = None
+    ) -> CallbackListener:
+        """Listen on `host:port`, or on the loopback host, port and path of `redirect_uri`."""
+        path = CALLBACK_PATH
+        if redirect_uri is not None:
+            host, port, path = parse_loopback_redirect(redirect_uri)
+        listener = cls(state, redirect_uri, path)
         try:
             listener._server = await asyncio.start_server(listener._handle, host, port)
         except OSError as exc:
@@ -96,14 +106,17 @@ class CallbackListener:
 
     @property
     def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}{CALLBACK_PATH}"
+        return self._fixed_uri or f"http://127.0.0.1:{self.port}{CALLBACK_PATH}"
 
     async def wait(self, timeout: float) -> dict[str, str]:
         try:
             return await asyncio.wait_for(asyncio.shield(self._result), timeout)
         except TimeoutError:
             raise PermanentError(
-                f"no authorization arrived within {timeout:g}s; run `ingestion connect` again"
+                f"no authorization arrived within {timeout:g}s at {self.redirect_uri}; if the "
+                "browser showed redirect_uri_mismatch, register this URI exactly in the OAuth "
+                "app or set OAUTH_REDIRECT_URI (--redirect-uri) to one it has registered; "
+                "then run `ingestion connect` again"
             ) from None
 
     async def close(self) -> None:
@@ -118,7 +131,7 @@ class CallbackListener:
                 pass
             parts = request_line.split()
             target = urlsplit(parts[1]) if len(parts) >= 2 else None
-            if target is None or parts[0] != "GET" or target.path != CALLBACK_PATH:
+            if target is None or parts[0] != "GET" or target.path != self.path:
                 self._respond(writer, 404, "Not found.")
             elif self._result.done():
                 self._respond(writer, 409, "This sign-in was already completed.")
@@ -173,12 +186,15 @@ async def connect_account(
     provider: str,
     user_id: str,
     port: int = 0,
+    redirect_uri: str | None = None,
     open_browser: bool = True,
     timeout: float = 300.0,
     announce: Callable[[str], None] = print,
     clock: Clock | None = None,
 ) -> ConnectResult:
     """Run the flow for `provider` (gmail | calendar | github | twitter) and store the tokens.
+
+    `redirect_uri` (else `OAUTH_REDIRECT_URI`) fixes the redirect URI; `port` is then unused.
 
     Raises `ConfigurationError` without a client id, `PermanentError` when consent is refused,
     the state does not match, no redirect arrives in `timeout` seconds or the token endpoint
@@ -189,7 +205,8 @@ async def connect_account(
     endpoints = auth_for(account_provider)
     client_id, _ = client_credentials(settings, endpoints)
     state = generate_token(32)
-    listener = await CallbackListener.start(state, port)
+    fixed = redirect_uri or settings.oauth_redirect_uri
+    listener = await CallbackListener.start(state, port, redirect_uri=fixed)
     try:
         verifier = generate_token(64) if endpoints.pkce else None
         pkce = (

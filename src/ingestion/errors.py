@@ -5,6 +5,7 @@
     IngestionError
     ├── RetryableError        try the job again later (5xx, network, a sink outage)
     │   └── RateLimited       try again at `retry_after` (quota or rate window exhausted)
+    │       └── QuotaExhausted a long quota (X's monthly usage cap) is spent: no call until then
     ├── ReauthRequired        the account's grant is dead: mark it, do not retry
     └── PermanentError        retrying cannot help (bad input, a 4xx the engine refused)
         ├── MalformedJob      a stream entry that is not a valid job (dead-lettered at once)
@@ -31,6 +32,7 @@ __all__ = [
     "IngestionError",
     "MalformedJob",
     "PermanentError",
+    "QuotaExhausted",
     "RateLimited",
     "ReauthRequired",
     "RetryableError",
@@ -62,6 +64,11 @@ class RateLimited(RetryableError):
     Raising it after some pages were accepted is safe: their cursor is already committed,
     so the deferred job resumes where this one stopped.
     """
+
+
+class QuotaExhausted(RateLimited):
+    """A provider's long-period quota is spent (X's monthly usage cap): the account's status
+    becomes `quota_exhausted` and no call is made until `retry_after` (the cap's reset)."""
 
 
 class ReauthRequired(IngestionError):

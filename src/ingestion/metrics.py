@@ -43,6 +43,7 @@ __all__ = [
     "ITEMS",
     "JOBS",
     "QUEUE",
+    "QUOTA_EXHAUSTED",
     "RATE_LIMIT_WAIT_SECONDS",
     "SYNC_DURATION",
     "TOKEN_REFRESHES",
@@ -90,6 +91,12 @@ TOKEN_REFRESHES = Counter(
     "ingestion_token_refreshes_total",
     "OAuth token refreshes by account provider and outcome (ok, reused, failed, reauth).",
     ["provider", "outcome"],
+)
+QUOTA_EXHAUSTED = Counter(
+    "ingestion_quota_exhausted_total",
+    "Syncs stopped by a spent long-period quota (X's usage cap), by provider; the account's "
+    "status is quota_exhausted until the quota resets.",
+    ["provider"],
 )
 SYNC_DURATION = Histogram(
     "ingestion_sync_duration_seconds",

@@ -32,6 +32,7 @@ from ingestion.config import Settings
 from ingestion.errors import (
     IngestionError,
     PermanentError,
+    QuotaExhausted,
     RateLimited,
     ReauthRequired,
     describe_unexpected,
@@ -185,7 +186,11 @@ class SyncEngine:
             except IngestionError as exc:
                 summary.seconds = time.perf_counter() - started
                 summary.error = str(exc)
-                if isinstance(exc, RateLimited):
+                if isinstance(exc, QuotaExhausted):
+                    summary.status = "quota_exhausted"
+                    summary.retry_after = exc.retry_after
+                    metrics.QUOTA_EXHAUSTED.labels(provider=provider_name).inc()
+                elif isinstance(exc, RateLimited):
                     summary.status = "deferred"
                     summary.retry_after = exc.retry_after
                 elif isinstance(exc, ReauthRequired):

@@ -10,7 +10,10 @@ client authentication and the extra headers. The answer is sorted into three out
   X's `invalid_request` for a spent token, a bare 400/401): the refresh token will never work again.
 
 A refusal of the client itself (`invalid_client`, `unauthorized_client`,
-`incorrect_client_credentials`) is a `ConfigurationError`: reconnecting cannot fix a wrong app.
+`incorrect_client_credentials`, and the provider's own `client_error_codes` such as Google's
+`invalid_request`) is a `ConfigurationError` naming the client id and secret variables:
+reconnecting cannot fix a wrong app, so the grant is kept. `redirect_uri_mismatch` is one too,
+naming `OAUTH_REDIRECT_URI`.
 Messages carry the provider's error code and description, never a token or a secret.
 """
 
@@ -45,7 +48,12 @@ __all__ = [
 
 _TRANSIENT_ERRORS = frozenset({"server_error", "temporarily_unavailable", "slow_down"})
 _CLIENT_ERRORS = frozenset(
-    {"invalid_client", "unauthorized_client", "incorrect_client_credentials"}
+    {
+        "invalid_client",
+        "unauthorized_client",
+        "incorrect_client_credentials",
+        "redirect_uri_mismatch",
+    }
 )
 _DESCRIPTION_LIMIT = 200
 
@@ -146,7 +154,32 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def interpret_token_answer(response: httpx.Response, now: datetime) -> TokenGrant:
+def _client_refused(
+    endpoints: OAuthEndpoints | None, error: str, description: str | None
+) -> ConfigurationError:
+    detail = error + (f": {description}" if description else "")
+    if error == "redirect_uri_mismatch":
+        return ConfigurationError(
+            f"OAUTH_REDIRECT_URI: the OAuth client does not accept this redirect URI ({detail}); "
+            "register it exactly in the app, or set OAUTH_REDIRECT_URI (or --redirect-uri) to "
+            "the one registered"
+        )
+    if endpoints is None:
+        names = "the OAuth client id and secret settings"
+    else:
+        names = (
+            f"{setting_name(endpoints.client_id_setting)} / "
+            f"{setting_name(endpoints.client_secret_setting)}"
+        )
+    return ConfigurationError(
+        f"{names}: the token endpoint refused the OAuth client ({detail}); "
+        "check the app's client id, secret and type"
+    )
+
+
+def interpret_token_answer(
+    response: httpx.Response, now: datetime, endpoints: OAuthEndpoints | None = None
+) -> TokenGrant:
     """Sort a token endpoint's answer (see the module docstring). Raises on failure."""
     status = response.status_code
     body = _body(response)
@@ -158,12 +191,9 @@ def interpret_token_answer(response: httpx.Response, now: datetime) -> TokenGran
         raise TransientTokenError(
             label, retry_after=parse_retry_after(response.headers.get("retry-after"))
         )
-    if error in _CLIENT_ERRORS:
-        raise ConfigurationError(
-            f"the token endpoint refused the OAuth client ({error}"
-            + (f": {description}" if description else "")
-            + "): check the client id and secret settings"
-        )
+    extra = endpoints.client_error_codes if endpoints is not None else frozenset()
+    if error is not None and (error in _CLIENT_ERRORS or error in extra):
+        raise _client_refused(endpoints, error, description)
     if error or status >= 400:
         raise DeadGrant(error or f"HTTP {status}", description)
     if not body.get("access_token"):
@@ -212,7 +242,7 @@ async def post_token_request(
         raise TransientTokenError(
             f"the connection failed before the answer ({type(exc).__name__})", lost_answer=True
         ) from None
-    return interpret_token_answer(response, now)
+    return interpret_token_answer(response, now, endpoints)
 
 
 async def request_refresh(

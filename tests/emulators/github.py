@@ -10,8 +10,9 @@ What it does like github.com (and GitHub Enterprise Server under `path_prefix="/
   `{"message": "Bad credentials", "documentation_url": …}`.
 - `Link` pagination with `per_page` (default 30, max 100) and `page`; "next" links of
   repository listings point at `/repositories/{id}/…` like the real service.
-- strong `ETag`s over the body; `If-None-Match` with a current ETag → 304 with no body, which
-  does not count against the rate limit (`x-ratelimit-remaining` unchanged).
+- strong `ETag`s over the body and the token (an ETag is bound to the token that received
+  it); `If-None-Match` with a current ETag of the same token → 304 with no body, which does not
+  count against the rate limit (`x-ratelimit-remaining` unchanged).
 - `x-ratelimit-limit/-remaining/-used/-reset/-resource` per user; at zero → 403 "API rate limit
   exceeded" with `x-ratelimit-remaining: 0` until `reset`.
 - secondary limits on demand (`secondary_limit_requests`): 403 "You have exceeded a secondary
@@ -25,6 +26,10 @@ What it does like github.com (and GitHub Enterprise Server under `path_prefix="/
   status if the issue was deleted from a repository where the authenticated user has read
   access"), and "Transferring an issue to another repository" (same owner only; ids change,
   as reported in GoogleCloudPlatform/repo-automation-playground#85).
+- a commit graph: `commits?sha=` lists what is reachable from a branch or sha (by commit
+  date, newest first), `compare/{base}...{head}` answers as GitHub does (see `compare`);
+  scripted pushes of old-dated commits (`add_commit(date=…)`), merges of side branches
+  (`branch`, `merge`) and force-pushes (`force_push`, optionally garbage-collecting).
 - repository-wide listings: `/repos/{o}/{r}/pulls` (`state`, `base`, `sort` created | updated |
   popularity | long-running, `direction` defaulting to desc for created and asc otherwise) in
   the list form without counts or `merged`; `/repos/{o}/{r}/issues/comments` and
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import itertools
 import json
 import re
@@ -65,6 +71,7 @@ from tests.emulators.github_payloads import (
 )
 
 __all__ = [
+    "ABUSE_MESSAGE",
     "GhComment",
     "GhCommit",
     "GhFile",
@@ -83,6 +90,13 @@ SECONDARY_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
     "If you reach out to GitHub Support for help, please include the request ID "
     "0000:0000:0000000:0000000:00000000."
+)
+#: What GitHub Enterprise Server before 3.x (and github.com before 2021) said for the same
+#: limit, with `retry-after`: the wording quoted in public reports (octokit/plugin-throttling
+#: matched `/\babuse\b/i` for it; renovatebot/renovate's GitHub client starts-with matched it).
+ABUSE_MESSAGE = (
+    "You have triggered an abuse detection mechanism. Please wait a few minutes before you "
+    "try again."
 )
 PRIMARY_MESSAGE = (
     "API rate limit exceeded for user ID {id}. If you reach out to GitHub Support for help, "
@@ -171,8 +185,14 @@ class GhRepo:
     collaborators: set[str] = field(default_factory=set)
     #: Organisation members who see the repository through the organisation.
     org_members: set[str] = field(default_factory=set)
-    #: Newest first, as the default branch's history.
+    #: The default branch's history (every commit reachable from `head`), newest first by
+    #: commit date, as `git log` and the commits listing order it.
     commits: list[GhCommit] = field(default_factory=list)
+    #: Every commit the repository knows, reachable or not (GitHub keeps a force-pushed-away
+    #: commit answerable by sha until it is garbage-collected).
+    objects: dict[str, GhCommit] = field(default_factory=dict)
+    #: The default branch's head sha.
+    head: str | None = None
     issues: dict[int, GhIssue] = field(default_factory=dict)
     deleted: bool = False
     blocked: bool = False
@@ -246,11 +266,19 @@ class GitHubState:
         #: The next N requests get a secondary rate limit answer.
         self.secondary_limit_requests = 0
         self.secondary_retry_after: int | None = 1
+        #: The message of those answers (`ABUSE_MESSAGE` for older Enterprise servers), and a
+        #: path pattern limiting them to some endpoints (None = any request).
+        self.secondary_message = SECONDARY_MESSAGE
+        self.secondary_limit_path: str | None = None
         self.commit_files_per_page = 300
         #: Repository issue listings page with `after` cursors (GitHub since 2025) instead of
         #: `page` numbers (as recorded in 2017 by @octokit/fixtures).
         self.issue_cursor_pagination = True
         self.payload_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        #: Called with (path, query) before a request is answered: a test changes the data
+        #: mid-walk (an issue updated while its listing is being paged moves, and the items
+        #: behind it shift by one: a walk by page number or offset cursor skips one).
+        self.before_request: Callable[[str, str], None] | None = None
 
     # --- scripting ---------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -269,16 +297,96 @@ class GitHubState:
         return repo
 
     def add_commit(self, repo: GhRepo, message: str, *, author: str | None, **kw: Any) -> GhCommit:
-        date = kw.pop("date", None) or self.now()
-        sha = _sha(f"{repo.full_name}{message}{date}{len(repo.commits)}")
-        parents = [repo.commits[0].sha] if repo.commits else []
-        commit = GhCommit(
-            sha=sha, message=message, author_login=author, date=date, parents=parents, **kw
+        """A commit on top of the default branch (its date may be old: local work pushed late)."""
+        commit = self.make_commit(
+            repo, message, author=author, parents=[repo.head] if repo.head else [], **kw
         )
+        repo.head = commit.sha
         repo.commits.insert(0, commit)
         repo.commits.sort(key=lambda c: c.date, reverse=True)
         repo.pushed_at = max(repo.pushed_at, self.now())
         return commit
+
+    def make_commit(
+        self, repo: GhRepo, message: str, *, author: str | None, parents: list[str], **kw: Any
+    ) -> GhCommit:
+        """A commit object only (on no branch until a merge or push makes it reachable)."""
+        date = kw.pop("date", None) or self.now()
+        sha = _sha(f"{repo.full_name}{message}{date}{len(repo.objects)}")
+        commit = GhCommit(
+            sha=sha, message=message, author_login=author, date=date, parents=parents, **kw
+        )
+        repo.objects[sha] = commit
+        return commit
+
+    def branch(
+        self, repo: GhRepo, base: str, messages: list[str], *, author: str, dates: list[datetime]
+    ) -> str:
+        """Commits on a side branch from `base` (made on `dates`); returns its tip sha."""
+        tip = base
+        for message, date in zip(messages, dates, strict=True):
+            files = [GhFile(f"feature/{len(repo.objects)}.py")]
+            tip = self.make_commit(
+                repo, message, author=author, parents=[tip], date=date, files=files
+            ).sha
+        return tip
+
+    def merge(self, repo: GhRepo, tip: str, *, author: str, message: str = "Merge branch") -> str:
+        """A merge commit (parents: the head, then `tip`) becomes the head: the side branch's
+        commits, with their old dates, reach the default branch now."""
+        merge = self.make_commit(
+            repo, message, author=author, parents=[repo.head or tip, tip], files=[]
+        )
+        self.set_head(repo, merge.sha)
+        return merge.sha
+
+    def force_push(self, repo: GhRepo, sha: str, *, forget: bool = False) -> None:
+        """Point the default branch at `sha` (history rewritten); `forget` also drops the
+        commits no longer reachable (garbage-collected: compare with them answers 404)."""
+        self.set_head(repo, sha)
+        if forget:
+            reachable = {c.sha for c in repo.commits}
+            repo.objects = {k: v for k, v in repo.objects.items() if k in reachable}
+
+    def set_head(self, repo: GhRepo, sha: str) -> None:
+        repo.head = sha
+        repo.commits = sorted(
+            (repo.objects[s] for s in self.ancestors(repo, sha)),
+            key=lambda c: c.date,
+            reverse=True,
+        )
+        repo.pushed_at = max(repo.pushed_at, self.now())
+
+    @staticmethod
+    def log_order(repo: GhRepo, start: str) -> list[GhCommit]:
+        """What `git log START` lists (and so the commits listing): a walk from START that
+        always takes the newest-dated commit it has reached next; START itself comes first,
+        whatever its date (git-rev-list's default order)."""
+        out: list[GhCommit] = []
+        seen = {start}
+        queue = [(0.0, start)] if start in repo.objects else []
+        while queue:
+            _, sha = heapq.heappop(queue)
+            commit = repo.objects[sha]
+            out.append(commit)
+            for parent in commit.parents:
+                if parent in repo.objects and parent not in seen:
+                    seen.add(parent)
+                    heapq.heappush(queue, (-repo.objects[parent].date.timestamp(), parent))
+        return out
+
+    @staticmethod
+    def ancestors(repo: GhRepo, sha: str) -> set[str]:
+        """`sha` and every commit reachable from it."""
+        seen: set[str] = set()
+        todo = [sha]
+        while todo:
+            current = todo.pop()
+            if current in seen or current not in repo.objects:
+                continue
+            seen.add(current)
+            todo.extend(repo.objects[current].parents)
+        return seen
 
     def add_issue(self, repo: GhRepo, title: str, *, user: str, **kw: Any) -> GhIssue:
         number = max(repo.issues, default=0) + 1
@@ -524,11 +632,16 @@ class _Handler:
         state = self.state
         login: str | None = None
         status = 500
+        if state.before_request is not None:
+            state.before_request(request.url.path, request.url.query)
         try:
             login = self.authenticate(request)
             window = state.window(login)
             headers = self.rate_headers(window)
-            if state.secondary_limit_requests > 0:
+            limited_path = state.secondary_limit_path is None or re.search(
+                state.secondary_limit_path, request.url.path
+            )
+            if state.secondary_limit_requests > 0 and limited_path:
                 state.secondary_limit_requests -= 1
                 extra = (
                     {}
@@ -537,7 +650,7 @@ class _Handler:
                 )
                 response: Response = JSONResponse(
                     {
-                        "message": SECONDARY_MESSAGE,
+                        "message": state.secondary_message,
                         "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
                     },
                     403,
@@ -564,7 +677,12 @@ class _Handler:
                     raw, media_type = data.text.encode(), data.media_type
                 else:
                     raw = json.dumps(data, separators=(",", ":")).encode()
-                etag = f'"{hashlib.sha256(raw).hexdigest()[:40]}"'
+                # The ETag is bound to the token that asked (GitHub varies on Authorization):
+                # after a token change `If-None-Match` gets a 200, not a 304. GitHub Support,
+                # quoted in eclipse-csi/otterdog#201: "It's currently expected for ETags to be
+                # auth token specific"; bored-engineer/github-conditional-http-transport#6.
+                token = request.headers.get("authorization", "").partition(" ")[2]
+                etag = f'"{hashlib.sha256(raw + token.encode()).hexdigest()[:40]}"'
                 sent = [
                     t.strip().removeprefix("W/")
                     for t in request.headers.get("if-none-match", "").split(",")
@@ -680,7 +798,10 @@ class _Handler:
                     "assigned": login in issue.assignees,
                     "created": issue.user == login,
                     "mentioned": f"@{login}" in (issue.body or ""),
-                    "subscribed": issue.user == login or login in issue.assignees,
+                    # GitHub subscribes a person who opens, is assigned or comments.
+                    "subscribed": issue.user == login
+                    or login in issue.assignees
+                    or any(c.user == login for c in issue.comments),
                     "repos": visible,
                     "all": visible,
                 }.get(which)
@@ -826,15 +947,17 @@ class _Handler:
         if not repo.commits:
             raise _error(409, "Git Repository is empty.")
         sha = request.query_params.get("sha")
-        if sha and sha != repo.default_branch and sha not in {c.sha for c in repo.commits}:
+        if sha and sha != repo.default_branch and sha not in repo.objects:
             raise _error(404, f"No commit found for SHA: {sha}")
+        start = sha if sha and sha != repo.default_branch else repo.head
+        history = self.state.log_order(repo, start or "")
         author = request.query_params.get("author")
         since = _since(request)
         raw_until = request.query_params.get("until")
         until = parse_iso(raw_until) if raw_until else None
         found = [
             c
-            for c in repo.commits
+            for c in history
             if (author is None or author in (c.author_login, c.author_email))
             and (since is None or c.date >= since)
             and (until is None or c.date <= until)
@@ -846,14 +969,7 @@ class _Handler:
     def commit(self, request: Request, login: str) -> tuple[Any, str | None]:
         repo = self.repo(request, login)
         ref = request.path_params["ref"]
-        commit = next(
-            (
-                c
-                for c in repo.commits
-                if c.sha == ref or (ref == repo.default_branch and c is repo.commits[0])
-            ),
-            None,
-        )
+        commit = repo.objects.get((repo.head or "") if ref == repo.default_branch else ref)
         if commit is None:
             raise _error(422, f"No commit found for SHA: {ref}")
         api = self.api(request)
@@ -877,6 +993,74 @@ class _Handler:
         }
         payload["files"] = [file_payload(self.state, repo, commit, f, api) for f in files]
         return payload, link
+
+    def compare(self, request: Request, login: str) -> tuple[Any, str | None]:
+        """`GET /repos/{o}/{r}/compare/{base}...{head}` (GitHub REST "Compare two commits",
+        @octokit/openapi `commit-comparison`): `status` identical | ahead | behind | diverged,
+        `ahead_by`/`behind_by`/`total_commits`, `merge_base_commit`, and the commits reachable
+        from head but not from the merge base, in chronological order. Without `per_page` or
+        `page` at most 250 commits (the most recent last); with them, pages of commits and the
+        changed files (at most 300) on the first page only. An unknown commit, or two commits
+        without a common ancestor, answer 404."""
+        repo = self.repo(request, login)
+        base_ref, dots, head_ref = request.path_params["basehead"].partition("...")
+        if not dots:
+            raise _error(404, "Not Found")
+
+        def resolve(ref: str) -> str:
+            sha = repo.head if ref == repo.default_branch else ref
+            if sha is None or sha not in repo.objects:
+                raise _error(404, "Not Found")
+            return sha
+
+        base, head = resolve(base_ref), resolve(head_ref)
+        of_base = self.state.ancestors(repo, base)
+        of_head = self.state.ancestors(repo, head)
+        common = of_base & of_head
+        if not common:
+            raise _error(404, f"No common ancestor between {base_ref} and {head_ref}.")
+        merge_base = max(common, key=lambda s: (repo.objects[s].date, s))
+        listed = sorted(
+            (repo.objects[s] for s in of_head - self.state.ancestors(repo, merge_base)),
+            key=lambda c: (c.date, c.sha),
+        )
+        ahead, behind = len(of_head - of_base), len(of_base - of_head)
+        status = (
+            "identical"
+            if base == head
+            else "ahead"
+            if behind == 0
+            else "behind"
+            if ahead == 0
+            else "diverged"
+        )
+        api = self.api(request)
+        paged = "per_page" in request.query_params or "page" in request.query_params
+        link = None
+        if paged:
+            chosen, link = self.page(request, listed)
+            first = _int_param(request, "page", 1) == 1
+        else:
+            chosen, first = listed[-250:], True
+        files = [file_payload(self.state, repo, c, f, api) for c in listed for f in c.files][:300]
+        u = f"{api}/repos/{repo.full_name}"
+        html = f"{self.state.html_base}/{repo.full_name}"
+        basehead = request.path_params["basehead"]
+        return {
+            "url": f"{u}/compare/{basehead}",
+            "html_url": f"{html}/compare/{basehead}",
+            "permalink_url": f"{html}/compare/{repo.owner}:{base}...{repo.owner}:{head}",
+            "diff_url": f"{html}/compare/{basehead}.diff",
+            "patch_url": f"{html}/compare/{basehead}.patch",
+            "base_commit": commit_payload(self.state, repo, repo.objects[base], api),
+            "merge_base_commit": commit_payload(self.state, repo, repo.objects[merge_base], api),
+            "status": status,
+            "ahead_by": ahead,
+            "behind_by": behind,
+            "total_commits": len(listed),
+            "commits": [commit_payload(self.state, repo, c, api) for c in chosen],
+            **({"files": files} if first else {}),
+        }, link
 
 
 def _endpoint_of(path: str, prefix: str) -> str:
@@ -962,6 +1146,7 @@ def create_app(state: GitHubState) -> Starlette:
         *route("/repos/{owner}/{repo}/pulls/{number:int}/comments", handler.pull_comments),
         *route("/repos/{owner}/{repo}/commits", handler.commits),
         *route("/repos/{owner}/{repo}/commits/{ref}", handler.commit),
+        *route("/repos/{owner}/{repo}/compare/{basehead:path}", handler.compare),
         Route("/{path:path}", not_found),
     ]
     return Starlette(routes=routes)

@@ -10,7 +10,11 @@ Token endpoints behave like the real ones (see /work/shared/providers.md):
 
 - Google: form POST, client id and secret in the body; a refresh returns a new access token and
   NO refresh token (the old one stays valid); a revoked/unknown one answers
-  400 `{"error": "invalid_grant", "error_description": "Token has been expired or revoked."}`.
+  400 `{"error": "invalid_grant", "error_description": "Token has been expired or revoked."}`;
+  a wrong app answers 401 `invalid_client` or 400 `invalid_request`; a code exchanged with
+  another redirect URI answers 400 `redirect_uri_mismatch`. The client is a Desktop app (any
+  loopback redirect port) or, with `google_client_type = "web"`, a Web application that takes
+  only its registered `google_redirect_uris`: any other gets Google's error page, no redirect.
 - GitHub: form POST with id and secret; JSON only with `Accept: application/json` (else
   form-encoded); expiring tokens ROTATE: the old refresh token and the old access token stop
   working; a spent one answers **200** `{"error": "bad_refresh_token", ...}`.
@@ -41,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -104,6 +108,9 @@ class OAuthState:
     )
     #: GitHub OAuth App tokens that never expire (no refresh token) instead of expiring ones.
     github_classic_tokens: bool = False
+    #: "desktop" (any loopback redirect port) or "web" (only `google_redirect_uris`).
+    google_client_type: str = "desktop"
+    google_redirect_uris: set[str] = field(default_factory=set)
     consent_user: str = "person"
     consent_decision: str = "approve"
     #: Seconds every token request waits before answering (widens race windows).
@@ -302,6 +309,38 @@ def _bad_grant(provider: str, what: str) -> Response:
     )
 
 
+def _google_client_error(state: OAuthState, form: dict[str, str]) -> Response | None:
+    """Google's refusals of the client itself (public reports of oauth2.googleapis.com/token:
+    googleapis/google-auth-library-nodejs and nextauthjs/next-auth issues quote each body)."""
+    client_id, secret = state.clients["google"]
+    if not form.get("client_id"):
+        error, description, status = (
+            "invalid_request",
+            "Could not determine client ID from request.",
+            400,
+        )
+    elif form["client_id"] != client_id:
+        error, description, status = "invalid_client", "The OAuth client was not found.", 401
+    elif secret is not None and not form.get("client_secret"):
+        error, description, status = "invalid_request", "client_secret is missing.", 400
+    elif secret is not None and form.get("client_secret") != secret:
+        error, description, status = "invalid_client", "Unauthorized", 401
+    else:
+        return None
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def google_redirect_ok(state: OAuthState, redirect_uri: str) -> bool:
+    """Google accepts any loopback port only for Desktop-app clients ("Loopback IP address"
+    flow of developers.google.com/identity/protocols/oauth2/native-app); a Web-application
+    client needs one of its registered URIs exactly (.../oauth2/web-server,
+    "redirect_uri_mismatch")."""
+    if state.google_client_type == "web":
+        return redirect_uri in state.google_redirect_uris
+    parts = urlsplit(redirect_uri)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
+
+
 def _client_error(provider: str) -> Response:
     if provider == "google":
         return JSONResponse(
@@ -355,7 +394,11 @@ def create_app(state: OAuthState) -> Starlette:
             if fault is not None:
                 body = fault.body if fault.body is not None else {"error": "server_error"}
                 return JSONResponse(body, status_code=fault.status, headers=fault.headers)
-            if not _client_ok(state, provider, request, form):
+            if provider == "google":
+                refused = _google_client_error(state, form)
+                if refused is not None:
+                    return refused
+            elif not _client_ok(state, provider, request, form):
                 return _client_error(provider)
             if grant_type == "refresh_token":
                 return await refresh(provider, request, form)
@@ -390,6 +433,15 @@ def create_app(state: OAuthState) -> Starlette:
         with state._lock:
             code = state._codes.pop(form.get("code", ""), None)
             if (
+                provider == "google"
+                and code is not None
+                and code.redirect_uri != form.get("redirect_uri")
+            ):
+                return JSONResponse(
+                    {"error": "redirect_uri_mismatch", "error_description": "Bad Request"},
+                    status_code=400,
+                )
+            if (
                 code is None
                 or code.provider != provider
                 or code.redirect_uri != form.get("redirect_uri")
@@ -419,6 +471,13 @@ def create_app(state: OAuthState) -> Starlette:
             redirect_uri = params.get("redirect_uri", "")
             if params.get("client_id") != state.clients[provider][0] or not redirect_uri:
                 return PlainTextResponse("invalid client or redirect_uri", status_code=400)
+            if provider == "google" and not google_redirect_ok(state, redirect_uri):
+                # Google shows an error page and never redirects back.
+                return PlainTextResponse(
+                    "Error 400: redirect_uri_mismatch\n\nAccess blocked: this app's request "
+                    f"is invalid. Request details: redirect_uri={redirect_uri}",
+                    status_code=400,
+                )
             if params.get("response_type") != "code":
                 return PlainTextResponse("unsupported response_type", status_code=400)
             challenge = params.get("code_challenge")

@@ -181,6 +181,11 @@ class TwitterState:
     #: pagination tokens issued before this epoch are refused with 400 (token expiry)
     tokens_valid_after: float = 0.0
     log: list[LoggedRequest] = field(default_factory=list)
+    #: The app's post-read usage cap for the period (None = no cap), posts read so far, and
+    #: when the period ends (epoch seconds; None = not before the test says so).
+    usage_cap: int | None = None
+    usage_used: int = 0
+    usage_period_end: float | None = None
     #: access token -> requests it may still serve before X stops accepting it
     expiring: dict[str, int] = field(default_factory=dict)
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
@@ -405,6 +410,28 @@ def create_app(state: TwitterState) -> Starlette:
         window = state._window(user_id, endpoint)
         limit = state.limits[endpoint]
         reset = int(window.started + WINDOW_SECONDS)
+        if state.usage_period_end is not None and state.now() >= state.usage_period_end:
+            state.usage_used, state.usage_period_end = 0, None
+        if state.usage_cap is not None and state.usage_used >= state.usage_cap:
+            # The app's usage cap: 429 with X's `UsageCapExceededProblem` while the window
+            # headers still show requests left (bodies quoted in public reports, e.g. tweepy
+            # users' "429 Too Many Requests - Usage cap exceeded: Monthly product cap").
+            return JSONResponse(
+                {
+                    "title": "UsageCapExceeded",
+                    "detail": "Usage cap exceeded: Monthly product cap",
+                    "type": "https://api.twitter.com/2/problems/usage-capped",
+                    "period": "Monthly",
+                    "scope": "Product",
+                },
+                status_code=429,
+                media_type=PROBLEM,
+                headers={
+                    "x-rate-limit-limit": str(limit),
+                    "x-rate-limit-remaining": str(limit - window.used),
+                    "x-rate-limit-reset": str(reset),
+                },
+            )
         if state.faults:
             status = state.faults.pop(0)
             if status == 429:
@@ -429,6 +456,9 @@ def create_app(state: TwitterState) -> Starlette:
             )
         window.used += 1
         response = handler(request, user_id)
+        if state.usage_cap is not None and response.status_code == 200:
+            data = json.loads(bytes(response.body)).get("data")
+            state.usage_used += len(data) if isinstance(data, list) else 1
         response.headers["x-rate-limit-limit"] = str(limit)
         response.headers["x-rate-limit-remaining"] = str(limit - window.used)
         response.headers["x-rate-limit-reset"] = str(reset)

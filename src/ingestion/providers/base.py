@@ -155,6 +155,11 @@ class OAuthEndpoints:
     rotates_refresh_token: bool = False
     #: The authorization request carries a PKCE S256 challenge.
     pkce: bool = True
+    #: Token endpoint error codes that, for this provider, mean the OAuth app is set up wrong
+    #: (on top of `invalid_client`, `unauthorized_client`, `incorrect_client_credentials`):
+    #: Google's `invalid_request` ("client_secret is missing.", "Could not determine client
+    #: ID from request."), whereas X says `invalid_request` for a spent refresh token.
+    client_error_codes: frozenset[str] = frozenset()
 
 
 class Provider(Protocol):

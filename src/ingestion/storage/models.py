@@ -118,7 +118,7 @@ class SyncStateRow(Base):
 
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
-    #: idle | running | ok | error | reauth_required
+    #: idle | running | ok | error | reauth_required | quota_exhausted
     status: Mapped[str] = mapped_column(String(32), default="idle")
     last_sync_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_item_id: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -202,7 +202,8 @@ class SyncStateStore:
         details: Mapping[str, Any] | None = None,
         fingerprint: str | None = None,
     ) -> None:
-        """Close the run. `status`: ok | error | deferred | cancelled | reauth_required."""
+        """Close the run. `status`: ok | error | deferred | cancelled | reauth_required |
+        quota_exhausted (kept until a sync succeeds again)."""
         now = datetime.now(UTC)
         error = error[:_ERROR_LIMIT] if error else None
         async with self.db.session() as session:

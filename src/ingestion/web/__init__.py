@@ -68,7 +68,9 @@ def _duration(started: str | None, finished: str | None) -> str:
 
 
 def _needs_attention(row: dict[str, Any]) -> bool:
-    return bool(row["reauthRequired"] or row["lastError"] or row["status"] == "error")
+    return bool(
+        row["reauthRequired"] or row["lastError"] or row["status"] in ("error", "quota_exhausted")
+    )
 
 
 def render_status_page(

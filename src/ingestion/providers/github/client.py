@@ -7,9 +7,10 @@ Promises, on top of `ApiClient` (token, 401 refresh, retries):
 - a listing follows every `Link: rel="next"` URL exactly as given;
 - with a stored ETag, a page is asked with `If-None-Match`; a 304 (which GitHub does not count
   against the rate limit) is reported as unchanged, without a body;
-- the primary limit (403/429 with `x-ratelimit-remaining: 0`) waits until `x-ratelimit-reset`
-  and a secondary limit (403/429 whose message says "secondary rate limit") waits
-  `retry-after`, or at least a minute; a wait longer than `MAX_INLINE_WAIT` is not slept in the
+- the primary limit (403/429 with `x-ratelimit-remaining: 0`) waits until `x-ratelimit-reset`;
+  any other 403/429 carrying `retry-after` waits that long whatever its message says, and a
+  403/429 whose message says "secondary rate limit" or "abuse detection" without it waits at
+  least a minute; a wait longer than `MAX_INLINE_WAIT` is not slept in the
   worker: `RateLimited(retry_after=…)` defers the job to that moment;
 - `x-ratelimit-remaining`/`reset` are tracked per account, and once no more than
   `GITHUB_RATE_LIMIT_RESERVE` requests remain the client stops *before* the next request with
@@ -43,6 +44,7 @@ __all__ = [
     "GITHUB_HEADERS",
     "MAX_INLINE_WAIT",
     "SECONDARY_LIMIT_MIN_WAIT",
+    "SECONDARY_LIMIT_WORDS",
     "GitHubClient",
     "ListingPage",
     "RateBudget",
@@ -57,6 +59,9 @@ GITHUB_HEADERS = {
 }
 #: GitHub: without `retry-after` or a reset header, wait at least one minute.
 SECONDARY_LIMIT_MIN_WAIT = 60.0
+#: Messages of a secondary limit without `retry-after` (today's wording, and the "abuse
+#: detection mechanism" of older GitHub Enterprise Server releases).
+SECONDARY_LIMIT_WORDS = ("secondary rate limit", "abuse detection")
 #: Longer waits (a secondary limit's minute, a primary limit's reset) defer the job instead of
 #: holding a worker slot.
 MAX_INLINE_WAIT = 30.0
@@ -92,12 +97,18 @@ def classify(response: httpx.Response, *, now: float | None = None) -> Throttle 
         current = time.time() if now is None else now
         if response.headers.get("x-ratelimit-remaining") == "0":
             return Throttle(_reset_wait(response, current), True, "primary rate limit")
-        if "secondary rate limit" in _message(response).lower():
-            after = parse_retry_after(response.headers.get("retry-after"))
-            if after is None:
-                reset = _reset_wait(response, current)
-                after = max(SECONDARY_LIMIT_MIN_WAIT, reset or 0.0)
+        after = parse_retry_after(response.headers.get("retry-after"))
+        if after is not None:
+            # GitHub: "If the retry-after response header is present, you should not retry
+            # your request until after that many seconds has elapsed", whatever the message
+            # (older Enterprise servers word it "abuse detection mechanism").
             return Throttle(after, True, "secondary rate limit")
+        message = _message(response).lower()
+        if any(words in message for words in SECONDARY_LIMIT_WORDS):
+            reset = _reset_wait(response, current)
+            return Throttle(
+                max(SECONDARY_LIMIT_MIN_WAIT, reset or 0.0), True, "secondary rate limit"
+            )
     return default_classify(response)
 
 

@@ -10,8 +10,9 @@ Scope of one sync (configurable through `GITHUB_REPOS_ALLOW`/`_DENY`, `BACKFILL_
    (files, patches; >300 files paginated) are fetched only for commits not yet ingested, and
    the listing is skipped altogether while the repository's `pushed_at` is unchanged;
 3. per owned repository, every issue and PR updated since the cursor;
-4. `GET /issues?filter=all&state=all` updated since the cursor (issues and PRs the person can
-   see, created, was assigned, mentioned in or commented on), within the allow/deny globs;
+4. `GET /issues?state=all` updated since the cursor, once per filter: `created`, `assigned`,
+   `mentioned` and `subscribed` (what the person takes part in), or only `all` (every issue
+   the token can see) with `GITHUB_ISSUES_FILTER=all`; within the allow/deny globs;
 5. the conversation of the issues and PRs of one listing page comes from repository-wide
    listings where they are cheaper (`conversations.py`: `/pulls` for merged/draft/refs,
    `/issues/comments`, `/pulls/comments`), else per item: `/pulls/{n}` for a PR, and its
@@ -37,12 +38,14 @@ Deletions no cursor reports (see `_forget_repo` and `_check_issues`):
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from ingestion.config import Settings
+from ingestion.errors import PermanentError
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import Scope, SyncContext, SyncPage
 from ingestion.providers.github.client import GitHubClient, Reply
@@ -70,6 +73,18 @@ COMMIT_CHUNK = 50
 MAX_FILE_PAGES = 10
 #: A repository pushed to this recently gets its commit listing asked again next time.
 PUSH_SETTLE = timedelta(minutes=2)
+#: `/issues` filters (GitHub REST "List issues assigned to the authenticated user": `filter`
+#: = assigned | created | mentioned | subscribed | repos | all) by `GITHUB_ISSUES_FILTER`.
+ISSUE_FILTERS: dict[str, tuple[str, ...]] = {
+    "participating": ("created", "assigned", "mentioned", "subscribed"),
+    "all": ("all",),
+}
+#: A comparison longer than this many pages is replaced by a re-walk by date.
+MAX_COMPARE_PAGES = 10
+#: How far back a re-walk by date reaches when the last head cannot be compared (a force-push
+#: whose old head was garbage-collected): rebased commits carry a new committer date.
+REWALK_WINDOW = timedelta(days=30)
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 #: A repository answering these to a repository-level call is skipped, cursor kept.
 GONE = (403, 404, 410, 451)
 #: ...and with these it is gone for good (deleted, access lost, unavailable for legal
@@ -394,14 +409,145 @@ class _Run:
 
     # --- commits -----------------------------------------------------------------------------
     async def _commits(self, info: RepoInfo) -> AsyncIterator[SyncPage]:
-        start = info.commits
-        if start.since is not None and info.commits_pushed_at == info.pushed_at:
+        """The person's new commits on the default branch (see `sync.py` for the walk)."""
+        begun = info.head is not None or info.commits.since is not None
+        if begun and info.commits_pushed_at == info.pushed_at:
             return
-        since = start.since or format_time(self.floor)
+        head = await self._branch_head(info)
+        if head is not None:
+            sha, etag = head
+            if info.head is None:
+                since = info.commits.since or format_time(self.floor)
+                async for page in self._commits_since(info, sha, since):
+                    yield page
+            elif sha != info.head:
+                async for page in self._commits_between(info, info.head, sha):
+                    yield page
+            info.head, info.head_etag = sha, etag
+            info.commits = StreamCursor()
+        info.commits_pushed_at = self._settled(info.pushed_at)
+        yield self.page([])
+
+    async def _branch_head(self, info: RepoInfo) -> tuple[str, str | None] | None:
+        """The default branch's head sha and ETag; None when unchanged since `info.head`
+        (a 304, free) or when there is nothing to walk (empty repository: 409, logged)."""
+        url = self.client.url(
+            f"/repos/{info.full_name}/commits", {"sha": info.branch, "per_page": 1}
+        )
+        etag = info.head_etag if info.head else None
+        reply = await self.client.get(url, endpoint="commits", etag=etag)
+        if reply.not_modified:
+            return None
+        if reply.status != 200 or not isinstance(reply.data, list):
+            self._listing_error(reply, "commits", info.full_name)
+            return None
+        if not reply.data:
+            return None
+        first = reply.data[0]
+        sha = first.get("sha") if isinstance(first, Mapping) else None
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+            raise PermanentError(f"github commits of {info.full_name}: no commit sha in the answer")
+        return sha, reply.etag
+
+    async def _commits_between(self, info: RepoInfo, old: str, new: str) -> AsyncIterator[SyncPage]:
+        """Commits reachable from `new` and not from `old` (a force-push included: GitHub
+        compares from the merge base), through `compare/{old}...{new}`; a comparison GitHub
+        cannot make (the old head was garbage-collected, no common ancestor) or one longer
+        than `MAX_COMPARE_PAGES` pages gets the bounded re-walk instead."""
+        url: str | None = self.client.url(
+            f"/repos/{info.full_name}/compare/{old}...{new}",
+            {"per_page": self.settings.github_page_size},
+        )
+        listed: list[Mapping[str, Any]] = []
+        pages = 0
+        while url is not None:
+            reply = await self.client.get(url, endpoint="compare")
+            pages += 1
+            if reply.status in (404, 422):
+                # The old head is unknown (garbage-collected) or shares no history with the
+                # new one; a repository that vanished answers 404 to the re-walk as well.
+                self.log.warning(
+                    "github branch rewritten; re-walking recent commits",
+                    repo=info.full_name,
+                    status=reply.status,
+                    reason=_message(reply),
+                )
+                async for page in self._commits_since(info, new, self._rewalk_since(info)):
+                    yield page
+                return
+            if reply.status != 200 or not isinstance(reply.data, Mapping):
+                self._listing_error(reply, "compare", info.full_name)
+                return
+            data = reply.data
+            if pages == 1:
+                if data.get("status") in ("identical", "behind"):
+                    return
+                total = data.get("total_commits")
+                if (
+                    isinstance(total, int)
+                    and total > MAX_COMPARE_PAGES * self.settings.github_page_size
+                ):
+                    url = None
+                    listed = []
+                    break
+            listed.extend(c for c in data.get("commits") or [] if isinstance(c, Mapping))
+            url = reply.next_url
+            if url is not None and pages >= MAX_COMPARE_PAGES:
+                listed = []
+                break
+        else:
+            async for page in self._take_commits(info, listed):
+                yield page
+            return
+        self.log.warning(
+            "github comparison too long; re-walking recent commits", repo=info.full_name
+        )
+        async for page in self._commits_since(info, new, self._rewalk_since(info)):
+            yield page
+
+    def _rewalk_since(self, info: RepoInfo) -> str:
+        """Where a re-walk by date starts: its own checkpoint, else `REWALK_WINDOW` back
+        (never before the backfill floor)."""
+        floor = max(self.floor, self.ctx.clock.now() - REWALK_WINDOW)
+        return info.commits.since or format_time(floor)
+
+    async def _take_commits(
+        self, info: RepoInfo, listed: list[Mapping[str, Any]]
+    ) -> AsyncIterator[SyncPage]:
+        """The person's commits of a comparison, oldest first, in chunks; `seen` remembers
+        those taken so a deferred walk resumes without refetching them."""
+        login = (self.state.login or "").lower()
+        start = info.commits
+        todo = sorted(
+            (
+                c
+                for c in listed
+                if str((c.get("author") or {}).get("login") or "").lower() == login
+                and start.is_new(str(c.get("sha")), _commit_date(c))
+            ),
+            key=lambda c: (_commit_date(c), str(c.get("sha"))),
+        )
+        taken = dict(start.seen)
+        first = 0
+        while first < len(todo):
+            self._check_budget()
+            chunk = todo[first : first + self._chunk_size()]
+            first += len(chunk)
+            records = await _all(self._commit_record(info, c) for c in chunk)
+            taken.update((str(c["sha"]), _commit_date(c)) for c in chunk)
+            info.commits = StreamCursor(since=start.since, seen=dict(taken))
+            yield self.page(records)
+
+    async def _commits_since(
+        self, info: RepoInfo, head: str, since: str
+    ) -> AsyncIterator[SyncPage]:
+        """The person's commits reachable from `head` committed at or after `since` (the first
+        walk back to the backfill floor, and the bounded re-walk)."""
+        start = info.commits
         etags = start.etags if since == start.since else []
         while True:
             params = {
-                "sha": info.branch,
+                "sha": head,
                 "author": self.state.login,
                 "since": since,
                 "per_page": self.settings.github_page_size,
@@ -410,8 +556,6 @@ class _Run:
             walk = await self._walk(url, "commits", etags, repo=info.full_name)
             if walk is None or not walk.changed:
                 # Unchanged, or empty repository (409) / refused query (422): nothing to take.
-                info.commits_pushed_at = self._settled(info.pushed_at)
-                yield self.page([])
                 return
             fresh = {str(c["sha"]): _commit_date(c) for c in walk.items}
             todo = sorted(
@@ -438,9 +582,7 @@ class _Run:
                 else None
             )
             if moved is None or moved.since == since:
-                # One page (or a window that cannot shrink): ask the same URL next time.
                 info.commits = StreamCursor(since=since, seen=fresh, etags=walk.etags)
-                info.commits_pushed_at = self._settled(info.pushed_at)
                 yield self.page([])
                 return
             info.commits = start = moved
@@ -498,18 +640,33 @@ class _Run:
             yield page
 
     async def _user_issues(self) -> AsyncIterator[SyncPage]:
-        def store(cursor: StreamCursor) -> None:
-            self.state.issues = cursor
+        """`GET /issues` once per filter: by default what the person takes part in (their own
+        repositories' issues come from `_repo_issues`); `filter=all` only when configured."""
+        filters = ISSUE_FILTERS[self.settings.github_issues_filter]
+        # One set of repository-wide listings for every filter: the same issues come back
+        # under several filters, and an index vouches for an item whatever listed it.
+        conversations = Conversations(self.client, self.settings.github_page_size)
+        for name in list(self.state.issues):
+            if name not in filters:
+                del self.state.issues[name]
+        for name in filters:
 
-        async for page in self._issue_stream(
-            path="/issues",
-            extra={"filter": "all"},
-            endpoint="issues",
-            get_cursor=lambda: self.state.issues,
-            set_cursor=store,
-            repo=None,
-        ):
-            yield page
+            def load(name: str = name) -> StreamCursor:
+                return self.state.issues.get(name) or StreamCursor()
+
+            def store(cursor: StreamCursor, name: str = name) -> None:
+                self.state.issues[name] = cursor
+
+            async for page in self._issue_stream(
+                path="/issues",
+                extra={"filter": name},
+                endpoint="issues",
+                get_cursor=load,
+                set_cursor=store,
+                repo=None,
+                conversations=conversations,
+            ):
+                yield page
 
     async def _issue_stream(
         self,
@@ -520,14 +677,22 @@ class _Run:
         get_cursor: Callable[[], StreamCursor],
         set_cursor: Callable[[StreamCursor], None],
         repo: str | None,
+        conversations: Conversations | None = None,
     ) -> AsyncIterator[SyncPage]:
-        """A listing sorted by `updated` ascending: pages are yielded as read, the cursor
-        following the last item taken."""
+        """A listing sorted by `updated` ascending, walked by keyset: each request asks
+        `since` = the last `updated_at` read (less a second: GitHub's `since` may be inclusive
+        or not), so an item updated mid-walk (it moves to the end, and every item behind it
+        shifts by one) cannot make a page boundary skip another. Only a full page of items
+        sharing one `updated_at` is followed by its `Link: rel="next"`. Pages are yielded as
+        read, the cursor following the last item taken; the overlap re-reads a few items,
+        which `seen` and `taken` keep from being fetched again."""
         start = get_cursor()
         since = start.since or format_time(self.floor)
-        etags = start.etags if since == start.since else []
-        conversations = Conversations(self.client, self.settings.github_page_size)
-        while True:
+        etags = dict(start.etags) if since == start.since else {}
+        if conversations is None:
+            conversations = Conversations(self.client, self.settings.github_page_size)
+
+        def first_url(since: str) -> str:
             params = {
                 **extra,
                 "state": "all",
@@ -536,21 +701,25 @@ class _Run:
                 "since": since,
                 "per_page": self.settings.github_page_size,
             }
-            url = self.client.url(path, params)
+            return self.client.url(path, params)
+
+        while True:
+            url: str | None = first_url(since)
             fresh: dict[str, str] = {}
-            pages = unchanged = 0
+            requests = 0
+            previous_last: str | None = None
             new_etags: list[tuple[str, str]] = []
-            async for page in self.client.listing(url, endpoint=endpoint, etags=etags):
-                if not page.ok:
-                    self._listing_error(page.reply, endpoint, repo)
+            while url is not None:
+                reply = await self.client.get(url, endpoint=endpoint, etag=etags.get(url))
+                requests += 1
+                if reply.not_modified:
+                    return  # the stored URL answered 304: nothing changed
+                if reply.status != 200 or not isinstance(reply.data, list):
+                    self._listing_error(reply, endpoint, repo)
                     return
-                pages += 1
-                if page.etag:
-                    new_etags.append((page.url, page.etag))
-                if page.items is None:
-                    unchanged += 1
-                    continue
-                items = [i for i in page.items if isinstance(i, Mapping)]
+                if reply.etag:
+                    new_etags = [(url, reply.etag)]
+                items = [i for i in reply.data if isinstance(i, Mapping)]
                 for item in items:
                     fresh[_issue_key(item, repo)] = str(item.get("updated_at"))
                 self._check_budget()
@@ -560,25 +729,27 @@ class _Run:
                     parse_time(since) or self.floor,
                 )
                 records = await _all(self._issue_record(i, repo, conversations) for i in todo)
-                if items:
+                last = str(items[-1].get("updated_at")) if items else None
+                if last is not None:
                     # Ascending order: everything updated before `last` has been read.
-                    last = str(items[-1].get("updated_at"))
                     set_cursor(
                         StreamCursor(since=last, seen={k: v for k, v in fresh.items() if v == last})
                     )
                 yield self.page(records, fetched=len(items))
-            if unchanged == pages:
-                return
+                url = _keyset_next(reply, last, previous_last, first_url)
+                previous_last = last
             latest = newest(fresh.values())
-            moved = start.advanced(latest, fresh) if latest and pages > 1 else None
+            moved = start.advanced(latest, fresh) if latest and requests > 1 else None
             if moved is None or moved.since == since:
-                # One page (or a window that cannot shrink): ask the same URL next time.
-                set_cursor(StreamCursor(since=since, seen=fresh, etags=new_etags))
+                # One request (or a window that cannot shrink): ask the same URL next time.
+                set_cursor(
+                    StreamCursor(since=since, seen=fresh, etags=new_etags if requests == 1 else [])
+                )
                 yield self.page([])
                 return
             set_cursor(moved)
             start = moved
-            since, etags = moved.since or since, []
+            since, etags = moved.since or since, {}
 
     def _wanted(self, item: Mapping[str, Any], repo: str | None, cursor: StreamCursor) -> bool:
         full = repo or _repo_of(item)
@@ -655,6 +826,20 @@ class _Run:
                 raise api_error("github", endpoint, page.reply.response)
             out.extend(i for i in page.items or [] if isinstance(i, Mapping))
         return out
+
+
+def _keyset_next(
+    reply: Reply, last: str | None, previous: str | None, first_url: Callable[[str], str]
+) -> str | None:
+    """The next request of a keyset walk: none after the last page; the `Link` next URL while
+    a full page holds one `updated_at` only (no progress by `since`); else `since` = the last
+    `updated_at` less a second."""
+    if reply.next_url is None or last is None:
+        return None
+    when = parse_time(last)
+    if when is None or last == previous:
+        return reply.next_url
+    return first_url(format_time(when - timedelta(seconds=1)))
 
 
 def _commit_date(commit: Mapping[str, Any]) -> str:

@@ -11,12 +11,13 @@ The stored cursor (the `metadata` JSON of `ingestion_sync_state`) is::
         "owner/name": {
           "branch": "main", "pushedAt": "…", "own": true,   # from /user/repos, kept for 304s
           "listed": true, "commitsPushedAt": "…",            # pushedAt when commits last done
+          "head": sha, "headEtag": "\"…\"",               # branch head when commits last done
           "commits": {stream}, "issues": {stream},
           "issuesChecked": "…", "issueListEtags": [[url, etag], …]  # owned: last full listing
         }, …
       },
-      "issues": {stream}                     # GET /issues?filter=all
-    }
+      "issues": {filter: {stream}}           # GET /issues?filter=… (created, assigned,
+    }                                        # mentioned, subscribed; or all)
 
 and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, etag], …]}``:
 
@@ -26,9 +27,15 @@ and a `{stream}` cursor is ``{"since": ISO, "seen": {key: ISO}, "etags": [[url, 
   after `since`, so an overlapping answer never refetches details of an item already ingested;
 - when a listing takes more than one page, `since` moves to the newest date minus a lookback
   (`LOOKBACK` for issues: items updated while the sync ran are caught by the overlap;
-  `COMMIT_LOOKBACK` for commits, which land on the branch after they were made) and `seen`
-  keeps only what is inside the new window: the state stays bounded by about a page or a day of
-  activity per stream.
+  `COMMIT_LOOKBACK` for the first walk of commits) and `seen` keeps only what is inside the
+  new window: the state stays bounded by about a page or a day of activity per stream.
+
+Commits are walked by date only once (the first sync of a repository, back to the backfill
+floor). After that the branch is walked by graph: from its new head back to `head`, the last
+head ingested (`compare/{head}...{new}`), because `since` filters on a commit's own date and a
+merged branch or a late push brings commits dated days before. Then the commits cursor's `seen`
+holds only the commits of the pending comparison already taken (a deferred walk resumes
+without refetching them).
 
 A repository that leaves `/user/repos`, or answers 404/410/451, is dropped from the state (its
 records are deleted by the provider's `scopes_gone`); one that answers 403 (blocked) keeps its
@@ -140,6 +147,10 @@ class RepoInfo:
     #: or transferred away, and the ETags of that listing's pages.
     issues_checked: str | None = None
     issue_list_etags: list[tuple[str, str]] = field(default_factory=list)
+    #: The default branch's head when its commits were last all taken (None until the first
+    #: walk completed), and the ETag of the one-commit listing that names it.
+    head: str | None = None
+    head_etag: str | None = None
 
     @classmethod
     def load(cls, full_name: str, raw: Any) -> RepoInfo:
@@ -157,6 +168,8 @@ class RepoInfo:
             if isinstance(raw.get("issuesChecked"), str)
             else None,
             issue_list_etags=_etags(raw.get("issueListEtags")),
+            head=raw.get("head") if isinstance(raw.get("head"), str) else None,
+            head_etag=raw.get("headEtag") if isinstance(raw.get("headEtag"), str) else None,
         )
 
     def dump(self) -> dict[str, Any]:
@@ -170,6 +183,8 @@ class RepoInfo:
             "listed": self.listed,
             "issuesChecked": self.issues_checked,
             "issueListEtags": [list(p) for p in self.issue_list_etags],
+            "head": self.head,
+            "headEtag": self.head_etag,
         }
 
 
@@ -181,7 +196,8 @@ class GitHubState:
     user_etag: str | None = None
     repos_etags: list[tuple[str, str]] = field(default_factory=list)
     repos: dict[str, RepoInfo] = field(default_factory=dict)
-    issues: StreamCursor = field(default_factory=StreamCursor)
+    #: One cursor per `/issues` filter.
+    issues: dict[str, StreamCursor] = field(default_factory=dict)
 
     @classmethod
     def load(cls, raw: Mapping[str, Any]) -> GitHubState:
@@ -196,7 +212,7 @@ class GitHubState:
             repos={k: RepoInfo.load(k, v) for k, v in repos.items()}
             if isinstance(repos, Mapping)
             else {},
-            issues=StreamCursor.load(raw.get("issues")),
+            issues=_issue_cursors(raw.get("issues")),
         )
 
     def dump(self) -> dict[str, Any]:
@@ -206,7 +222,7 @@ class GitHubState:
             "userEtag": self.user_etag,
             "reposEtags": [list(p) for p in self.repos_etags],
             "repos": {k: v.dump() for k, v in sorted(self.repos.items())},
-            "issues": self.issues.dump(),
+            "issues": {k: v.dump() for k, v in sorted(self.issues.items())},
         }
 
 
@@ -214,6 +230,15 @@ def _etags(raw: Any) -> list[tuple[str, str]]:
     if not isinstance(raw, list):
         return []
     return [(str(p[0]), str(p[1])) for p in raw if isinstance(p, list | tuple) and len(p) == 2]
+
+
+def _issue_cursors(raw: Any) -> dict[str, StreamCursor]:
+    """The per-filter cursors (a cursor of the former single `filter=all` stream is `all`)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    if "since" in raw or "seen" in raw:
+        return {"all": StreamCursor.load(raw)}
+    return {str(k): StreamCursor.load(v) for k, v in raw.items()}
 
 
 def _patterns(raw: str) -> list[str]:

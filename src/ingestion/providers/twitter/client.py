@@ -9,17 +9,22 @@ Promises:
   endpoint whose window has `reserve` or fewer requests left is not sent: `RateLimited` is
   raised before X would answer 429 (the caller's cursor is whatever it last yielded);
 - a refused `pagination_token` (400 naming it) raises `PaginationTokenRefused`, so the caller
-  can resume from its own checkpoint instead.
+  can resume from its own checkpoint instead;
+- the app's usage cap (a 429, or 403, problem whose `title` is `UsageCapExceeded` or whose
+  `type` is `…/problems/usage-capped`, while the window headers still show requests left)
+  raises `QuotaExhausted` until the cap resets (`usage_cap_reset`), never a window wait.
 """
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from ingestion.errors import PermanentError, RateLimited
+from ingestion.errors import PermanentError, QuotaExhausted, RateLimited
 from ingestion.providers.base import SyncContext
 from ingestion.providers.http import (
     ApiClient,
@@ -42,6 +47,8 @@ __all__ = [
     "TimelinePage",
     "TwitterClient",
     "classify",
+    "usage_cap",
+    "usage_cap_reset",
 ]
 
 TWEET_FIELDS = (
@@ -65,8 +72,52 @@ TIMELINE_PATHS: dict[str, str] = {
 }
 
 
+#: The problem X answers once the app's post-read cap is spent (X API v2 OpenAPI
+#: `UsageCapExceededProblem`, as in twitter-api-sdk; recorded bodies carry `period`
+#: "Monthly" or "Daily" and `scope` "Product" or "Account").
+USAGE_CAP_TITLE = "UsageCapExceeded"
+USAGE_CAP_TYPE_SUFFIX = "/problems/usage-capped"
+
+
+def usage_cap(response: httpx.Response) -> dict[str, Any] | None:
+    """The usage-cap problem of an answer (None for anything else, including a window 429)."""
+    if response.status_code not in (403, 429) or len(response.content) > 64_000:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    title, kind = body.get("title"), body.get("type")
+    if title == USAGE_CAP_TITLE or (isinstance(kind, str) and kind.endswith(USAGE_CAP_TYPE_SUFFIX)):
+        return body
+    return None
+
+
+def usage_cap_reset(now: datetime, period: str, day: int | None) -> datetime:
+    """When a spent cap resets: the next day for a daily cap; else the next `day` of a month
+    (the subscription's billing day, clamped to the month's length; default the 1st), at
+    00:00 UTC."""
+    now = now.astimezone(UTC)
+    if period.lower() == "daily":
+        return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    wanted = day or 1
+    year, month = now.year, now.month
+    for _ in range(3):
+        last = calendar.monthrange(year, month)[1]
+        candidate = datetime(year, month, min(wanted, last), tzinfo=UTC)
+        if candidate > now:
+            return candidate
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def classify(response: httpx.Response) -> Throttle | None:
-    """429 → a rate window until `x-rate-limit-reset`; 5xx → transient (retried)."""
+    """429 → a rate window until `x-rate-limit-reset`; 5xx → transient (retried). The usage
+    cap is not a throttle: it is answered to the caller (see `TwitterClient._get`)."""
+    if usage_cap(response) is not None:
+        return None
     if response.status_code == 429:
         wait = epoch_to_wait(response.headers.get("x-rate-limit-reset"))
         if wait is None:
@@ -178,6 +229,17 @@ class TwitterClient:
     async def _get(self, endpoint: str, path: str, params: dict[str, str]) -> httpx.Response:
         self._check_window(endpoint)
         response = await self.api.request("GET", path, endpoint=endpoint, params=params)
+        capped = usage_cap(response)
+        if capped is not None:
+            period = str(capped.get("period") or "Monthly")
+            now = self.ctx.clock.now()
+            reset = usage_cap_reset(now, period, self.ctx.settings.twitter_usage_cap_reset_day)
+            detail = str(capped.get("detail") or USAGE_CAP_TITLE)[:200]
+            raise QuotaExhausted(
+                f"twitter {endpoint}: {detail} (the app's {period.lower()} usage cap); "
+                f"no calls until it resets at {reset.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                retry_after=(reset - now).total_seconds(),
+            )
         self._note_window(endpoint, response)
         return response
 

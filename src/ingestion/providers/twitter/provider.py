@@ -5,19 +5,21 @@ timelines (`TWITTER_TIMELINES`) in order, each with a fair share of the per-sync
 (`TWITTER_PAGE_BUDGET`; what one timeline leaves unused goes to the next). A budget that runs out
 ends the sync normally with every pass's checkpoint stored; the next sync continues it. A rate
 window about to run out (or a 429) raises `RateLimited` with the reset time: the job is
-deferred, and the pages already yielded keep their cursor (see `sync.py`). Posts deleted and
+deferred, and the pages already yielded keep their cursor (see `sync.py`). The app's usage cap
+(`UsageCapExceeded`) stops the whole sync with `QuotaExhausted`: the cursor records when the
+cap resets, and until then a sync raises it again without a single call. Posts deleted and
 likes taken back are found by a periodic re-read of the recent window (`reconcile.py`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from datetime import UTC, timedelta
-from typing import ClassVar
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 from ingestion.config import Settings
-from ingestion.errors import RateLimited
+from ingestion.errors import QuotaExhausted, RateLimited
 from ingestion.providers.base import SyncContext, SyncPage
 from ingestion.providers.twitter import reconcile
 from ingestion.providers.twitter.client import TwitterClient
@@ -29,7 +31,21 @@ from ingestion.providers.twitter.sync import (
     walk_timeline,
 )
 
-__all__ = ["TwitterProvider"]
+__all__ = ["CAP_KEY", "TwitterProvider"]
+
+#: Cursor key: when the spent usage cap resets (ISO-8601); no call is made before it.
+CAP_KEY = "usageCapUntil"
+
+
+def _cap_until(state: Mapping[str, Any]) -> datetime | None:
+    raw = state.get(CAP_KEY)
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class TwitterProvider:
@@ -42,8 +58,27 @@ class TwitterProvider:
         self.timelines = [t for t in TIMELINES if t in enabled]
 
     async def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
-        client = TwitterClient(ctx, reserve=self.settings.twitter_rate_limit_reserve)
         cursor = TwitterCursor.of(ctx.state)
+        until = _cap_until(ctx.state)
+        now = ctx.clock.now()
+        if until is not None and now < until:
+            # The app's usage cap is spent: not one call until it resets.
+            raise QuotaExhausted(
+                f"twitter: the app's usage cap is spent; no calls until it resets at "
+                f"{until.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                retry_after=(until - now).total_seconds(),
+            )
+        try:
+            async for page in self._sync(ctx, cursor):
+                yield page
+        except QuotaExhausted as capped:
+            reset = ctx.clock.now() + timedelta(seconds=capped.retry_after or 0.0)
+            state = {**cursor.as_state(), CAP_KEY: reset.astimezone(UTC).isoformat()}
+            yield SyncPage(state=state, stats={"usageCapped": 1})
+            raise
+
+    async def _sync(self, ctx: SyncContext, cursor: TwitterCursor) -> AsyncIterator[SyncPage]:
+        client = TwitterClient(ctx, reserve=self.settings.twitter_rate_limit_reserve)
         if not cursor.user_id:
             me = await client.me()
             cursor.user_id = str(me["id"])
@@ -77,6 +112,8 @@ class TwitterProvider:
                 async for page in walk_timeline(walk, kind):
                     yielded = True
                     yield page
+            except QuotaExhausted:
+                raise  # the cap is the app's, across every endpoint
             except RateLimited as exc:
                 # Each endpoint has its own window: the other timelines still run.
                 deferred.append((kind, exc))
