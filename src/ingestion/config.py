@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     #: the way to add or replace providers through `providers.registry.register`.
     plugins: str = Field("", validation_alias=AliasChoices("INGESTION_PLUGINS", "plugins"))
     http_timeout: float = Field(30.0, gt=0)
+    #: Seconds one item's transform may take (`ingestion.providers.items`): past it the item is
+    #: stored with what was extracted and counted defective; at five times it is abandoned.
+    transform_time_budget: float = Field(0.5, gt=0, le=60)
 
     # --- HTTP API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

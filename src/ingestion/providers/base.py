@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ingestion.clock import Clock
     from ingestion.config import Settings
     from ingestion.memory.record import MemoryRecord
+    from ingestion.providers.items import ItemGuard
 
 __all__ = [
     "FetchOptions",
@@ -87,6 +88,9 @@ class SyncContext:
     tokens: TokenSource
     clock: Clock
     log: structlog.stdlib.BoundLogger
+    #: Runs each item's transform off the event loop, in its time budget, isolated: a bad item
+    #: is counted (`defective`/`skipped`) and the sync goes on (`ingestion.providers.items`).
+    items: ItemGuard
 
 
 @dataclass(frozen=True)
