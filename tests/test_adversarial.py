@@ -94,7 +94,8 @@ def test_what_the_hostile_items_become() -> None:
 
     wall = _content("gmail: 100,000-line quote wall")
     assert wall.content.startswith("the reply\n")
-    assert "> quoted line" not in wall.content and "Bob wrote:" not in wall.content
+    assert "> quoted line" not in wall.content
+    assert "Bob wrote:" not in wall.content
     # The unread part of the wall (over the input cap) is counted in the cut marker.
     assert wall.content.endswith("more characters not stored]")
 
@@ -144,8 +145,10 @@ async def test_an_item_over_budget_is_stored_with_what_was_extracted() -> None:
     guard = ItemGuard("gmail", LOG, budget=1e-6, hard_limit=30)
     result = await guard.run("b1", gmail_transform, message, "u1")
     content = _record(result).content
-    assert "cell one" in content and "|" not in content[:2000]  # only stripped of its tags
-    assert result is not None and any("time budget" in d for d in result.defects)
+    assert "cell one" in content
+    assert "|" not in content[:2000]  # only stripped of its tags
+    assert result is not None
+    assert any("time budget" in d for d in result.defects)
     assert guard.take_counts() == {"defective": 1}
     assert _items_metric("gmail", "defective") == before + 1
 
@@ -207,7 +210,8 @@ async def test_transforms_run_off_the_event_loop() -> None:
         assert await ItemGuard("gmail", LOG, budget=5.0).run("busy", busy)
     finally:
         task.cancel()
-    assert len(gaps) > 10 and max(gaps) < 0.5, max(gaps)  # inline: one gap of 1.2 s
+    assert len(gaps) > 10
+    assert max(gaps) < 0.5, max(gaps)  # inline: one gap of 1.2 s
 
 
 # --- a real sync -----------------------------------------------------------------------------
@@ -283,10 +287,10 @@ async def test_calendar_sync_stores_hostile_events_and_skips_only_the_broken_one
 
         status = await gather_status(services.db)
         [run] = status["recentRuns"]
-        assert run["status"] == "ok" and run["skipped"] == 1 and run["defective"] == 0
+        assert (run["status"], run["skipped"], run["defective"]) == ("ok", 1, 0)
 
         # Nothing is retried for ever: the next sync is incremental and quiet.
         again = await services.engine.run("calendar", USER, FetchOptions())
-        assert again.status == "ok" and again.upserted == 0 and not again.stats.get("skipped")
+        assert (again.status, again.upserted, again.stats.get("skipped")) == ("ok", 0, None)
     finally:
         await services.aclose()
