@@ -436,3 +436,20 @@ async def test_full_resync_and_since_bound_the_backfill(
     assert [r.endpoint for r in s.log] == ["me", "tweets"]  # the cursor was ignored
     assert "since_id" not in s.log[1].params
     assert set(await harness.records()) == {old, recent}
+
+
+async def test_a_post_that_cannot_be_transformed_is_skipped_and_counted(
+    harness: Harness, x_state: TwitterState
+) -> None:
+    first, middle, last = own_posts(x_state, 3)
+    # A field of the wrong shape (the API never sends one): no record can be made of it.
+    x_state.tweets[middle]["public_metrics"] = "garbage"
+
+    summary = await harness.run()
+
+    assert summary.status == "ok"
+    assert summary.stats.get("skipped") == 1
+    assert set(await harness.records()) == {first, last}
+    again = await harness.run()
+    assert again.status == "ok"
+    assert not again.stats.get("skipped")
