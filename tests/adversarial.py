@@ -118,6 +118,37 @@ def gmail_cases() -> Iterator[Case]:
             "gmail",
             lambda body=body, mime=mime, index=index: gmail_message(f"a{index:015x}", body(), mime),
         )
+    yield Case("gmail: From of 100,000 nested comments", "gmail", nested_comments_sender)
+    yield Case("gmail: 200 parts with 20 KB Content-Type headers", "gmail", many_costly_parts)
+
+
+def nested_comments_sender() -> dict[str, Any]:
+    """A From header of 100,000 nested comments (the e-mail parser recurses once per level)."""
+    message = gmail_message("c1", "hello")
+    headers = message["payload"]["headers"]
+    headers[0] = {"name": "From", "value": "(" * 100_000 + "mallory@example.com"}
+    return message
+
+
+def many_costly_parts() -> dict[str, Any]:
+    """200 text parts, each with a 20 KB Content-Type of RFC 2231 parameters to parse."""
+    message = gmail_message("c2", "")
+    params = "text/plain; " + "charset*0*=utf-8''%e9; " * 900
+    message["payload"] = {
+        "partId": "",
+        "mimeType": "multipart/mixed",
+        "headers": [{"name": "Subject", "value": "parts"}],
+        "parts": [
+            {
+                "partId": str(i),
+                "mimeType": "text/plain",
+                "headers": [{"name": "Content-Type", "value": params}],
+                "body": {"size": 5, "data": b64url(b"part ")},
+            }
+            for i in range(200)
+        ],
+    }
+    return message
 
 
 LONG_EVENT_ID = "e" + "0123456789abcdefghijklmnopqrstuv" * 32  # 1,025 > 1,024: cut below

@@ -61,8 +61,11 @@ def transform_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _timed(budget: float, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, bool]:
+def _timed(
+    budget: float, fn: Callable[..., T], args: tuple[Any, ...], on_start: Callable[[], None]
+) -> tuple[T, bool]:
     """Run `fn(*args)` under the item deadline; the result and whether it overran."""
+    on_start()
     started = time.monotonic()
     token = set_deadline(started + budget)
     try:
@@ -86,10 +89,26 @@ class ItemGuard:
         self.provider = provider
         self.log = log
         self.budget = budget
-        #: Seconds after which a running item is abandoned.
+        #: Seconds after its start at which a running item is abandoned.
         self.hard_limit = budget * HARD_LIMIT_FACTOR if hard_limit is None else hard_limit
         self.defective = 0
         self.skipped = 0
+
+    async def _off_loop(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, bool]:
+        """`fn(*args)` on a transform thread; `TimeoutError` once it has run `hard_limit`
+        seconds (the clock starts when a thread takes it, not while it waits for one)."""
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def on_start() -> None:
+            loop.call_soon_threadsafe(started.set)
+
+        future = loop.run_in_executor(transform_pool(), _timed, self.budget, fn, args, on_start)
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(started.wait())
+        either: list[asyncio.Future[Any]] = [waiting, future]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        return await asyncio.wait_for(asyncio.shield(future), self.hard_limit)
 
     async def run(
         self,
@@ -100,21 +119,19 @@ class ItemGuard:
     ) -> T | None:
         """`fn(*args)` on a transform thread; `None` when the item is skipped.
 
-        `fallback` (cheap, run on the loop) gives the record of an item whose transform raised
-        or was abandoned.
+        `fallback` (cheap; also off the loop, with the same limit) gives the record of an item
+        whose transform raised or was abandoned.
         """
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(transform_pool(), _timed, self.budget, fn, args)
         try:
-            result, overran = await asyncio.wait_for(asyncio.shield(future), self.hard_limit)
+            result, overran = await self._off_loop(fn, args)
         except MalformedItem as exc:
-            return self._failed(item_id, str(exc), fallback)
+            return await self._failed(item_id, str(exc), fallback)
         except IngestionError:
             raise
         except TimeoutError:
-            return self._failed(item_id, f"abandoned after {self.hard_limit:g} s", fallback)
+            return await self._failed(item_id, f"abandoned after {self.hard_limit:g} s", fallback)
         except Exception as exc:
-            return self._failed(item_id, f"{type(exc).__name__}: {exc}", fallback)
+            return await self._failed(item_id, f"{type(exc).__name__}: {exc}", fallback)
         if overran:
             self.flag(item_id, [f"over the {self.budget:g} s time budget"])
         return result
@@ -129,11 +146,13 @@ class ItemGuard:
             defects=[d[:300] for d in defects[:20]],
         )
 
-    def _failed(self, item_id: str, error: str, fallback: Callable[[], T] | None) -> T | None:
+    async def _failed(self, item_id: str, error: str, fallback: Callable[[], T] | None) -> T | None:
         error = error[:500]
         if fallback is not None:
             try:
-                record = fallback()
+                record, _ = await self._off_loop(fallback, ())
+            except TimeoutError:
+                error += "; fallback abandoned too"
             except Exception as exc:
                 error += f"; fallback: {type(exc).__name__}: {str(exc)[:200]}"
             else:

@@ -58,7 +58,7 @@ _DEADLINE: ContextVar[float | None] = ContextVar("ingestion_item_deadline", defa
 _TAG = re.compile(r"<[^<>]*>")
 _OPEN_ELSEWHERE = re.compile(r"<(?=[^<>]*(?:<|\Z))")
 _SPACES = re.compile(r"[ \t]+")
-_BLANKS = re.compile(r"\n\s*\n(?:\s*\n)+")
+_BLANKS = re.compile(r"\n{3,}")
 
 
 P = ParamSpec("P")
@@ -159,5 +159,5 @@ def strip_tags(markup: str) -> str:
     fallback of a converter past the time budget, or when the converter fails)."""
     text = _TAG.sub(" ", defang_html(markup))
     text = html.unescape(text)
-    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in _SPACES.sub(" ", text).split("\n"))
     return _BLANKS.sub("\n\n", text).strip()

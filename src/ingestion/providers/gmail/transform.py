@@ -171,7 +171,12 @@ class _Headers:
                 continue
             except Exception as exc:
                 self._defects.append(f"{name} header: {type(exc).__name__}")
-            for display, addr in getaddresses([_decode_words(value)]):
+            try:
+                found = getaddresses([_decode_words(value)])
+            except Exception as exc:  # RecursionError on thousands of nested comments
+                self._defects.append(f"{name} header: {type(exc).__name__}")
+                found = [(value[:200], "")]
+            for display, addr in found:
                 if display or addr:
                     result.append({"name": display, "email": addr})
         return result
@@ -273,7 +278,14 @@ def _body(part: Mapping[str, Any], walk: _Walk, depth: int = 0) -> str:
             return _leaf_text(part, headers, "text/plain", walk, where)
         if mime == "multipart/alternative":
             return _alternative(children, walk, depth)
-        texts = [_body(child, walk, depth + 1) for child in children]
+        texts: list[str] = []
+        for index, child in enumerate(children):
+            if index and over_budget():
+                walk.defects.append(
+                    f"{where}: over the time budget, {len(children) - index} parts not read"
+                )
+                break
+            texts.append(_body(child, walk, depth + 1))
         return "\n\n".join(text for text in texts if text.strip())
     if mime.startswith("text/") or mime == "message/rfc822":
         if part.get("filename"):  # inline text that is also a named file
