@@ -151,7 +151,9 @@ def many_costly_parts() -> dict[str, Any]:
     return message
 
 
-LONG_EVENT_ID = "e" + "0123456789abcdefghijklmnopqrstuv" * 32  # 1,025 > 1,024: cut below
+# The longest legal id: base32hex (a-v, 0-9), 5 to 1,024 characters (Google Calendar API
+# reference, Events resource, `id`; also in the official client libraries' docs).
+LONG_EVENT_ID = "e" + "0123456789abcdefghijklmnopqrstuv" * 32  # 1,025: cut below
 LONG_EVENT_ID = LONG_EVENT_ID[:1024]
 
 

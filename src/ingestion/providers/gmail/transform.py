@@ -59,6 +59,8 @@ WEB_URL = "https://mail.google.com/mail/u/0/#all/{id}"
 
 _FALLBACK_CHARSETS = ("utf-8", "windows-1252")
 _SCHRIEB = re.compile(r"\bschrieb\b")
+#: Characters of a header read for its parameters (`charset`…).
+PARAMETERS_MAX_CHARS = 4_000
 _ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Forwarded message)\s*-{2,}\s*$", re.I)
 _OUTLOOK_FROM = re.compile(r"^\s*From:\s.+$")
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -185,6 +187,7 @@ class _Headers:
         value = self.raw(header)
         if value is None:
             return None
+        value = value[:PARAMETERS_MAX_CHARS]  # a Content-Type is short; its parser is slow
         if _plain(value) and "*" not in value:
             match = re.search(rf"(?:^|;)\s*{key}\s*=\s*(?:\"([^\"]*)\"|([^\s;]+))", value, re.I)
             return (match.group(1) or match.group(2) or "").strip() if match else None
