@@ -98,17 +98,19 @@ class ItemGuard:
         """`fn(*args)` on a transform thread; `TimeoutError` once it has run `hard_limit`
         seconds (the clock starts when a thread takes it, not while it waits for one)."""
         loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-
-        def on_start() -> None:
-            loop.call_soon_threadsafe(started.set)
-
-        future = loop.run_in_executor(transform_pool(), _timed, self.budget, fn, args, on_start)
-        waiting: asyncio.Future[Any] = asyncio.ensure_future(started.wait())
-        either: list[asyncio.Future[Any]] = [waiting, future]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        return await asyncio.wait_for(asyncio.shield(future), self.hard_limit)
+        began: list[float] = []
+        future = loop.run_in_executor(
+            transform_pool(), _timed, self.budget, fn, args, lambda: began.append(time.monotonic())
+        )
+        wait = self.hard_limit
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                if began and time.monotonic() - began[0] >= self.hard_limit:
+                    raise
+                # Still queued behind other items, or started late: wait for the rest.
+                wait = self.hard_limit - (time.monotonic() - began[0]) if began else wait
 
     async def run(
         self,
