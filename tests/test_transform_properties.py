@@ -19,7 +19,7 @@ from tests.adversarial import b64url
 
 # Bounded: each property runs in a few seconds; no example database is written.
 BOUNDED = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
