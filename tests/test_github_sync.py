@@ -690,3 +690,32 @@ async def test_cli_sync_prints_a_json_summary(
     assert (summary["status"], summary["upserted"]) == ("ok", 2)
     assert summary["stats"]["rateLimitUnits"] == state.units_used
     assert TOKEN not in result.stdout + result.stderr
+
+
+async def test_a_commit_that_cannot_be_transformed_is_skipped_and_counted(
+    github: tuple[GitHubState, RunningServer], services_for: Any
+) -> None:
+    state, server = github
+    repo = state.add_repo("mona", "hostile")
+    kept = state.add_commit(repo, "Fine change", author="mona", files=[GhFile("a.py")])
+    # A count of `Infinity` (valid JSON to Python's parser; the API never sends one): no
+    # record can be made of it.
+    broken = state.add_commit(
+        repo,
+        "Broken counts",
+        author="mona",
+        files=[GhFile("b.py", additions=float("inf"))],  # type: ignore[arg-type]
+    )
+    services = await services_for(server.url)
+
+    summary = await sync(services)
+
+    assert summary.status == "ok"
+    assert summary.stats.get("skipped") == 1
+    stored = await records(services)
+    assert f"mona/hostile@{kept.sha}" in stored
+    assert f"mona/hostile@{broken.sha}" not in stored
+    # Not retried for ever: the next sync moves on.
+    again = await sync(services)
+    assert again.status == "ok"
+    assert not again.stats.get("skipped")

@@ -126,3 +126,26 @@ def test_naive_times_are_utc_and_ids_need_their_parts() -> None:
     assert build(title=None, content=None).title is None
     with pytest.raises(ValueError, match="source_id"):
         build(source_id="")
+
+
+def test_characters_a_transform_did_not_read_are_counted_in_the_cut_marker() -> None:
+    assert clean_text("short", omitted=7).endswith("[… 7 more characters not stored]")
+    text = clean_text("x" * 200_000, omitted=1_000)
+    assert len(text) <= CONTENT_MAX_CHARS
+    kept = text.index("\n[…")
+    assert text.endswith(f"[… {200_000 - kept + 1_000} more characters not stored]")
+    # Far more than can be kept is not even cleaned, but still counted.
+    huge = clean_text("y" * 1_000_000)
+    assert huge.endswith(f"[… {1_000_000 - huge.index(chr(10))} more characters not stored]")
+
+
+def test_an_instant_outside_the_utc_calendar_is_clamped_not_an_error() -> None:
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    late = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    for when, edge in ((early, datetime.min), (late, datetime.max)):
+        record = MemoryRecord.build(
+            source="twitter", user_id="u", source_id="1", type="tweet", title=None,
+            content="x", occurred_at=when, metadata={"at": when},
+        )  # fmt: skip
+        assert record.occurred_at == edge.replace(tzinfo=UTC)
+        assert record.to_wire()["occurredAt"].startswith(str(edge.year).zfill(4))

@@ -518,3 +518,20 @@ def test_usage_cap_reset_day_is_clamped_to_the_month() -> None:
         2027, 1, 10, tzinfo=UTC
     )
     assert usage_cap_reset(jan, "Daily", None) == datetime(2026, 2, 1, tzinfo=UTC)
+
+
+async def test_a_post_that_cannot_be_transformed_is_skipped_and_counted(
+    harness: Harness, x_state: TwitterState
+) -> None:
+    first, middle, last = own_posts(x_state, 3)
+    # A field of the wrong shape (the API never sends one): no record can be made of it.
+    x_state.tweets[middle]["public_metrics"] = "garbage"
+
+    summary = await harness.run()
+
+    assert summary.status == "ok"
+    assert summary.stats.get("skipped") == 1
+    assert set(await harness.records()) == {first, last}
+    again = await harness.run()
+    assert again.status == "ok"
+    assert not again.stats.get("skipped")

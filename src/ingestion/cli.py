@@ -254,7 +254,9 @@ def sync(
         print_json(result.as_json())
         return
     table = Table(title=f"{provider} sync for {user}", show_header=True)
-    for column in ("fetched", "upserted", "deleted", "pages", "seconds"):
+    # Items stored with defects or skipped (`ingestion.providers.items`), shown when there are.
+    problems = [k for k in ("defective", "skipped") if result.stats.get(k)]
+    for column in ("fetched", "upserted", "deleted", "pages", "seconds", *problems):
         table.add_column(column, justify="right")
     table.add_row(
         str(result.fetched),
@@ -262,6 +264,7 @@ def sync(
         str(result.deleted),
         str(result.pages),
         f"{result.seconds:.2f}",
+        *(str(result.stats[k]) for k in problems),
     )
     out.print(table)
 

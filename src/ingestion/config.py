@@ -268,6 +268,9 @@ class Settings(BaseSettings):
     #: Largest answer body read from a provider API or the memory engine, after gzip/brotli
     #: decoding; a bigger one fails that page or item with a `PermanentError`.
     http_max_response_bytes: int = Field(32 * 1024 * 1024, ge=65_536)
+    #: Seconds one item's transform may take (`ingestion.providers.items`): past it the item is
+    #: stored with what was extracted and counted defective; at five times it is abandoned.
+    transform_time_budget: float = Field(0.5, gt=0, le=60)
 
     # --- HTTP API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -9,6 +9,8 @@
     ├── ReauthRequired        the account's grant is dead: mark it, do not retry
     └── PermanentError        retrying cannot help (bad input, a 4xx the engine refused)
         ├── MalformedJob      a stream entry that is not a valid job (dead-lettered at once)
+        ├── MalformedItem     one provider item no record can be made of (skipped, counted;
+        │                     the sync goes on: `ingestion.providers.items`)
         └── ConfigurationError a setting or an OAuth app is missing or wrong
 
 Raise the most specific class where the failure is understood; the worker handles each class
@@ -30,6 +32,7 @@ from ingestion.retry_after import clamp_wait
 __all__ = [
     "ConfigurationError",
     "IngestionError",
+    "MalformedItem",
     "MalformedJob",
     "PermanentError",
     "QuotaExhausted",
@@ -81,6 +84,12 @@ class PermanentError(IngestionError):
 
 class MalformedJob(PermanentError):
     """A queue entry that cannot be parsed into a job."""
+
+
+class MalformedItem(PermanentError):
+    """One item from a provider that no record can be made of (a field of the wrong type, an
+    impossible value). Transforms raise nothing else on bad input; the item guard skips and
+    counts the item and the sync goes on."""
 
 
 class ConfigurationError(PermanentError):

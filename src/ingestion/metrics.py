@@ -63,7 +63,8 @@ JOBS = Counter(
 )
 ITEMS = Counter(
     "ingestion_items_total",
-    "Items by provider and action (fetched, upserted, deleted, unchanged).",
+    "Items by provider and action (fetched, upserted, deleted, unchanged; defective: stored "
+    "with defects or over the time budget; skipped: no record could be made).",
     ["provider", "action"],
 )
 API_REQUESTS = Counter(

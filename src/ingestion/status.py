@@ -71,6 +71,9 @@ async def gather_status(
             "fetched": r.fetched,
             "upserted": r.upserted,
             "deleted": r.deleted,
+            # Items stored with defects / not stored at all (`ingestion.providers.items`).
+            "defective": int(r.details.get("defective") or 0),
+            "skipped": int(r.details.get("skipped") or 0),
             "error": r.error,
         }
         for r in await store.recent_runs(runs)

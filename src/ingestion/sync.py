@@ -41,6 +41,7 @@ from ingestion.errors import (
 from ingestion.memory.base import MemorySink
 from ingestion.memory.record import record_id
 from ingestion.providers.base import FetchOptions, SyncContext, SyncPage
+from ingestion.providers.items import ItemGuard
 from ingestion.providers.registry import create_provider
 from ingestion.reconcile import DeliveredRecords, Reconciliation
 from ingestion.storage.accounts import find_account, fingerprint
@@ -157,6 +158,7 @@ class SyncEngine:
                 tokens=self.tokens.source(user_id, provider.account_provider),
                 clock=self.clock,
                 log=bound,
+                items=ItemGuard(provider_name, bound, self.settings.transform_time_budget),
             )
             bound.info("sync started", full=options.force_full_sync or not state.cursor)
             try:
@@ -172,6 +174,7 @@ class SyncEngine:
                         options,
                         delivered,
                         reconciliation,
+                        ctx.items,
                     )
                     if progress is not None:
                         progress(summary, page)
@@ -277,6 +280,7 @@ class SyncEngine:
         options: FetchOptions,
         delivered: DeliveredRecords,
         reconciliation: Reconciliation,
+        items: ItemGuard,
     ) -> None:
         """Sink first, then what was delivered and the sweeps, cursor last: the order every
         guarantee rests on."""
@@ -323,7 +327,7 @@ class SyncEngine:
         summary.fetched += page.fetched
         summary.upserted += len(page.upserts)
         summary.deleted += len(delete_ids) + swept
-        for key, value in page.stats.items():
+        for key, value in [*page.stats.items(), *items.take_counts().items()]:
             summary.stats[key] = summary.stats.get(key, 0) + value
         metrics.ITEMS.labels(provider=provider_name, action="fetched").inc(page.fetched)
         metrics.ITEMS.labels(provider=provider_name, action="upserted").inc(sent)

@@ -39,6 +39,7 @@ __all__ = [
     "clean_title",
     "content_hash",
     "record_id",
+    "to_utc",
 ]
 
 #: Upper bound of `content`, in characters, marker included (about 100 KB of text: a long email
@@ -65,22 +66,28 @@ def record_id(source: str, user_id: str, source_id: str) -> str:
     return f"{source}:{user_id}:{source_id}"
 
 
-def clean_text(value: str | bytes | None, *, limit: int = CONTENT_MAX_CHARS) -> str:
+def clean_text(
+    value: str | bytes | None, *, limit: int = CONTENT_MAX_CHARS, omitted: int = 0
+) -> str:
     """Plain, valid UTF-8 text without control characters, at most `limit` characters.
 
     A longer text is cut and ends with `[… N more characters not stored]`; the marker counts
-    towards `limit`.
+    towards `limit`. `omitted` characters already left out by the caller (an input cap) are
+    added to N, and a text they were cut from always ends with the marker.
     """
     if value is None:
         return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
+    if len(value) > 4 * limit:  # far more than is kept: clean only what can be kept
+        omitted += len(value) - 4 * limit
+        value = value[: 4 * limit]
     value = _SURROGATES.sub("\ufffd", value)
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     value = _CONTROL.sub("", value)
-    if len(value) > limit:
-        keep = max(0, limit - _MARKER_ROOM)
-        marker = f"\n[… {len(value) - keep} more characters not stored]"
+    if len(value) > limit or omitted > 0:
+        keep = min(len(value), max(0, limit - _MARKER_ROOM))
+        marker = f"\n[… {len(value) - keep + omitted} more characters not stored]"
         value = f"{value[:keep]}{marker}"[:limit]
     return value
 
@@ -95,10 +102,20 @@ def clean_title(value: str | bytes | None) -> str | None:
     return text
 
 
-def _iso_utc(value: datetime) -> str:
+def to_utc(value: datetime) -> datetime:
+    """`value` in UTC (naive = UTC); an instant beyond year 1 or 9999 in UTC (year 1 with a
+    positive offset) is clamped to `datetime.min`/`max` instead of raising `OverflowError`."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if value.year < 5000 else datetime.max
+        return edge.replace(tzinfo=UTC)
+
+
+def _iso_utc(value: datetime) -> str:
+    return to_utc(value).isoformat().replace("+00:00", "Z")
 
 
 class MemoryRecord(BaseModel):
@@ -139,19 +156,20 @@ class MemoryRecord(BaseModel):
         occurred_at: datetime,
         url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        content_omitted: int = 0,
     ) -> MemoryRecord:
         """A record with its derived fields; `content` may be text or raw bytes (any encoding
-        errors are replaced). A naive `occurred_at` is taken as UTC.
+        errors are replaced). A naive `occurred_at` is taken as UTC (one out of range in UTC is
+        clamped). `content_omitted` counts characters of the item's text a transform did not
+        read (an input cap, `ingestion.providers.limits`): the cut marker includes them.
 
         Raises `ValueError` for an empty `user_id` or `source_id` (they make up the id).
         """
         if not user_id or not source_id:
             raise ValueError("a memory record needs a non-empty user_id and source_id")
         title_text = clean_title(title)
-        body = clean_text(content)
+        body = clean_text(content, omitted=content_omitted)
         meta = _jsonable(metadata or {})
-        if occurred_at.tzinfo is None:
-            occurred_at = occurred_at.replace(tzinfo=UTC)
         return cls(
             id=record_id(source, user_id, source_id),
             user_id=user_id,
@@ -161,7 +179,7 @@ class MemoryRecord(BaseModel):
             title=title_text,
             content=body,
             url=(url or "").strip() or None,
-            occurred_at=occurred_at.astimezone(UTC),
+            occurred_at=to_utc(occurred_at),
             metadata=meta,
             content_hash=content_hash(title_text, body, meta),
         )

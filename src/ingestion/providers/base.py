@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ingestion.clock import Clock
     from ingestion.config import Settings
     from ingestion.memory.record import MemoryRecord
+    from ingestion.providers.items import ItemGuard
 
 __all__ = [
     "FetchOptions",
@@ -88,6 +89,9 @@ class SyncContext:
     tokens: TokenSource
     clock: Clock
     log: structlog.stdlib.BoundLogger
+    #: Runs each item's transform off the event loop, in its time budget, isolated: a bad item
+    #: is counted (`defective`/`skipped`) and the sync goes on (`ingestion.providers.items`).
+    items: ItemGuard
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import re
 
 from selectolax.lexbor import LexborHTMLParser
 
+from ingestion.providers.limits import HTML_MAX_CHARS, cap, over_budget
+
 __all__ = ["MAX_DEPTH", "html_to_text"]
 
 #: Nesting (by the pre-scan) above which the document is not parsed as a tree.
@@ -64,10 +66,13 @@ def html_to_text(markup: str) -> str:
     """Readable plain text of an HTML document or fragment (see the module docstring)."""
     if not markup or not markup.strip():
         return ""
+    markup, _ = cap(markup, HTML_MAX_CHARS)  # callers count what was left out
     if "<" not in markup:  # no element at all: only entities to decode
         return _tidy(html_lib.unescape(markup))
     try:
-        if _depth(markup) > MAX_DEPTH:
+        # Past the item's time budget (`ingestion.providers.items`), or nested too deep for a
+        # tree, only the tags are stripped: linear either way.
+        if over_budget() or _depth(markup) > MAX_DEPTH:
             return _stripped(markup)
         return _rendered(markup)
     except Exception:  # the parser refused the input: keep the words anyway

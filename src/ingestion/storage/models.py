@@ -116,7 +116,7 @@ class SyncStateRow(Base):
 
     __tablename__ = "ingestion_sync_state"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: idle | running | ok | error | reauth_required | quota_exhausted
     status: Mapped[str] = mapped_column(String(32), default="idle")
@@ -157,7 +157,7 @@ class SyncRun(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(Text)
     provider: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -179,8 +179,8 @@ class MemoryRow(Base):
         Index("ix_ingestion_memories_search_key", "search_key", unique=True),
     )
 
-    id: Mapped[str] = mapped_column(String(512), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32))
     source_id: Mapped[str] = mapped_column(Text)
     type: Mapped[str] = mapped_column(String(32))
@@ -201,8 +201,8 @@ class SentHash(Base):
 
     __tablename__ = "ingestion_sent_hashes"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    record_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    record_id: Mapped[str] = mapped_column(Text, primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
@@ -215,9 +215,9 @@ class DeliveredRow(Base):
 
     __tablename__ = "ingestion_delivered"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
-    source_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    source_id: Mapped[str] = mapped_column(Text, primary_key=True)
     occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
 

@@ -81,6 +81,8 @@ class RunView:
     upserted: int
     deleted: int
     error: str | None
+    #: The run's counters (`requests`, `defective`, `skipped`…).
+    details: dict[str, Any]
 
 
 class SyncStateStore:
@@ -277,6 +279,7 @@ class SyncStateStore:
                     r.upserted,
                     r.deleted,
                     r.error,
+                    dict(r.details or {}),
                 )
                 for r in rows
             ]

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from ingestion.config import Settings
@@ -381,25 +382,33 @@ class _CalendarRun:
                 if series is None or series.get("status") == "cancelled":
                     deletes.append(source_id(calendar_id, str(event_id)))
                     continue
-                upserts.append(self._record(calendar_id, entry, event, series))
-                continue
-            upserts.append(self._record(calendar_id, entry, event, None))
+                record = await self._record(calendar_id, entry, event, series)
+            else:
+                record = await self._record(calendar_id, entry, event, None)
+            if record is not None:
+                upserts.append(record)
         return upserts, deletes
 
-    def _record(
+    async def _record(
         self,
         calendar_id: str,
         entry: CalendarEntry,
         event: Mapping[str, Any],
         series: Mapping[str, Any] | None,
-    ) -> MemoryRecord:
-        return event_record(
-            self.ctx.user_id,
-            calendar_id,
-            event,
-            calendar_name=entry.name,
-            calendar_zone=entry.time_zone,
-            series=series,
+    ) -> MemoryRecord | None:
+        """The event's record, transformed off the event loop in its time budget; `None` (the
+        event skipped and counted, the sync going on) when it cannot be transformed at all."""
+        return await self.ctx.items.run(
+            source_id(calendar_id, str(event["id"])),
+            partial(
+                event_record,
+                self.ctx.user_id,
+                calendar_id,
+                event,
+                calendar_name=entry.name,
+                calendar_zone=entry.time_zone,
+                series=series,
+            ),
         )
 
     async def _series_of(self, calendar_id: str, series_id: str) -> Mapping[str, Any] | None:

@@ -7,7 +7,12 @@
   where, calendar, organizer, attendees with their responses, the description (HTML converted
   to text);
 - `occurredAt` = the start: an all-day event is its date at 00:00 UTC (`allDay: true`), a timed
-  event its instant in UTC, with the original `timeZone` kept in metadata.
+  event its instant in UTC, with the original `timeZone` kept in metadata (an instant outside
+  years 1 to 9999 in UTC is clamped);
+- hostile input stays cheap (`ingestion.providers.limits`): the description is read up to
+  `TEXT_MAX_CHARS` (HTML up to `HTML_MAX_CHARS`, defanged, and only stripped of its tags past
+  the item's time budget), at most `MAX_ATTENDEES` attendees are listed, and malformed rule
+  parts (`INTERVAL=²`) are shown as the raw rule.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ingestion.memory.record import MemoryRecord
+from ingestion.memory.record import MemoryRecord, to_utc
 from ingestion.providers import html
+from ingestion.providers.limits import (
+    HTML_MAX_CHARS,
+    TEXT_MAX_CHARS,
+    cap,
+    item_transform,
+)
 
 __all__ = ["describe_recurrence", "event_record", "event_start", "html_to_text", "source_id"]
 
 NO_TITLE = "(no title)"
-_HTML_HINT = re.compile(r"<(?:[a-zA-Z][a-zA-Z0-9]*)(?:\s[^>]*)?/?>|&[a-zA-Z]+;|&#\d+;")
+# A tag, or an entity. `[^<>]*` stops at the next "<", so the scan from each "<" ends there and
+# the whole search is linear (the former `[^>]*` rescanned to the end from every unclosed "<a").
+_HTML_HINT = re.compile(r"<[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>|&[a-zA-Z]+;|&#[0-9]+;")
+#: Attendees listed one by one in content and metadata (Google allows a few thousand).
+MAX_ATTENDEES = 2_000
 _DAYS = {"MO": "Monday", "TU": "Tuesday", "WE": "Wednesday", "TH": "Thursday",
          "FR": "Friday", "SA": "Saturday", "SU": "Sunday"}  # fmt: skip
 _ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", -1: "last"}
@@ -36,7 +51,9 @@ def source_id(calendar_id: str, event_id: str) -> str:
 
 
 def html_to_text(value: str) -> str:
-    """Plain text of a description; Google stores many descriptions as HTML."""
+    """Plain text of a description; Google stores many descriptions as HTML (cut to
+    `HTML_MAX_CHARS` and defanged first; past the item's time budget only its tags are
+    stripped)."""
     if not _HTML_HINT.search(value):
         return value.strip()
     return html.html_to_text(value)
@@ -81,7 +98,7 @@ def event_start(event: Mapping[str, Any], calendar_zone: str | None = None) -> d
     if day is not None:
         return datetime.combine(day, time(0, 0), tzinfo=UTC)
     moment = _parse_dt(start, calendar_zone)
-    return moment.astimezone(UTC) if moment else None
+    return to_utc(moment) if moment else None
 
 
 def _describe_when(event: Mapping[str, Any], calendar_zone: str | None) -> str | None:
@@ -99,17 +116,32 @@ def _describe_when(event: Mapping[str, Any], calendar_zone: str | None) -> str |
         return None
     zone_name = start.get("timeZone") or calendar_zone
     zone = _zone(zone_name)
-    local = begin.astimezone(zone) if zone else begin
+    local = _in_zone(begin, zone)
     finish = _parse_dt(end, calendar_zone)
     label = zone_name or local.strftime("UTC%z")
     text = f"{_day(local.date())}, {local:%H:%M}"
     if finish is not None:
-        local_end = finish.astimezone(zone) if zone else finish
+        local_end = _in_zone(finish, zone)
         if local_end.date() == local.date():
             text += f" to {local_end:%H:%M}"
         else:
             text += f" to {_day(local_end.date())}, {local_end:%H:%M}"
     return f"{text} ({label})"
+
+
+def _in_zone(moment: datetime, zone: ZoneInfo | None) -> datetime:
+    """`moment` in `zone`; as it is when that would leave years 1 to 9999."""
+    if zone is None:
+        return moment
+    try:
+        return moment.astimezone(zone)
+    except (OverflowError, ValueError):
+        return moment
+
+
+def _number(value: str) -> int | None:
+    """A plain ASCII decimal (`str.isdigit` also accepts "²", which `int` refuses)."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
 
 
 def _day(value: date) -> str:
@@ -145,8 +177,9 @@ def _describe_rule(rule: str) -> str:
     freq = parts.get("FREQ", "")
     if freq not in _FREQ_UNITS or set(parts) - known:
         return f"RRULE:{rule}"
-    raw_interval = parts.get("INTERVAL", "1")
-    interval = int(raw_interval) if raw_interval.isdigit() else 1
+    interval = _number(parts.get("INTERVAL", "1"))
+    if interval is None:
+        return f"RRULE:{rule}"
     unit = _FREQ_UNITS[freq]
     text = f"every {unit}" if interval == 1 else f"every {interval} {unit}s"
     if freq == "DAILY" and interval == 1:
@@ -164,12 +197,13 @@ def _describe_rule(rule: str) -> str:
     if parts.get("BYMONTH") and freq == "YEARLY":
         months = []
         for m in parts["BYMONTH"].split(","):
-            if not m.isdigit() or not 1 <= int(m) <= 12:
+            month = _number(m)
+            if month is None or not 1 <= month <= 12:
                 return f"RRULE:{rule}"
-            months.append(date(2000, int(m), 1).strftime("%B"))
+            months.append(date(2000, month, 1).strftime("%B"))
         text += " in " + _join(months)
-    if parts.get("COUNT", "").isdigit():
-        count = int(parts["COUNT"])
+    count = _number(parts.get("COUNT", ""))
+    if count is not None:
         text += f", {count} time{'s' if count != 1 else ''}"
     if parts.get("UNTIL"):
         until = _until(parts["UNTIL"])
@@ -178,7 +212,7 @@ def _describe_rule(rule: str) -> str:
 
 
 def _day_name(token: str) -> str | None:
-    match = re.fullmatch(r"([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)", token.upper())
+    match = re.fullmatch(r"([+-]?[0-9]{1,2})?(MO|TU|WE|TH|FR|SA|SU)", token.upper())
     if not match:
         return None
     name = _DAYS[match.group(2)]
@@ -216,6 +250,7 @@ def _person_text(value: Mapping[str, Any]) -> str:
     return str(name or email or "someone")
 
 
+@item_transform
 def event_record(
     user_id: str,
     calendar_id: str,
@@ -257,6 +292,8 @@ def event_record(
     if organizer and not cancelled_occurrence:
         lines.append(f"Organizer: {_person_text(organizer)}")
     attendees = [a for a in event.get("attendees") or [] if isinstance(a, dict)]
+    more_attendees = max(0, len(attendees) - MAX_ATTENDEES)
+    attendees = attendees[:MAX_ATTENDEES]
     if attendees:
         lines.append("Attendees:")
         for attendee in attendees:
@@ -265,8 +302,14 @@ def event_record(
             lines.append(
                 f"- {_person_text(attendee)} ({_RESPONSES.get(response, response)}{optional})"
             )
+        if more_attendees:
+            lines.append(f"- … and {more_attendees} more")
     description = event.get("description")
+    omitted = 0
     if isinstance(description, str) and description.strip():
+        description, omitted = cap(description, TEXT_MAX_CHARS)
+        if _HTML_HINT.search(description):
+            omitted += max(0, len(description) - HTML_MAX_CHARS)
         lines.append("")
         lines.append(html_to_text(description))
 
@@ -291,7 +334,7 @@ def event_record(
             for a in attendees
         ],
         "organizer": _person(organizer),
-        "recurrence": list(event.get("recurrence") or []),
+        "recurrence": [str(line)[:2_000] for line in list(event.get("recurrence") or [])[:100]],
         "recurringEventId": event.get("recurringEventId"),
         "originalStartTime": dict(event.get("originalStartTime") or {}) or None,
         "status": status,
@@ -307,6 +350,7 @@ def event_record(
         occurred_at=occurred,
         url=event.get("htmlLink") or (series or {}).get("htmlLink"),
         metadata=metadata,
+        content_omitted=omitted,
     )
 
 
@@ -323,7 +367,7 @@ def _fallback_time(event: Mapping[str, Any]) -> datetime:
         raw = event.get(key)
         if isinstance(raw, str):
             try:
-                return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                return to_utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
             except ValueError:
                 continue
     return datetime(1970, 1, 1, tzinfo=UTC)

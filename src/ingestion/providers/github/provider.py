@@ -42,6 +42,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from ingestion.config import Settings
@@ -533,7 +534,7 @@ class _Run:
             self._check_budget()
             chunk = todo[first : first + self._chunk_size()]
             first += len(chunk)
-            records = await _all(self._commit_record(info, c) for c in chunk)
+            records = _kept(await _all(self._commit_record(info, c) for c in chunk))
             taken.update((str(c["sha"]), _commit_date(c)) for c in chunk)
             info.commits = StreamCursor(since=start.since, seen=dict(taken))
             yield self.page(records)
@@ -567,7 +568,7 @@ class _Run:
                 self._check_budget()
                 chunk = todo[first : first + self._chunk_size()]
                 first += len(chunk)
-                records = await _all(self._commit_record(info, c) for c in chunk)
+                records = _kept(await _all(self._commit_record(info, c) for c in chunk))
                 # Oldest first: everything committed before `last` has been taken.
                 last = _commit_date(chunk[-1])
                 info.commits = StreamCursor(
@@ -588,7 +589,9 @@ class _Run:
             info.commits = start = moved
             since, etags = moved.since or since, []
 
-    async def _commit_record(self, info: RepoInfo, commit: Mapping[str, Any]) -> MemoryRecord:
+    async def _commit_record(
+        self, info: RepoInfo, commit: Mapping[str, Any]
+    ) -> MemoryRecord | None:
         sha = str(commit["sha"])
         url: str | None = self.client.url(f"/repos/{info.full_name}/commits/{sha}")
         files: list[Any] | None = []
@@ -615,13 +618,19 @@ class _Run:
             if files is not None:
                 files.extend(reply.data.get("files") or [])
             url = reply.next_url
-        return commit_record(
-            user_id=self.ctx.user_id,
-            repo=info.full_name,
-            commit=detail,
-            files=files,
-            patch_budget=self.settings.github_patch_budget_bytes,
-            branch=info.branch,
+        # Off the event loop, in the item's time budget; a commit that cannot be transformed
+        # is skipped and counted, the sync goes on.
+        return await self.ctx.items.run(
+            f"{info.full_name}@{sha}",
+            partial(
+                commit_record,
+                user_id=self.ctx.user_id,
+                repo=info.full_name,
+                commit=detail,
+                files=files,
+                patch_budget=self.settings.github_patch_budget_bytes,
+                branch=info.branch,
+            ),
         )
 
     # --- issues and pull requests --------------------------------------------------------------
@@ -728,7 +737,9 @@ class _Run:
                     [(repo or _repo_of(i) or "", i) for i in todo],
                     parse_time(since) or self.floor,
                 )
-                records = await _all(self._issue_record(i, repo, conversations) for i in todo)
+                records = _kept(
+                    await _all(self._issue_record(i, repo, conversations) for i in todo)
+                )
                 last = str(items[-1].get("updated_at")) if items else None
                 if last is not None:
                     # Ascending order: everything updated before `last` has been read.
@@ -769,7 +780,7 @@ class _Run:
 
     async def _issue_record(
         self, item: Mapping[str, Any], repo: str | None, conversations: Conversations
-    ) -> MemoryRecord:
+    ) -> MemoryRecord | None:
         full = repo or _repo_of(item) or ""
         number = int(item["number"])
         base = f"/repos/{full}"
@@ -803,13 +814,17 @@ class _Run:
             elif "review_comments" not in pull or int(pull.get("review_comments") or 0) > 0:
                 # The list form of a PR has no count: ask its review comments.
                 reviews = await self._collect(f"{base}/pulls/{number}/comments", "pull_comments")
-        return issue_record(
-            user_id=self.ctx.user_id,
-            repo=full,
-            issue=item,
-            pull=pull,
-            comments=comments,
-            review_comments=reviews,
+        return await self.ctx.items.run(
+            f"{full}#{number}",
+            partial(
+                issue_record,
+                user_id=self.ctx.user_id,
+                repo=full,
+                issue=item,
+                pull=pull,
+                comments=comments,
+                review_comments=reviews,
+            ),
         )
 
     async def _collect(self, path: str, endpoint: str) -> list[Mapping[str, Any]]:
@@ -840,6 +855,11 @@ def _keyset_next(
     if when is None or last == previous:
         return reply.next_url
     return first_url(format_time(when - timedelta(seconds=1)))
+
+
+def _kept(records: Iterable[MemoryRecord | None]) -> list[MemoryRecord]:
+    """The records of the items that could be transformed (the others were counted)."""
+    return [record for record in records if record is not None]
 
 
 def _commit_date(commit: Mapping[str, Any]) -> str:

@@ -8,6 +8,9 @@
 - An issue or pull request (`type` issue | pull_request, told apart by the `pull_request` key;
   `sourceId` `owner/repo#number`): content = body, then the conversation (issue comments in
   order; for PRs, review comments summarised as `path:line` and a short body).
+- Hostile input stays cheap: a message or body is read up to `TEXT_MAX_CHARS` characters
+  (`ingestion.providers.limits`), a patch larger than the budget is never encoded, and every
+  step is linear in the payload.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.github.sync import parse_time
+from ingestion.providers.limits import cap, item_transform
 
 __all__ = [
     "GENERATED_PATTERNS",
@@ -102,6 +106,9 @@ def _change_summary(files: Sequence[Mapping[str, Any]], budget: int) -> str:
         name = str(f.get("filename"))
         if not isinstance(patch, str) or is_generated(name):
             continue
+        if used + len(patch) > budget:  # a character is at least one byte: no need to encode
+            left_out.append(name)
+            continue
         block = f"--- {name}\n{patch}\n"
         size = len(block.encode("utf-8"))
         if used + size > budget:
@@ -118,6 +125,7 @@ def _change_summary(files: Sequence[Mapping[str, Any]], budget: int) -> str:
     return text
 
 
+@item_transform
 def commit_record(
     *,
     user_id: str,
@@ -130,7 +138,7 @@ def commit_record(
     """One commit; `files` None when the details could not be read (message only)."""
     sha = str(commit["sha"])
     inner: Mapping[str, Any] = commit.get("commit") or {}
-    message = str(inner.get("message") or "")
+    message, omitted = cap(str(inner.get("message") or ""))
     author: Mapping[str, Any] = inner.get("author") or {}
     committer: Mapping[str, Any] = inner.get("committer") or {}
     listed = list(files or [])
@@ -177,6 +185,7 @@ def commit_record(
         occurred_at=_when(author.get("date") or committer.get("date")),
         url=commit.get("html_url"),
         metadata=metadata,
+        content_omitted=omitted,
     )
 
 
@@ -204,6 +213,7 @@ def _conversation(
     return "\n\n".join(parts)
 
 
+@item_transform
 def issue_record(
     *,
     user_id: str,
@@ -216,7 +226,7 @@ def issue_record(
     """One issue or pull request (a PR when the issue has the `pull_request` key)."""
     number = int(issue["number"])
     is_pull = "pull_request" in issue and issue.get("pull_request") is not None
-    body = str(issue.get("body") or "").strip()
+    body, omitted = cap(str(issue.get("body") or "").strip())
     conversation = _conversation(comments, review_comments)
     content = body + (f"\n\n{conversation}" if conversation else "")
     metadata: dict[str, Any] = {
@@ -263,4 +273,5 @@ def issue_record(
         occurred_at=_when(issue.get("created_at")),
         url=issue.get("html_url"),
         metadata=metadata,
+        content_omitted=omitted,
     )

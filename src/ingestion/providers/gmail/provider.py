@@ -19,8 +19,10 @@ What a sync promises (the engine stores each page's state only after the sink ac
   enumeration of the mailbox within its `after:` window: its first page declares it and its last
   page completes it, so messages deleted while history was expired are deleted then. Messages
   older than the window are never swept. A backfill capped by `maxResults` declares nothing.
-- One message that cannot be transformed is logged and skipped; a malformed one is ingested
-  as well as possible and logged with its defects. A 403 other than a rate limit (a missing
+- Each message is transformed off the event loop within its time budget (`SyncContext.items`).
+  One whose body cannot be read is stored from its headers and snippet; a malformed one is
+  ingested as well as possible; both are logged and counted `defective` (`skipped` when not even
+  the headers could be read). A 403 other than a rate limit (a missing
   scope) fails the sync with Google's message.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from ingestion.config import Settings
@@ -227,7 +230,7 @@ class GmailProvider:
         """Records of the messages still visible; ids of those gone or hidden."""
         upserts: list[MemoryRecord] = []
         deletes: list[str] = []
-        stats = {"defective": 0, "skipped": 0}
+        stats: dict[str, int] = {}
         if not ids:
             return upserts, deletes, stats
         for message_id, message in zip(ids, await _with_bodies(api, ctx, ids), strict=True):
@@ -238,23 +241,19 @@ class GmailProvider:
             if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
                 deletes.append(message_id)
                 continue
-            try:
-                result = transform(message, ctx.user_id)
-            except Exception as exc:  # never let one message fail the sync
-                stats["skipped"] += 1
-                ctx.log.error(
-                    "gmail message skipped",
-                    message_id=message_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            # Off the event loop, in the item's time budget; one bad message never fails the
+            # sync (headers and snippet are stored when the body cannot be read).
+            result = await ctx.items.run(
+                message_id,
+                transform,
+                message,
+                ctx.user_id,
+                fallback=partial(transform, message, ctx.user_id, body=False),
+            )
+            if result is None:
                 continue
             if result.defects:
-                stats["defective"] += 1
-                ctx.log.warning(
-                    "gmail message ingested with defects",
-                    message_id=message_id,
-                    defects=result.defects[:20],
-                )
+                ctx.items.flag(message_id, result.defects)
             upserts.append(result.record)
         return upserts, deletes, stats
 

@@ -18,7 +18,12 @@ transfer encoding already removed (base64url `data`, bytes in the part's own cha
   `labels`, `attachments` [{filename, mimeType, size, attachmentId}];
 - `occurredAt` is `internalDate` (epoch milliseconds), the time Gmail received the message;
 - everything odd met on the way is listed in `Transformed.defects`; the caller logs them.
-  `transform` itself never raises on the content of a message.
+  `transform` itself never raises on the content of a message;
+- hostile input stays cheap (`ingestion.providers.limits`): each text part is read up to
+  `TEXT_MAX_CHARS` characters, HTML up to `HTML_MAX_CHARS`, a header value up to
+  `HEADER_MAX_CHARS` (what is left out is counted in the content's cut marker and listed as a
+  defect); quote trimming is linear; past the item's time budget HTML is stripped of its tags
+  instead of converted and quotes are no longer trimmed.
 """
 
 from __future__ import annotations
@@ -36,13 +41,23 @@ from typing import Any
 
 from ingestion.memory.record import MemoryRecord
 from ingestion.providers.html import html_to_text
+from ingestion.providers.limits import (
+    HEADER_MAX_CHARS,
+    HTML_MAX_CHARS,
+    TEXT_MAX_CHARS,
+    cap,
+    item_transform,
+    over_budget,
+)
 
 __all__ = ["WEB_URL", "Transformed", "decode_base64url", "html_to_text", "transform"]
 
 #: Link to a message in Gmail's web interface (`#all` finds it whatever its labels).
 WEB_URL = "https://mail.google.com/mail/u/0/#all/{id}"
 
-_ATTRIBUTION = re.compile(r"^\s*(On\b.*\bwrote:|Le\b.*\ba écrit\s*:|Am\b.*\bschrieb\b.*:)\s*$")
+_SCHRIEB = re.compile(r"\bschrieb\b")
+#: Characters of a header read for its parameters (`charset`…).
+PARAMETERS_MAX_CHARS = 4_000
 _ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Forwarded message)\s*-{2,}\s*$", re.I)
 _OUTLOOK_FROM = re.compile(r"^\s*From:\s.+$")
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -75,8 +90,11 @@ class _Headers:
     def __init__(self, headers: Sequence[Mapping[str, Any]] | None, defects: list[str]) -> None:
         self._values: dict[str, list[str]] = {}
         for header in headers or []:
-            name = str(header.get("name") or "").lower()
-            self._values.setdefault(name, []).append(str(header.get("value") or ""))
+            name = str(header.get("name") or "")[:200].lower()
+            value, left_out = cap(str(header.get("value") or ""), HEADER_MAX_CHARS)
+            if left_out:
+                defects.append(f"{name} header: {left_out} characters over the cap not read")
+            self._values.setdefault(name, []).append(value)
         self._defects = defects
 
     def raw(self, name: str) -> str | None:
@@ -125,7 +143,12 @@ class _Headers:
                 continue
             except Exception as exc:
                 self._defects.append(f"{name} header: {type(exc).__name__}")
-            for display, addr in getaddresses([_decode_words(value)]):
+            try:
+                found = getaddresses([_decode_words(value)])
+            except Exception as exc:  # RecursionError on thousands of nested comments
+                self._defects.append(f"{name} header: {type(exc).__name__}")
+                found = [(value[:200], "")]
+            for display, addr in found:
                 if display or addr:
                     result.append({"name": display, "email": addr})
         return result
@@ -134,6 +157,7 @@ class _Headers:
         value = self.raw(header)
         if value is None:
             return None
+        value = value[:PARAMETERS_MAX_CHARS]  # a Content-Type is short; its parser is slow
         if _plain(value) and "*" not in value:
             match = re.search(rf"(?:^|;)\s*{key}\s*=\s*(?:\"([^\"]*)\"|([^\s;]+))", value, re.I)
             return (match.group(1) or match.group(2) or "").strip() if match else None
@@ -197,6 +221,8 @@ def _decode_text(data: bytes, charset: str | None, defects: list[str], where: st
 class _Walk:
     defects: list[str]
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    #: Characters of the bodies not read (over the input caps).
+    omitted: int = 0
 
 
 def _is_attachment(part: Mapping[str, Any], headers: _Headers) -> bool:
@@ -231,7 +257,14 @@ def _body(part: Mapping[str, Any], walk: _Walk, depth: int = 0) -> str:
             return _leaf_text(part, headers, "text/plain", walk, where)
         if mime == "multipart/alternative":
             return _alternative(children, walk, depth)
-        texts = [_body(child, walk, depth + 1) for child in children]
+        texts: list[str] = []
+        for index, child in enumerate(children):
+            if index and over_budget():
+                walk.defects.append(
+                    f"{where}: over the time budget, {len(children) - index} parts not read"
+                )
+                break
+            texts.append(_body(child, walk, depth + 1))
         return "\n\n".join(text for text in texts if text.strip())
     if mime.startswith("text/") or mime == "message/rfc822":
         if part.get("filename"):  # inline text that is also a named file
@@ -270,9 +303,12 @@ def _leaf_text(
         return ""
     data = decode_base64url(body.get("data"))
     text = _decode_text(data, headers.param("content-type", "charset"), walk.defects, where)
-    if mime == "text/html" or (mime != "text/plain" and "<html" in text[:2000].lower()):
-        return html_to_text(text)
-    return text
+    html = mime == "text/html" or (mime != "text/plain" and "<html" in text[:2000].lower())
+    text, left_out = cap(text, HTML_MAX_CHARS if html else TEXT_MAX_CHARS)
+    if left_out:
+        walk.omitted += left_out
+        walk.defects.append(f"{where}: {left_out} characters over the cap not read")
+    return html_to_text(text) if html else text
 
 
 def _forwarded(inner: Mapping[str, Any], walk: _Walk, depth: int) -> str:
@@ -299,27 +335,63 @@ def _note_attachment(part: Mapping[str, Any], walk: _Walk) -> None:
     )
 
 
+def _attribution(line: str) -> bool:
+    """ "On … wrote:", "Le … a écrit :", "Am … schrieb …:" (linear: no backtracking)."""
+    text = line.strip()
+    if len(text) < 3 or text[2].isalnum() or text[2] == "_":
+        return False
+    head = text[:2]
+    if head == "On":
+        return text.endswith("wrote:") and len(text) > 8 and _boundary(text, len(text) - 6)
+    if not text.endswith(":"):
+        return False
+    if head == "Le":
+        rest = text[:-1].rstrip()
+        return rest.endswith("a écrit") and len(rest) > 9 and _boundary(rest, len(rest) - 7)
+    if head == "Am":
+        return _SCHRIEB.search(text, 3, len(text) - 1) is not None
+    return False
+
+
+def _boundary(text: str, index: int) -> bool:
+    before = text[index - 1]
+    return not (before.isalnum() or before == "_")
+
+
+def _quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
 def trim_quoted(text: str) -> str:
-    """Drop a trailing quoted reply chain and signature when new text stays above them."""
+    """Drop a trailing quoted reply chain and signature when new text stays above them.
+
+    One pass from the end finds where the trailing run of quoted (or blank) lines starts, so
+    the whole trim is linear in the text."""
     lines = text.replace("\r\n", "\n").split("\n")
-    cut = len(lines)
+    count = len(lines)
+    # quoted_from[i]: every line from i on is quoted or blank; nonblank_from[i]: one is not blank.
+    quoted_from = [True] * (count + 1)
+    nonblank_from = [False] * (count + 1)
+    for index in range(count - 1, -1, -1):
+        line = lines[index]
+        blank = not line.strip()
+        quoted_from[index] = quoted_from[index + 1] and (blank or _quoted(line))
+        nonblank_from[index] = nonblank_from[index + 1] or not blank
+    cut = count
     # An "-----Original Message-----" (Outlook) or "On … wrote:" block followed only by quotes.
     for index, line in enumerate(lines):
         if _ORIGINAL.match(line) and "Forwarded" not in line:
             cut = index
             break
-        if _ATTRIBUTION.match(line) or (
-            line.rstrip().endswith("wrote:") and index + 1 < len(lines)
-        ):
-            rest = [rest for rest in lines[index + 1 :] if rest.strip()]
-            if rest and all(rest_line.lstrip().startswith(">") for rest_line in rest):
-                cut = index
-                break
-    if cut == len(lines):
-        end = len(lines)
-        while end > 0 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
+        attribution = (line.rstrip().endswith("wrote:") and index + 1 < count) or _attribution(line)
+        if attribution and nonblank_from[index + 1] and quoted_from[index + 1]:
+            cut = index
+            break
+    if cut == count:
+        end = count
+        while end > 0 and (not lines[end - 1].strip() or _quoted(lines[end - 1])):
             end -= 1
-        if end < len(lines) and any(line.lstrip().startswith(">") for line in lines[end:]):
+        if end < count and any(_quoted(line) for line in lines[end:]):
             cut = end
     kept = lines[:cut]
     if "-- " in kept:
@@ -336,7 +408,7 @@ def _occurred_at(message: Mapping[str, Any], headers: _Headers) -> datetime:
     if internal not in (None, ""):
         try:
             return datetime.fromtimestamp(int(str(internal)) / 1000, tz=UTC)
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError, OSError):  # OSError: out of the platform's range
             pass
     date = headers.raw("date")
     if date:
@@ -348,16 +420,26 @@ def _occurred_at(message: Mapping[str, Any], headers: _Headers) -> datetime:
     return datetime.fromtimestamp(0, tz=UTC)
 
 
-def transform(message: Mapping[str, Any], user_id: str) -> Transformed:
-    """The memory record of one `format=full` message, and the defects met on the way."""
+@item_transform
+def transform(message: Mapping[str, Any], user_id: str, *, body: bool = True) -> Transformed:
+    """The memory record of one `format=full` message, and the defects met on the way.
+
+    `body=False` reads only the headers and the snippet (cheap: the fallback of a message whose
+    full transform failed or ran out of time)."""
     defects: list[str] = []
     payload: Mapping[str, Any] = message.get("payload") or {}
     headers = _Headers(payload.get("headers"), defects)
     walk = _Walk(defects)
+    content = ""
     try:
-        content = trim_quoted(_body(payload, walk))
+        if body:
+            content = _body(payload, walk)
+            if over_budget():
+                defects.append("quoted text not trimmed: over the time budget")
+            else:
+                content = trim_quoted(content)
     except Exception as exc:  # a structure we did not foresee: keep the message, say why
-        defects.append(f"body: {type(exc).__name__}: {exc}")
+        defects.append(f"body: {type(exc).__name__}: {str(exc)[:200]}")
         content = str(message.get("snippet") or "")
     if not content.strip():
         content = str(message.get("snippet") or "")
@@ -381,5 +463,6 @@ def transform(message: Mapping[str, Any], user_id: str) -> Transformed:
         occurred_at=_occurred_at(message, headers),
         url=WEB_URL.format(id=message["id"]),
         metadata=metadata,
+        content_omitted=walk.omitted,
     )
     return Transformed(record, defects)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ingestion.memory.record import MemoryRecord
@@ -154,22 +155,30 @@ def walk_timeline(walk: TimelineWalk, kind: str) -> AsyncIterator[SyncPage]:
     return _walk_ids(walk, kind) if kind != "likes" else _walk_likes(walk)
 
 
-def _records(
+async def _records(
     walk: TimelineWalk, kind: str, page: TimelinePage, posts: list[dict[str, Any]]
 ) -> list[MemoryRecord]:
+    """The page's records, each transformed off the event loop in its time budget; a post that
+    cannot be transformed is skipped and counted, the others are kept."""
     includes = Includes.of(page.includes)
     account = walk.cursor.user_id or ""
-    return [
-        to_record(
-            post,
-            includes,
-            user_id=walk.user_id,
-            account_user_id=account,
-            account_username=walk.cursor.username,
-            timeline=kind,
+    records: list[MemoryRecord] = []
+    for post in posts:
+        record = await walk.client.ctx.items.run(
+            str(post.get("id"))[:100],
+            partial(
+                to_record,
+                post,
+                includes,
+                user_id=walk.user_id,
+                account_user_id=account,
+                account_username=walk.cursor.username,
+                timeline=kind,
+            ),
         )
-        for post in posts
-    ]
+        if record is not None:
+            records.append(record)
+    return records
 
 
 def _page(walk: TimelineWalk, records: list[MemoryRecord], fetched: int) -> SyncPage:
@@ -210,7 +219,7 @@ async def _walk_ids(walk: TimelineWalk, kind: str) -> AsyncIterator[SyncPage]:
             continue
         if page.data and not run.get("pendingNewestId"):
             run["pendingNewestId"] = str(page.meta.get("newest_id") or page.data[0]["id"])
-        records = _records(walk, kind, page, page.data)
+        records = await _records(walk, kind, page, page.data)
         if page.next_token:
             run["token"] = page.next_token
             run["untilId"] = str(page.meta.get("oldest_id") or page.data[-1]["id"])
@@ -254,7 +263,7 @@ async def _walk_likes(walk: TimelineWalk) -> AsyncIterator[SyncPage]:
                 break
             if str(post["id"]) not in seen:
                 seen.append(str(post["id"]))
-        records = _records(walk, "likes", page, fresh)
+        records = await _records(walk, "likes", page, fresh)
         if page.next_token and not reached_known:
             run["token"] = page.next_token
             timeline.run = run

@@ -7,6 +7,9 @@
   same record: `tweet` when the user wrote it, else `mention` when it mentions the user (or came
   from the mentions timeline), else `like`.
 - Authors' usernames and media come from the page's `includes`; `url` is the post's web link.
+- Hostile input stays cheap: the text is read up to `TEXT_MAX_CHARS` characters and at most
+  `MAX_URL_ENTITIES` links are expanded (each expansion scans the text once); a creation time
+  outside years 1 to 9999 in UTC is clamped.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from ingestion.memory.record import MemoryRecord
+from ingestion.providers.limits import TEXT_MAX_CHARS, cap, item_transform
 
 __all__ = ["Includes", "full_text", "kind_of", "to_record"]
 
 #: The record kind a timeline gives a post when the post itself says nothing stronger.
 TIMELINE_KIND: dict[str, str] = {"tweets": "tweet", "mentions": "mention", "likes": "like"}
+#: Links expanded per post (a 25,000-character post holds far fewer).
+MAX_URL_ENTITIES = 100
+#: Characters of one expanded link.
+URL_MAX_CHARS = 2_000
 
 
 @dataclass(frozen=True)
@@ -34,11 +42,21 @@ class Includes:
     tweets: Mapping[str, Mapping[str, Any]]
 
     @classmethod
-    def of(cls, includes: Mapping[str, Any]) -> Includes:
+    def of(cls, includes: Any) -> Includes:
+        """The page's `includes`; entries of the wrong shape are ignored (never fails)."""
+
+        def by(key: str, field: str) -> dict[str, Mapping[str, Any]]:
+            found = includes.get(key) if isinstance(includes, Mapping) else None
+            if not isinstance(found, list):
+                return {}
+            return {
+                str(e[field]): e
+                for e in found
+                if isinstance(e, Mapping) and e.get(field) is not None
+            }
+
         return cls(
-            users={u["id"]: u for u in includes.get("users", []) if "id" in u},
-            media={m["media_key"]: m for m in includes.get("media", []) if "media_key" in m},
-            tweets={t["id"]: t for t in includes.get("tweets", []) if "id" in t},
+            users=by("users", "id"), media=by("media", "media_key"), tweets=by("tweets", "id")
         )
 
     def username(self, user_id: str | None) -> str | None:
@@ -56,11 +74,19 @@ def full_text(tweet: Mapping[str, Any]) -> str:
     else:
         text = str(tweet.get("text") or "")
         urls = list((tweet.get("entities") or {}).get("urls") or [])
+    text, _ = cap(text, TEXT_MAX_CHARS)
+    urls = [e for e in urls[:MAX_URL_ENTITIES] if isinstance(e, Mapping)]
     for entity in sorted(urls, key=lambda e: len(str(e.get("url", ""))), reverse=True):
         short = entity.get("url")
         expanded = entity.get("unwound_url") or entity.get("expanded_url")
-        if short and expanded:
-            text = text.replace(str(short), str(expanded))
+        if not short or not expanded:
+            continue
+        short, expanded = str(short), str(expanded)[:URL_MAX_CHARS]
+        growth = len(expanded) - len(short)
+        # Never let expansions grow the text past twice the cap (a one-letter "url" expanded
+        # everywhere would otherwise multiply it).
+        limit = -1 if growth <= 0 else max(0, 2 * TEXT_MAX_CHARS - len(text)) // growth
+        text = text.replace(short, expanded, limit)
     return html.unescape(text)
 
 
@@ -113,6 +139,7 @@ def _media(tweet: Mapping[str, Any], includes: Includes) -> list[dict[str, Any]]
     return result
 
 
+@item_transform
 def to_record(
     tweet: Mapping[str, Any],
     includes: Includes,
