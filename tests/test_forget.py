@@ -424,7 +424,7 @@ async def test_forget_user_across_four_providers(
         # The HTTP route does the same for u2.
         app = create_app(services, None)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             refused = await client.post("/v1/sync", json={"provider": "gmail", "userId": "u1"})
             assert refused.status_code == 409
             assert "removed" in refused.json()["error"]
@@ -486,7 +486,7 @@ async def test_disconnect_in_the_product_purges_after_the_grace_period(
         row = next(r for r in status["accounts"] if r["userId"] == "u1")
         assert row["status"] == "disconnected"
         transport = httpx.ASGITransport(app=create_app(services, None))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             [one] = (await client.get("/v1/accounts/u1")).json()["providers"]
             assert one["status"] == "disconnected"
             assert one["removal"]["purgeAfter"] == row["removal"]["purgeAfter"]
