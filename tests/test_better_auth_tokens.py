@@ -375,11 +375,11 @@ def test_a_secret_that_does_not_decrypt_fails_the_sync_with_one_line(
     asyncio.run(store_raw(Settings(database_url=sqlite_db), "github", *stored))
 
     result = run_cli("sync", "github", "--user", "u1", env=env, timeout=240)
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
     # Besides the JSON log lines, exactly one line: the failure.
     failed = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert len(failed) == 1, result.stderr[-3000:]
-    assert failed[0].startswith("sync failed: cannot read the tokens of the github account")
+    assert failed[0].startswith("error: cannot read the tokens of the github account")
     assert "BETTER_AUTH_SECRET" in failed[0]
     outputs = result.stdout + result.stderr
     status = run_cli("status", "--json", env=env)

@@ -26,7 +26,7 @@ import re
 
 from selectolax.lexbor import LexborHTMLParser
 
-from ingestion.providers.limits import HTML_MAX_CHARS, cap, over_budget
+from ingestion.providers.limits import over_budget
 
 __all__ = ["MAX_DEPTH", "html_to_text"]
 
@@ -66,7 +66,6 @@ def html_to_text(markup: str) -> str:
     """Readable plain text of an HTML document or fragment (see the module docstring)."""
     if not markup or not markup.strip():
         return ""
-    markup, _ = cap(markup, HTML_MAX_CHARS)  # callers count what was left out
     if "<" not in markup:  # no element at all: only entities to decode
         return _tidy(html_lib.unescape(markup))
     try:

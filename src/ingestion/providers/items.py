@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ingestion import metrics
-from ingestion.errors import IngestionError, MalformedItem
+from ingestion.errors import IngestionError, MalformedItem, describe_unexpected
 from ingestion.providers.limits import reset_deadline, set_deadline
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ class ItemGuard:
             raise
         except TimeoutError:
             return await self._failed(item_id, f"abandoned after {self.hard_limit:g} s", fallback)
-        except Exception as exc:
-            return await self._failed(item_id, f"{type(exc).__name__}: {exc}", fallback)
+        except Exception as exc:  # its message may quote the item: the class only
+            return await self._failed(item_id, describe_unexpected(exc), fallback)
         if overran:
             self.flag(item_id, [f"over the {self.budget:g} s time budget"])
         return result
@@ -156,14 +156,18 @@ class ItemGuard:
             except TimeoutError:
                 error += "; fallback abandoned too"
             except Exception as exc:
-                error += f"; fallback: {type(exc).__name__}: {str(exc)[:200]}"
+                error += f"; fallback: {describe_unexpected(exc)}"
             else:
                 self.flag(item_id, [f"transform failed, fallback stored: {error}"])
                 return record
+        self.skip(item_id, error)
+        return None
+
+    def skip(self, item_id: str, error: str) -> None:
+        """Count an item no record could be made of (the caller drops it)."""
         self.skipped += 1
         metrics.ITEMS.labels(provider=self.provider, action="skipped").inc()
-        self.log.error("item skipped", item_id=item_id[:300], error=error)
-        return None
+        self.log.error("item skipped", item_id=item_id[:300], error=error[:500])
 
     def take_counts(self) -> dict[str, int]:
         """The counts since the last call (non-zero ones), reset."""

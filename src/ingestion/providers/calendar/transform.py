@@ -52,10 +52,10 @@ def source_id(calendar_id: str, event_id: str) -> str:
 
 def html_to_text(value: str) -> str:
     """Plain text of a description; Google stores many descriptions as HTML (cut to
-    `HTML_MAX_CHARS` and defanged first; past the item's time budget only its tags are
-    stripped)."""
+    `HTML_MAX_CHARS` first; past the item's time budget only its tags are stripped)."""
     if not _HTML_HINT.search(value):
         return value.strip()
+    value, _ = cap(value, HTML_MAX_CHARS)
     return html.html_to_text(value)
 
 

@@ -235,8 +235,7 @@ class GmailProvider:
             return upserts, deletes, stats
         for message_id, message in zip(ids, await _with_bodies(api, ctx, ids), strict=True):
             if isinstance(message, Unreadable):
-                stats["skipped"] += 1
-                ctx.log.error("gmail message skipped", message_id=message_id, error=message.reason)
+                ctx.items.skip(message_id, message.reason)
                 continue
             if message is None or HIDDEN_LABELS & set(message.get("labelIds") or ()):
                 deletes.append(message_id)
