@@ -39,6 +39,7 @@ from ingestion import metrics
 from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import MalformedJob
 from ingestion.providers.registry import account_provider_of
+from ingestion.push import push_routes
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
@@ -286,6 +287,8 @@ def create_app(services: Services, queue: JobQueue | None) -> Starlette:
             Route("/v1/accounts/{user_id}", guard(api.account)),
             Route("/v1/dlq/retry", guard(api.dlq_retry), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            # Push routes check their sender's signature, never the API key (is_self_authenticated).
+            *push_routes(services, queue),
         ]
     )
 

@@ -375,7 +375,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
         print_json(document)
         return
     table = Table(title="sync status", show_header=True)
-    for column in ("user", "provider", "status", "last sync", "items", "last error"):
+    for column in ("user", "provider", "status", "last sync", "items", "push", "last error"):
         table.add_column(column)
     for row in document["accounts"]:
         table.add_row(
@@ -384,6 +384,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
             row["status"],
             row["lastSyncTime"] or "never",
             str(row["itemsUpserted"]),
+            row.get("push", "off"),
             (row["lastError"] or "")[:80],
         )
     out.print(table)

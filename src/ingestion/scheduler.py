@@ -31,6 +31,7 @@ from ingestion import metrics
 from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
 from ingestion.providers.registry import REGISTRY, account_provider_of
+from ingestion.push.store import ChannelStore
 from ingestion.queue.jobs import Job
 from ingestion.storage.accounts import find_account, fingerprint, list_accounts
 from ingestion.storage.db import Database
@@ -139,12 +140,24 @@ class Scheduler:
         """Users with a connected account for `provider` who do not wait on a reconnect."""
         account_provider = account_provider_of(provider)
         states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
+        # Push (ingestion.push): while a pair's push channels are healthy it is polled only
+        # every PUSH_POLL_INTERVAL; an expired or failing channel puts it back on the cron.
+        now = self.clock.now()
+        stretch = timedelta(seconds=self.settings.push_poll_interval)
+        pushed = await ChannelStore(self.db).statuses(now, [provider])
         users: list[str] = []
         async with self.db.session() as session:
             for account in await list_accounts(session, account_provider):
                 if account.user_id in users:
                     continue
                 state = states.get(account.user_id)
+                if (
+                    pushed.get((account.user_id, provider)) == "active"
+                    and state is not None
+                    and state.last_sync_time is not None
+                    and now - state.last_sync_time < stretch
+                ):
+                    continue
                 if state is not None and state.status == "reauth_required":
                     current = await find_account(session, account.user_id, account_provider)
                     if current is None or fingerprint(current) == state.reauth_fingerprint:

@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+from ingestion.clock import utcnow
 from ingestion.config import PROVIDER_NAMES
 from ingestion.providers.registry import account_provider_of
+from ingestion.push.store import ChannelStore
 from ingestion.storage.accounts import list_accounts
 from ingestion.storage.db import Database
 from ingestion.storage.state import StateView, SyncStateStore
@@ -49,6 +51,10 @@ async def gather_status(
         if key not in seen:
             rows.append(_row(state, None))
     rows.sort(key=lambda r: (r["userId"], r["provider"]))
+    # Push (ingestion.push): `active`, `expired` (polling is back on the cron) or `off`.
+    pushed = await ChannelStore(db).statuses(utcnow())
+    for row in rows:
+        row["push"] = pushed.get((row["userId"], row["provider"]), "off")
     queue: dict[str, Any] = await queue_stats() if queue_stats else {"kind": "none"}
     recent = [
         {

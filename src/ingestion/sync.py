@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,11 +36,13 @@ from ingestion.storage.db import Database
 from ingestion.storage.state import SyncStateStore
 from ingestion.tokens import TokenService
 
-__all__ = ["SyncEngine", "SyncLockFactory", "SyncSummary"]
+__all__ = ["AfterSyncHook", "SyncEngine", "SyncLockFactory", "SyncSummary"]
 
 log = structlog.get_logger("ingestion.sync")
 
 SyncLockFactory = Callable[[str, str], AbstractAsyncContextManager[None]]
+#: Called with (provider, user_id) after a sync committed; must not raise (push channel upkeep).
+AfterSyncHook = Callable[[str, str], Awaitable[None]]
 ProgressFn = Callable[["SyncSummary", SyncPage], None]
 
 
@@ -78,8 +80,10 @@ class SyncEngine:
         http: httpx.AsyncClient,
         clock: Clock,
         lock: SyncLockFactory | None = None,
+        after_sync: AfterSyncHook | None = None,
     ) -> None:
         self.settings = settings
+        self.after_sync = after_sync
         self.db = db
         self.sink = sink
         self.tokens = tokens
@@ -202,6 +206,8 @@ class SyncEngine:
                 summary.seconds
             )
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
+            if self.after_sync is not None:
+                await self.after_sync(provider_name, user_id)
             return summary
 
     async def _fingerprint(self, user_id: str, account_provider: str) -> str | None:

@@ -55,3 +55,7 @@ class Keys:
     def tick(self, provider: str, user_id: str, tick_epoch: int) -> str:
         """Set once per scheduled tick so several schedulers enqueue it once."""
         return f"{self.namespace}:tick:{provider}:{user_id}:{tick_epoch}"
+
+    def push_seen(self, provider: str, delivery_id: str) -> str:
+        """Set (with a TTL) when a push delivery was taken: a replay of it is refused."""
+        return f"{self.namespace}:push:seen:{provider}:{delivery_id}"
