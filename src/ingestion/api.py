@@ -39,7 +39,8 @@ from ingestion import metrics
 from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import MalformedJob
 from ingestion.providers.registry import account_provider_of
-from ingestion.push import push_routes
+from ingestion.push import ChannelStore, summarize
+from ingestion.push.routes import push_routes
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
@@ -220,6 +221,10 @@ class _Api:
                     "lastError": state.last_error,
                     "reauthRequired": state.status == "reauth_required",
                     "updatedAt": _iso(state.updated_at),
+                    "push": summarize(
+                        await ChannelStore(self.services.db).of_user(provider, user_id),
+                        datetime.now(UTC),
+                    ),
                 }
             )
         if not rows:

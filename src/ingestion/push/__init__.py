@@ -6,7 +6,7 @@ acceptance, one sync per pair) holds. Polling stays as the safety net: a pair wh
 are healthy is polled every `PUSH_POLL_INTERVAL` instead of on the cron schedule, and falls
 back to the cron schedule by itself when a channel expires or fails.
 
-- `push_routes(services, queue)`: the routes `api.create_app` mounts (`ingestion.push.routes`);
+- `ingestion.push.routes.push_routes(services, queue)`: the routes `api.create_app` mounts;
   `is_self_authenticated(path)` tells an API-key check to leave them to their own signatures.
 - `PushChannels`: the sync engine's after-sync hook (watch, renew, stop channels) and
   `stop(user_id, provider)`, for account removal (`ingestion.push.channels`).
@@ -14,14 +14,21 @@ back to the cron schedule by itself when a channel expires or fails.
 """
 
 from ingestion.push.channels import PushChannels
-from ingestion.push.routes import is_self_authenticated, push_routes
 from ingestion.push.store import ChannelStore, PushStatus, summarize
 
 __all__ = [
+    "PUSH_PREFIX",
     "ChannelStore",
     "PushChannels",
     "PushStatus",
     "is_self_authenticated",
-    "push_routes",
     "summarize",
 ]
+
+#: Every push route lives under this prefix (design §8).
+PUSH_PREFIX = "/v1/push/"
+
+
+def is_self_authenticated(path: str) -> bool:
+    """True for the push routes: they check their sender's signature, never the API key."""
+    return path.startswith(PUSH_PREFIX)

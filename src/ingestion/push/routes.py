@@ -42,6 +42,7 @@ from starlette.routing import Route
 from ingestion import metrics
 from ingestion.clock import Clock
 from ingestion.providers.github.sync import GitHubState, repo_selected
+from ingestion.push import PUSH_PREFIX
 from ingestion.push.oidc import OidcRejected, OidcVerifier
 from ingestion.push.store import ChannelStore
 from ingestion.queue.base import JobQueue
@@ -56,15 +57,12 @@ if TYPE_CHECKING:
 __all__ = [
     "GITHUB_SYNC_EVENTS",
     "MAX_BODY_BYTES",
-    "PUSH_PREFIX",
     "SEEN_TTL",
-    "is_self_authenticated",
     "push_routes",
 ]
 
 log = structlog.get_logger("ingestion.push")
 
-PUSH_PREFIX = "/v1/push/"
 MAX_BODY_BYTES = 64 * 1024
 #: How long a delivery id is remembered (Pub/Sub retains unacknowledged messages up to 7 days;
 #: GitHub's own redeliveries are limited to the past 3 days).
@@ -83,11 +81,6 @@ GITHUB_SYNC_EVENTS = frozenset(
 _CALENDAR_STATES = frozenset({"sync", "exists", "not_exists"})
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def is_self_authenticated(path: str) -> bool:
-    """True for the push routes: they check their sender's signature, not the API key."""
-    return path.startswith(PUSH_PREFIX)
 
 
 class _TooLarge(Exception):
