@@ -332,10 +332,10 @@ class Settings(BaseSettings):
             missing = (
                 "GMAIL_PUSH_AUDIENCE"
                 if not self.gmail_push_audience
-                else ("GMAIL_PUSH_SERVICE_ACCOUNT")
+                else "GMAIL_PUSH_SERVICE_ACCOUNT"
             )
             raise ValueError(
-                f"{missing} must be set with GMAIL_PUBSUB_TOPIC (push deliveries are verified)"
+                f"{missing}: must be set with GMAIL_PUBSUB_TOPIC (push deliveries are verified)"
             )
         return self
 
@@ -432,6 +432,12 @@ class Settings(BaseSettings):
 def describe_error(error: ValidationError) -> str:
     """One line naming the first bad variable and what is wrong with it (never its value)."""
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
     message = str(first["msg"]).removeprefix("Value error, ")
+    if first["loc"]:
+        name = str(first["loc"][0]).upper()
+    else:  # a rule over several variables names the one to set first in its message
+        name, _, rest = message.partition(": ")
+        if not (rest and re.fullmatch(r"[A-Z][A-Z0-9_]+", name)):
+            name, rest = "configuration", message
+        message = rest
     return f"configuration error: {name}: {message}"
