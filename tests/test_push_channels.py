@@ -84,7 +84,8 @@ class World:
     async def drain(self) -> None:
         """Empty the queue as if a worker had run the jobs (coalescing markers included)."""
         for key in [k async for k in self.redis.scan_iter(match=f"{self.keys.namespace}:*")]:
-            await self.redis.delete(key)
+            if ":push:seen:" not in key:  # the queue's keys, not the delivery ids seen
+                await self.redis.delete(key)
 
     def watch_calls(self) -> int:
         with self.gmail.lock:
