@@ -286,6 +286,27 @@ async def test_calendar_notifications_need_a_known_channel_and_its_token(
     assert await stream() == [("calendar:fetch", "u2")]
 
 
+async def test_a_notification_for_a_running_sync_asks_for_one_more_run(
+    client: httpx.AsyncClient, stream: Any, redis_url: str, namespace: str
+) -> None:
+    """The running job may have read before the change: the notification is not swallowed."""
+    headers = {
+        "X-Goog-Channel-ID": "chan-1",
+        "X-Goog-Channel-Token": CHANNEL_TOKEN,
+        "X-Goog-Resource-State": "exists",
+    }
+    first = await client.post("/v1/push/calendar", headers=headers)
+    assert first.json()["outcome"] == "enqueued"
+    keys = Keys(namespace)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    job_id = await redis.get(keys.active("calendar", "u2"))
+    await redis.hset(keys.running("calendar", "u2"), "job", job_id)  # a worker began it
+    second = await client.post("/v1/push/calendar", headers=headers)
+    assert second.json()["outcome"] == "follow_up"
+    assert await redis.hkeys(keys.widen("calendar", "u2")) == ["rerun"]
+    await redis.aclose()
+
+
 async def test_github_webhooks_are_verified_deduplicated_and_reach_the_users_of_the_repo(
     client: httpx.AsyncClient, stream: Any
 ) -> None:

@@ -192,10 +192,14 @@ class _Push:
         if self.queue is None:
             raise _NoQueue("no job queue runs in this process (set REDIS_URL)")
         try:
-            result = await self.queue.enqueue(Job(provider=provider, user_id=user_id))
+            # rerun: a job already running may have read before this change; it is followed by
+            # one more run instead of swallowing the notification.
+            result = await self.queue.enqueue(Job(provider=provider, user_id=user_id), rerun=True)
         except Exception as exc:
             log.warning("push enqueue failed", provider=provider, error=str(exc)[:300])
             raise _NoQueue(f"the queue did not accept the job: {type(exc).__name__}") from None
+        if result.widening == "follow-up":
+            return "follow_up"
         return "coalesced" if result.coalesced else "enqueued"
 
     # --- Gmail (Cloud Pub/Sub push) ---------------------------------------------------------
@@ -309,7 +313,7 @@ class _Push:
         except _NoQueue as exc:
             await self.seen.forget("github", delivery)  # GitHub's redelivery gets in
             return _answer("github", "queue_unavailable", 503, str(exc))
-        outcome = "enqueued" if "enqueued" in outcomes else "coalesced"
+        outcome = next((o for o in ("enqueued", "follow_up") if o in outcomes), "coalesced")
         return _answer("github", outcome, 200, f"{len(users)} sync(s) requested")
 
     async def _github_users(self, full_name: str) -> list[str]:
