@@ -256,21 +256,39 @@ class PushChannels:
             "token": token,
             "params": {"ttl": str(CALENDAR_TTL_SECONDS)},
         }
-        path = f"/calendars/{quote(calendar_id, safe='')}/events/watch"
-        answer = await api.request("POST", path, endpoint="events.watch", json=body)
-        if answer.status_code != 200:
-            raise api_error("calendar", "events.watch", answer)
-        channel = _json(answer)
+        # Saved first: Google sends the channel's `sync` message as soon as it exists, and the
+        # route must know the channel by then. Until Google answers it counts as failing (a
+        # crash here leaves a channel the next upkeep replaces); a failed watch forgets it.
+        provisional = now + timedelta(seconds=CALENDAR_TTL_SECONDS)
+        digest = token_digest(token)
         await self.store.save(
             channel_id=channel_id,
             provider="calendar",
             user_id=user_id,
             resource=calendar_id,
-            resource_id=_bounded_text(channel.get("resourceId"), 512),
-            token_sha256=token_digest(token),
-            expiration=_expiration(channel.get("expiration"))
-            or now + timedelta(seconds=CALENDAR_TTL_SECONDS),
+            token_sha256=digest,
             renewed_at=now,
+            expiration=provisional,
+            status="failing",
+        )
+        path = f"/calendars/{quote(calendar_id, safe='')}/events/watch"
+        try:
+            answer = await api.request("POST", path, endpoint="events.watch", json=body)
+            if answer.status_code != 200:
+                raise api_error("calendar", "events.watch", answer)
+            channel = _json(answer)
+        except BaseException:
+            await self.store.remove([channel_id])
+            raise
+        await self.store.save(
+            channel_id=channel_id,
+            provider="calendar",
+            user_id=user_id,
+            resource=calendar_id,
+            token_sha256=digest,
+            renewed_at=now,
+            resource_id=_bounded_text(channel.get("resourceId"), 512),
+            expiration=_expiration(channel.get("expiration")) or provisional,
         )
         log.info("calendar channel created", user_id=user_id)
 

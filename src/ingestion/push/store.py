@@ -133,8 +133,9 @@ class ChannelStore:
         token_sha256: str | None = None,
         expiration: datetime | None = None,
         history_id: str | None = None,
+        status: str = "active",
     ) -> None:
-        """Create or replace a channel, healthy."""
+        """Create or replace a channel (healthy unless `status` says otherwise)."""
         async with self.db.session() as session:
             row = await session.get(PushChannel, channel_id)
             if row is None:
@@ -147,7 +148,7 @@ class ChannelStore:
             row.token_sha256 = token_sha256
             row.expiration = expiration
             row.history_id = history_id
-            row.status = "active"
+            row.status = status
             row.last_error = None
             row.renewed_at = renewed_at
 
