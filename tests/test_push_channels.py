@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -67,6 +68,7 @@ class World:
     clock: ShiftedClock
     redis: aioredis.Redis
     keys: Keys
+    api_url: str
 
     async def jobs(self) -> list[tuple[str, str]]:
         entries = await self.redis.xrange(self.keys.stream)
@@ -134,7 +136,9 @@ async def world(tmp_path: Path, redis_url: str, namespace: str) -> AsyncIterator
     api = asyncio.create_task(serve(create_app(services, queue), "127.0.0.1", port, stop))
     redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        yield World(gmail, calendar, pubsub, sender, services, queue, clock, redis, Keys(namespace))
+        yield World(
+            gmail, calendar, pubsub, sender, services, queue, clock, redis, Keys(namespace), base
+        )
     finally:
         stop.set()
         await api
@@ -171,6 +175,12 @@ async def test_gmail_watch_after_the_first_sync_and_a_new_message_enqueues_one_s
         "calendar": "off",
         "gmail": "active",
     }
+    async with httpx.AsyncClient(base_url=world.api_url) as http:
+        page = (await http.get("/")).text
+        status = (await http.get("/v1/status")).json()
+    assert "push: active" in page
+    assert "push: off" in page
+    assert {r["provider"]: r["push"] for r in status["accounts"]}["gmail"] == "active"
     assert await world.jobs() == []
 
     add_mail(world, 2)  # Gmail publishes, Pub/Sub pushes to the API, the API enqueues
