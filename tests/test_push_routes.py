@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import delete
 
 from ingestion.api import create_app
 from ingestion.config import Settings
@@ -26,7 +27,7 @@ from ingestion.push.store import ChannelStore, token_digest
 from ingestion.queue import Keys, RedisJobQueue
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
-from ingestion.storage.models import SyncStateRow
+from ingestion.storage.models import Account, SyncStateRow
 from tests.emulators.push import PubSub, SigningKey, github_delivery
 from tests.emulators.server import RunningServer, serve
 
@@ -354,3 +355,25 @@ async def test_github_webhooks_are_verified_deduplicated_and_reach_the_users_of_
     nobody_h, nobody_b = github_delivery("push", {"repository": {"full_name": "x/y"}}, SECRET)
     nobody = await client.post("/v1/push/github", content=nobody_b, headers=nobody_h)
     assert nobody.json()["outcome"] == "unknown"
+
+
+async def test_a_notification_for_a_user_without_the_account_enqueues_nothing(
+    client: httpx.AsyncClient, stream: Any, services: Services
+) -> None:
+    """Channels left behind by an account removed elsewhere: acknowledged, counted, dropped
+    (a job would only fail for want of tokens)."""
+    async with services.db.session() as session:
+        await session.execute(delete(Account).where(Account.user_id == "u2"))
+    headers = {
+        "X-Goog-Channel-ID": "chan-1",
+        "X-Goog-Channel-Token": CHANNEL_TOKEN,
+        "X-Goog-Resource-State": "exists",
+    }
+    answer = await client.post("/v1/push/calendar", headers=headers)
+    assert (answer.status_code, answer.json()["outcome"]) == (200, "unknown")
+    payload = {"action": "opened", "repository": {"full_name": "octo/other"}}
+    h, b = github_delivery("issues", payload, SECRET)
+    assert (await client.post("/v1/push/github", content=b, headers=h)).json()[
+        "outcome"
+    ] == "unknown"
+    assert await stream() == []

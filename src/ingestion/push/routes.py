@@ -42,12 +42,14 @@ from starlette.routing import Route
 from ingestion import metrics
 from ingestion.clock import Clock
 from ingestion.providers.github.sync import GitHubState, repo_selected
+from ingestion.providers.registry import account_provider_of
 from ingestion.push import PUSH_PREFIX
 from ingestion.push.oidc import OidcRejected, OidcVerifier
 from ingestion.push.store import ChannelStore
 from ingestion.queue.base import JobQueue
 from ingestion.queue.jobs import Job
 from ingestion.queue.keys import Keys
+from ingestion.storage.accounts import find_account
 from ingestion.storage.models import SyncStateRow
 from ingestion.storage.state import SyncStateStore
 
@@ -188,7 +190,12 @@ class _Push:
         self.github_secret = secret.get_secret_value().encode() if secret else None
 
     async def _enqueue(self, provider: str, user_id: str) -> str:
-        """`enqueued` or `coalesced`; `_NoQueue` when no queue takes it (the sender retries)."""
+        """`enqueued`, `coalesced`, `follow_up`, or `unknown` when the user no longer has the
+        account (removed without its channels: a job would only fail); `_NoQueue` when no queue
+        takes it (the sender retries)."""
+        async with self.services.db.session() as session:
+            if await find_account(session, user_id, account_provider_of(provider)) is None:
+                return "unknown"
         if self.queue is None:
             raise _NoQueue("no job queue runs in this process (set REDIS_URL)")
         try:
@@ -313,7 +320,9 @@ class _Push:
         except _NoQueue as exc:
             await self.seen.forget("github", delivery)  # GitHub's redelivery gets in
             return _answer("github", "queue_unavailable", 503, str(exc))
-        outcome = next((o for o in ("enqueued", "follow_up") if o in outcomes), "coalesced")
+        outcome = next(
+            (o for o in ("enqueued", "follow_up", "coalesced") if o in outcomes), "unknown"
+        )
         return _answer("github", outcome, 200, f"{len(users)} sync(s) requested")
 
     async def _github_users(self, full_name: str) -> list[str]:
