@@ -48,13 +48,21 @@ def pubsub() -> Iterator[tuple[PubSub, RunningServer]]:
     state.sender.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'push.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture
 def settings(
-    tmp_path: Path, redis_url: str, namespace: str, pubsub: tuple[PubSub, RunningServer]
+    database_url: str, redis_url: str, namespace: str, pubsub: tuple[PubSub, RunningServer]
 ) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=f"sqlite:///{tmp_path / 'push.db'}",
+        database_url=database_url,
         redis_url=redis_url,
         redis_namespace=namespace,
         ingestion_api_key=API_KEY,
