@@ -32,6 +32,12 @@ INVALID = [
     ("HTTP_MAX_RESPONSE_BYTES", "100", "greater than or equal to 65536"),
     ("SYNC_RUNS_KEEP", "0", "greater than or equal to 1"),
     ("DEAD_LETTER_MAX_AGE_DAYS", "nan", "finite number"),
+    ("GMAIL_PUBSUB_TOPIC", "gmail-topic", "projects/PROJECT/topics/TOPIC"),
+    ("PUBLIC_BASE_URL", "http://ingest.example.com", "https://"),
+    ("PUBLIC_BASE_URL", "https://ingest.example.com/?x=1", "without query"),
+    ("GITHUB_WEBHOOK_SECRET", "short", "at least 16"),
+    ("PUSH_POLL_INTERVAL", "86400", "less than or equal to 43200"),
+    ("GOOGLE_OIDC_CERTS_URL", "file:///etc/certs", "http:// or https://"),
 ]
 
 
@@ -120,3 +126,17 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
     text = repr(settings) + str(settings.model_dump())
     for secret in ("google-very-secret", "engine-key-123", "api-key-456-of-at-least-32-characters"):
         assert secret not in text
+
+
+def test_gmail_push_needs_its_audience_and_service_account(base_env: dict[str, str]) -> None:
+    env = {**base_env, "GMAIL_PUBSUB_TOPIC": "projects/p-1/topics/gmail"}
+    result = run_cli("status", env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: configuration error: GMAIL_PUSH_AUDIENCE: must be set with GMAIL_PUBSUB_TOPIC "
+        "(push deliveries are verified)"
+    )
+    env["GMAIL_PUSH_AUDIENCE"] = "https://ingest.example.com/v1/push/gmail"
+    result = run_cli("status", env=env)
+    assert result.returncode == 2
+    assert "GMAIL_PUSH_SERVICE_ACCOUNT: must be set" in result.stderr

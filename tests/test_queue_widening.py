@@ -262,3 +262,25 @@ def test_enqueue_full_on_the_command_line_reports_the_merge(
     assert full.stdout.strip() == (
         f"coalesced into queued job {job_id}; it will run as a full sync"
     )
+
+
+async def test_a_rerun_request_while_a_job_runs_is_followed_by_one_plain_run(env: Env) -> None:
+    """A push notification (`rerun`) for a pair whose job already read may report a change
+    that job did not see: it is followed by one more plain run, never swallowed."""
+    user = "slow-rerun"
+    await add_accounts(env.services, [user])
+    first = await env.queue.enqueue(Job(PROVIDER, user))
+    merged = await env.queue.enqueue(Job(PROVIDER, user), rerun=True)
+    assert (merged.coalesced, merged.widening) == (True, "merged")  # not started: it covers it
+    async with running_worker(env.settings, env.consumer, env.services):
+        await wait_for(lambda: env.running(user))
+        again = await env.queue.enqueue(Job(PROVIDER, user), rerun=True)
+        assert (again.coalesced, again.widening) == (True, "follow-up")
+        twice = await env.queue.enqueue(Job(PROVIDER, user), rerun=True)
+        assert twice.widening == "follow-up"  # still one follow-up
+        runs = await env.wait_ok_runs(user, 2)
+        await wait_for(lambda: _free(env, user))
+    assert runs[0].job_id == first.job_id
+    assert runs[1].job_id not in {first.job_id, None}
+    assert runs[1].fetched == 0  # a plain incremental run, not a full sync
+    assert len(await env.ok_runs(user)) == 2

@@ -49,6 +49,8 @@ from ingestion.config import PROVIDER_NAMES, Settings
 from ingestion.errors import IngestionError, MalformedJob, describe_unexpected
 from ingestion.forget import Forgetter
 from ingestion.providers.registry import account_provider_of
+from ingestion.push import ChannelStore, summarize
+from ingestion.push.routes import push_routes
 from ingestion.queue.base import JobQueue, is_entry_id
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
@@ -107,6 +109,7 @@ class _Api:
             services.sink,
             lock=services.engine.lock,
             clock=services.clock,
+            push=services.push,
         )
 
     @property
@@ -252,6 +255,10 @@ class _Api:
                 "lastError": state.last_error,
                 "reauthRequired": state.status == "reauth_required",
                 "updatedAt": _iso(state.updated_at),
+                "push": summarize(
+                    await ChannelStore(self.services.db).of_user(provider, user_id),
+                    datetime.now(UTC),
+                ),
             }
             if removal is not None:
                 row["status"] = removal.reason
@@ -379,6 +386,8 @@ def create_app(services: Services, queue: JobQueue | None) -> Starlette:
             ),
             Route("/v1/users/{user_id}", api.forget_user, methods=["DELETE"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            # Push routes check their sender's signature, never the API key (is_self_authenticated).
+            *push_routes(services, queue),
         ],
     )
 

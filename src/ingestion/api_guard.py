@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ingestion.config import Settings
+from ingestion.push import is_self_authenticated
 
 __all__ = ["SECURITY_HEADERS", "RequestGuard"]
 
@@ -161,7 +162,11 @@ class RequestGuard:
             ) == "cross-site":
                 return _problem(403, "cross-origin requests may not change anything here")
         page = path == "/"
-        if page or path == "/v1" or path.startswith("/v1/"):
+        # Push routes (`ingestion.push`) authenticate each delivery by its sender's own
+        # signature (OIDC token, channel token, webhook HMAC), never by the API key, and take
+        # what their senders post (Calendar's notifications have no body at all).
+        pushed = is_self_authenticated(path)
+        if not pushed and (page or path == "/v1" or path.startswith("/v1/")):
             if self._key is not None and not self._authorized(headers):
                 www = [(b"www-authenticate", b"Bearer")]
                 if page:
@@ -176,7 +181,7 @@ class RequestGuard:
                     "the status page shows every user's state: set INGESTION_API_KEY to "
                     "serve it on a non-loopback API_HOST",
                 )
-        if method in BODY_METHODS:
+        if method in BODY_METHODS and not pushed:
             kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if kind != "application/json":
                 return _problem(415, "send the body as JSON (Content-Type: application/json)")

@@ -57,7 +57,12 @@ async def run_service(settings: Settings) -> None:
         scheduler = Scheduler(settings, queue, services.db, clock=services.clock)
         app = create_app(services, queue)
         forgetter = Forgetter(
-            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+            settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+            push=services.push,
         )
         tasks = [
             asyncio.create_task(forgetter.run(stop)),

@@ -403,7 +403,12 @@ def accounts_remove(
         from ingestion.forget import Forgetter
 
         forgetter = Forgetter(
-            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+            settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+            push=services.push,
         )
         try:
             return await forgetter.remove(
@@ -454,7 +459,12 @@ def users_forget(
         from ingestion.forget import Forgetter
 
         forgetter = Forgetter(
-            settings, services.db, services.sink, lock=services.engine.lock, clock=services.clock
+            settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+            push=services.push,
         )
         try:
             return await forgetter.forget_user(user)
@@ -642,7 +652,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
         print_json(document)
         return
     table = Table(title="sync status", show_header=True)
-    for column in ("user", "provider", "status", "last sync", "items", "last error"):
+    for column in ("user", "provider", "status", "last sync", "items", "push", "last error"):
         table.add_column(column)
     for row in document["accounts"]:
         table.add_row(
@@ -651,6 +661,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
             row["status"],
             row["lastSyncTime"] or "never",
             str(row["itemsUpserted"]),
+            row.get("push", "off"),
             (row["lastError"] or "")[:80],
         )
     out.print(table)

@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -111,6 +112,9 @@ def parse_better_auth_secrets(value: str) -> tuple[tuple[int, str], ...]:
         seen.add(version)
         entries.append((version, secret))
     return tuple(entries)
+
+
+_TOPIC = re.compile(r"projects/[a-z][a-z0-9.:-]{1,100}/topics/[A-Za-z][A-Za-z0-9._~+%-]{2,254}")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -289,6 +293,24 @@ class Settings(BaseSettings):
     #: be in the process environment (prometheus_client reads it at import) and emptied at start.
     prometheus_multiproc_dir: Path | None = None
 
+    # --- push notifications (ingestion.push) ----------------------------------------------------
+    #: Cloud Pub/Sub topic Gmail publishes to (`projects/P/topics/T`); unset = Gmail polls only.
+    gmail_pubsub_topic: str | None = None
+    #: The `aud` claim the push subscription's OIDC token must carry.
+    gmail_push_audience: str | None = None
+    #: The `email` claim it must carry: the subscription's service account.
+    gmail_push_service_account: str | None = None
+    #: Where Google's token-signing certificates are read (tests serve their own).
+    google_oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    #: The service's public https origin (Calendar channels are addressed to
+    #: `{PUBLIC_BASE_URL}/v1/push/calendar`); unset = Calendar polls only. http only on loopback.
+    public_base_url: str | None = None
+    #: Secret of the GitHub webhooks pointed at `/v1/push/github`; unset = the route answers 404.
+    github_webhook_secret: SecretStr | None = None
+    #: Polling interval of an account whose push channel is healthy (seconds, default 6 h; at
+    #: most 12 h, so a sync renews every Gmail watch at least once a day).
+    push_poll_interval: int = Field(6 * 3600, ge=60, le=12 * 3600)
+
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["console", "json"] | None = None
@@ -353,6 +375,7 @@ class Settings(BaseSettings):
         "twitter_api_url",
         "twitter_token_url",
         "twitter_auth_url",
+        "google_oidc_certs_url",
     )
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -403,6 +426,59 @@ class Settings(BaseSettings):
         ):
             raise ValueError("expected redis://host:port/db, rediss://… or unix://…")
         return value
+
+    @field_validator("gmail_pubsub_topic")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not _TOPIC.fullmatch(value):
+            raise ValueError("expected projects/PROJECT/topics/TOPIC")
+        return value
+
+    @field_validator("gmail_push_audience", "gmail_push_service_account")
+    @classmethod
+    def _optional_text(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else value.strip()
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            raise ValueError("expected an https:// URL (http:// only for a loopback host)")
+        if parts.query or parts.fragment:
+            raise ValueError("expected a base URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("github_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("too short: use at least 16 random characters")
+        return value
+
+    @model_validator(mode="after")
+    def _gmail_push_complete(self) -> Settings:
+        if self.gmail_pubsub_topic and not (
+            self.gmail_push_audience and self.gmail_push_service_account
+        ):
+            missing = (
+                "GMAIL_PUSH_AUDIENCE"
+                if not self.gmail_push_audience
+                else "GMAIL_PUSH_SERVICE_ACCOUNT"
+            )
+            raise ValueError(
+                f"{missing}: must be set with GMAIL_PUBSUB_TOPIC (push deliveries are verified)"
+            )
+        return self
 
     @field_validator("better_auth_secret", "better_auth_secrets")
     @classmethod
@@ -518,6 +594,10 @@ class Settings(BaseSettings):
         if host not in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 (names, not a bind)
             names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
         names.extend(n for n in self.api_allowed_hosts.split(",") if n)
+        if self.public_base_url:  # where Google's channels post their notifications
+            public = urlsplit(self.public_base_url).hostname
+            if public:
+                names.append(public.lower())
         return tuple(dict.fromkeys(names))
 
     def api_exposure_error(self) -> str | None:
@@ -549,6 +629,12 @@ class Settings(BaseSettings):
 def describe_error(error: ValidationError) -> str:
     """One line naming the first bad variable and what is wrong with it (never its value)."""
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
     message = str(first["msg"]).removeprefix("Value error, ")
+    if first["loc"]:
+        name = str(first["loc"][0]).upper()
+    else:  # a rule over several variables names the one to set first in its message
+        name, _, rest = message.partition(": ")
+        if not (rest and re.fullmatch(r"[A-Z][A-Z0-9_]+", name)):
+            name, rest = "configuration", message
+        message = rest
     return f"configuration error: {name}: {message}"

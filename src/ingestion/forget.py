@@ -42,6 +42,7 @@ from ingestion.config import Settings
 from ingestion.errors import IngestionError, PermanentError, RateLimited, describe_unexpected
 from ingestion.memory.base import MemorySink
 from ingestion.providers.registry import REGISTRY, account_provider_of
+from ingestion.push.channels import PushChannels
 from ingestion.reconcile import DeliveredRecords
 from ingestion.storage.accounts import find_account
 from ingestion.storage.db import Database
@@ -122,8 +123,12 @@ class Forgetter:
         lock: SyncLockFactory | None = None,
         clock: Clock | None = None,
         lock_wait: float = LOCK_WAIT,
+        push: PushChannels | None = None,
     ) -> None:
         self.settings = settings
+        #: Stops the pair's push channels (Gmail watch, Calendar channels) while the account's
+        #: tokens are still there to do it.
+        self.push = push
         self.db = db
         self.sink = sink
         self.lock = lock
@@ -159,6 +164,8 @@ class Forgetter:
         )
         log.info("pair removed", provider=provider, user_id=user_id, purge=purge, reason=reason)
         report = RemovalReport(provider, user_id, reason, purge)
+        if self.push is not None:
+            await self.push.stop(user_id, provider)
         if delete_account:
             async with self.db.session() as session:
                 deleted = await session.execute(

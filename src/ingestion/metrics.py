@@ -42,6 +42,7 @@ __all__ = [
     "CURSOR_AGE",
     "ITEMS",
     "JOBS",
+    "PUSH",
     "QUEUE",
     "QUOTA_EXHAUSTED",
     "RATE_LIMIT_WAIT_SECONDS",
@@ -59,6 +60,12 @@ JOBS = Counter(
     "ingestion_jobs_total",
     "Sync jobs by provider and outcome (started, succeeded, failed, retried, dead_lettered, "
     "coalesced, deferred).",
+    ["provider", "outcome"],
+)
+PUSH = Counter(
+    "ingestion_push_total",
+    "Push deliveries by provider and outcome (enqueued, coalesced, acknowledged, and every "
+    "rejection: unauthenticated, forbidden, replayed, too_large, malformed, unknown, stale...).",
     ["provider", "outcome"],
 )
 ITEMS = Counter(

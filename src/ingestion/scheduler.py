@@ -35,6 +35,7 @@ from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
 from ingestion.errors import describe_unexpected
 from ingestion.providers.registry import REGISTRY, account_provider_of
+from ingestion.push.store import ChannelStore
 from ingestion.queue.jobs import Job
 from ingestion.storage.accounts import find_account, fingerprint, list_accounts
 from ingestion.storage.db import Database
@@ -153,6 +154,11 @@ class Scheduler:
         account_provider = account_provider_of(provider)
         states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
         removed = {r.user_id for r in await self.removals.all() if r.provider == provider}
+        # Push (ingestion.push): while a pair's push channels are healthy it is polled only
+        # every PUSH_POLL_INTERVAL; an expired or failing channel puts it back on the cron.
+        now = self.clock.now()
+        stretch = timedelta(seconds=self.settings.push_poll_interval)
+        pushed = await ChannelStore(self.db).statuses(now, [provider])
         users: list[str] = []
         async with self.db.session() as session:
             accounts = await list_accounts(session, account_provider)
@@ -166,6 +172,13 @@ class Scheduler:
                 ):
                     continue
                 state = states.get(account.user_id)
+                if (
+                    pushed.get((account.user_id, provider)) == "active"
+                    and state is not None
+                    and state.last_sync_time is not None
+                    and now - state.last_sync_time < stretch
+                ):
+                    continue
                 if state is not None and state.status == "reauth_required":
                     current = await find_account(session, account.user_id, account_provider)
                     if current is None or fingerprint(current) == state.reauth_fingerprint:

@@ -17,6 +17,7 @@ from ingestion.config import Settings
 from ingestion.errors import ConfigurationError
 from ingestion.memory.base import MemorySink
 from ingestion.memory.local_store import LocalMemoryStore
+from ingestion.push.channels import PushChannels
 from ingestion.storage.db import Database, open_database
 from ingestion.sync import SyncEngine, SyncLockFactory
 from ingestion.tokens import TokenService
@@ -57,6 +58,8 @@ class Services:
     tokens: TokenService
     engine: SyncEngine
     clock: Clock
+    #: Push channel upkeep; `push.stop(user_id, provider)` is what account removal calls.
+    push: PushChannels
 
     @classmethod
     async def open(
@@ -72,10 +75,18 @@ class Services:
         http = build_http_client(settings)
         sink = build_sink(settings, db, http)
         tokens = TokenService(settings, db, http, clock)
+        push = PushChannels(settings, db, http, clock, tokens.source)
         engine = SyncEngine(
-            settings=settings, db=db, sink=sink, tokens=tokens, http=http, clock=clock, lock=lock
+            settings=settings,
+            db=db,
+            sink=sink,
+            tokens=tokens,
+            http=http,
+            clock=clock,
+            lock=lock,
+            after_sync=push.after_sync,
         )
-        return cls(settings, db, http, sink, tokens, engine, clock)
+        return cls(settings, db, http, sink, tokens, engine, clock, push)
 
     async def aclose(self) -> None:
         await self.sink.aclose()

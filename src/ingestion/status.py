@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+from ingestion.clock import utcnow
 from ingestion.config import PROVIDER_NAMES
 from ingestion.providers.registry import account_provider_of
+from ingestion.push.store import ChannelStore
 from ingestion.storage.accounts import list_accounts
 from ingestion.storage.db import Database
 from ingestion.storage.removals import Removals, RemovalView
@@ -58,6 +60,10 @@ async def gather_status(
         if key not in seen and removal.settled_at is None:
             rows.append(_row(StateView.empty(*key), None, removal))
     rows.sort(key=lambda r: (r["userId"], r["provider"]))
+    # Push (ingestion.push): `active`, `expired` (polling is back on the cron) or `off`.
+    pushed = await ChannelStore(db).statuses(utcnow())
+    for row in rows:
+        row["push"] = pushed.get((row["userId"], row["provider"]), "off")
     queue: dict[str, Any] = await queue_stats() if queue_stats else {"kind": "none"}
     recent = [
         {

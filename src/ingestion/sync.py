@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -50,11 +50,13 @@ from ingestion.storage.removals import Removals, disconnect_purge_time
 from ingestion.storage.state import SyncStateStore
 from ingestion.tokens import TokenService
 
-__all__ = ["SyncEngine", "SyncLockFactory", "SyncSummary"]
+__all__ = ["AfterSyncHook", "SyncEngine", "SyncLockFactory", "SyncSummary"]
 
 log = structlog.get_logger("ingestion.sync")
 
 SyncLockFactory = Callable[[str, str], AbstractAsyncContextManager[None]]
+#: Called with (provider, user_id) after a sync committed; must not raise (push channel upkeep).
+AfterSyncHook = Callable[[str, str], Awaitable[None]]
 ProgressFn = Callable[["SyncSummary", SyncPage], None]
 
 
@@ -92,8 +94,10 @@ class SyncEngine:
         http: httpx.AsyncClient,
         clock: Clock,
         lock: SyncLockFactory | None = None,
+        after_sync: AfterSyncHook | None = None,
     ) -> None:
         self.settings = settings
+        self.after_sync = after_sync
         self.db = db
         self.sink = sink
         self.tokens = tokens
@@ -249,6 +253,8 @@ class SyncEngine:
                 summary.seconds
             )
             bound.info("sync finished", seconds=round(summary.seconds, 3), **_counts(summary))
+            if self.after_sync is not None:
+                await self.after_sync(provider_name, user_id)
             return summary
 
     async def _disconnected(self, user_id: str, provider_name: str) -> bool:

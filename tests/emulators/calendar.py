@@ -33,8 +33,20 @@ like www.googleapis.com/calendar/v3:
 - Fault injection (`inject`) and a per-user requests-per-minute quota (`quota_per_minute`)
   answering 403 `rateLimitExceeded`; every request is logged in `state.requests`.
 
-Not emulated: `singleEvents=true` (expansion of series) answers 400, `q`, `orderBy`, watch
-channels.
+- Push (Calendar "Push notifications" guide; Events.watch and Channels.stop reference):
+  `POST /calendars/{id}/events/watch` `{id, type: "web_hook", address, token?, params?.ttl}`
+  answers the channel `{kind: "api#channel", id, resourceId, resourceUri, token, expiration}`
+  (expiration epoch ms as a string; the ttl asked for, at most `CHANNEL_MAX_TTL`). An id
+  already in use, a type other than `web_hook` or an id outside `[A-Za-z0-9-_+/=]{1,64}` is a
+  400. A `sync` notification (message number 1) follows at once; then every change to an event
+  of the calendar sends `exists` to each live channel on it, with the headers
+  `X-Goog-Channel-ID`, `-Token` (when set), `-Expiration`, `X-Goog-Resource-ID`, `-URI`,
+  `-State`, `X-Goog-Message-Number` and an empty body; notifications are retried with backoff
+  when not acknowledged. `POST /channels/stop` `{id, resourceId}` answers 204, or 404
+  `notFound` for a channel it does not know. Deviation: Google requires an https address with
+  a valid certificate; here a loopback http address is accepted too.
+
+Not emulated: `singleEvents=true` (expansion of series) answers 400, `q`, `orderBy`.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 import secrets
 import threading
 import time
@@ -54,7 +67,7 @@ from zoneinfo import ZoneInfo
 from dateutil.rrule import rrulestr
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.emulators.gmail import UNAUTHENTICATED
@@ -77,6 +90,10 @@ _CALENDAR_SCOPES = (
     "https://www.googleapis.com/auth/calendar.events.readonly",
 )
 _ROLES = ("freeBusyReader", "reader", "writer", "owner")
+#: The longest channel granted here (the guide: the ttl asked for, or a default; Google may
+#: grant less, which the answer's `expiration` says).
+CHANNEL_MAX_TTL = 7 * 24 * 3600
+_CHANNEL_ID = re.compile(r"[A-Za-z0-9\-_+/=]{1,64}")
 _SYNC_FORBIDDEN = ("timeMin", "timeMax", "updatedMin", "q", "orderBy", "iCalUID")
 
 #: Google's answer to a missing or refused token (the same for every Google API).
@@ -252,6 +269,11 @@ class CalendarState:
     _last_seq: int = 0
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _recent: dict[str, list[float]] = field(default_factory=dict)
+    #: Watch channels by id: {calendarId, user, address, token, resourceId, expiration, number}.
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Sends notifications (`tests.emulators.push.PushSender`); None = channels stay silent.
+    sender: Any = None
+    base_url: str = "https://www.googleapis.com/calendar/v3"
 
     # --- scripting ---------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -367,6 +389,97 @@ class CalendarState:
         seq = self.next_seq()
         body["etag"] = f'"{3_000_000_000_000_000 + seq}"'
         calendar.events[body["id"]] = _Event(body, seq)
+        self._notify(calendar.id, "exists")
+
+    def _notify(self, calendar_id: str, resource_state: str) -> None:
+        if self.sender is None:
+            return
+        now_ms = time.time() * 1000
+        for channel_id, channel in self.channels.items():
+            if channel["calendarId"] != calendar_id or channel["expiration"] < now_ms:
+                continue
+            channel["number"] += 1
+            expires = datetime.fromtimestamp(channel["expiration"] / 1000, UTC)
+            headers = {
+                "X-Goog-Channel-ID": channel_id,
+                "X-Goog-Channel-Expiration": expires.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+                "X-Goog-Resource-ID": channel["resourceId"],
+                "X-Goog-Resource-URI": channel["resourceUri"],
+                "X-Goog-Resource-State": resource_state,
+                "X-Goog-Message-Number": str(channel["number"]),
+                "Content-Length": "0",
+            }
+            if channel["token"] is not None:
+                headers["X-Goog-Channel-Token"] = channel["token"]
+            self.sender.post(channel["address"], headers, b"")
+
+    def expire_channels(self) -> None:
+        """Every channel reaches its expiration: no more notifications."""
+        with self._lock:
+            for channel in self.channels.values():
+                channel["expiration"] = 0
+
+    def _watch(self, user: str, calendar_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if self._role(user, calendar_id) not in ("reader", "writer", "owner"):
+            return 404, _error(404, "notFound", "Not Found")
+        if not isinstance(body, dict):
+            return 400, _error(400, "parseError", "Parse Error")
+        channel_id = body.get("id")
+        if not isinstance(channel_id, str) or not _CHANNEL_ID.fullmatch(channel_id):
+            return 400, _error(400, "invalid", "Invalid channel id.")
+        if body.get("type") not in ("web_hook", "webhook"):
+            return 400, _error(400, "invalid", "Invalid value for type.")
+        if channel_id in self.channels:
+            return 400, _error(400, "channelIdNotUnique", f"Channel id {channel_id} not unique")
+        address = body.get("address")
+        if not isinstance(address, str) or not address.startswith(("https://", "http://127.")):
+            return 400, _error(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS")
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        ttl = str(params.get("ttl", CHANNEL_MAX_TTL))
+        seconds = min(int(ttl), CHANNEL_MAX_TTL) if ttl.isdigit() else CHANNEL_MAX_TTL
+        expiration = int(time.time() * 1000) + seconds * 1000
+        resource_id = "r" + secrets.token_hex(12)
+        token = body.get("token")
+        channel = {
+            "calendarId": calendar_id,
+            "user": user,
+            "address": address,
+            "token": token if isinstance(token, str) else None,
+            "resourceId": resource_id,
+            "resourceUri": f"{self.base_url}/calendars/{calendar_id}/events?alt=json",
+            "expiration": expiration,
+            "number": 0,
+        }
+        self.channels[channel_id] = channel
+        answer = {
+            "kind": "api#channel",
+            "id": channel_id,
+            "resourceId": resource_id,
+            "resourceUri": channel["resourceUri"],
+            "expiration": str(expiration),
+        }
+        if channel["token"] is not None:
+            answer["token"] = channel["token"]
+        # The guide: "a sync message is sent ... when a new notification channel is created".
+        self._notify_one(channel_id, "sync")
+        return 200, answer
+
+    def _notify_one(self, channel_id: str, resource_state: str) -> None:
+        saved = self.channels
+        self.channels = {channel_id: saved[channel_id]}
+        try:
+            self._notify(saved[channel_id]["calendarId"], resource_state)
+        finally:
+            self.channels = saved
+
+    def _stop(self, body: Any) -> tuple[int, dict[str, Any] | None]:
+        channel_id = body.get("id") if isinstance(body, dict) else None
+        channel = self.channels.get(channel_id) if isinstance(channel_id, str) else None
+        if channel is None or channel["resourceId"] != body.get("resourceId"):
+            message = f"Channel '{channel_id}' not found for project '12345'"
+            return 404, _error(404, "notFound", message)
+        del self.channels[channel_id]
+        return 204, None
 
     def update_event(self, calendar_id: str, event_id: str, **changes: Any) -> dict[str, Any]:
         with self._lock:
@@ -753,8 +866,41 @@ def create_app(state: CalendarState) -> Starlette:
             )
             return answer(request, user, status, body)
 
+    async def watch(request: Request) -> Response:
+        raw = await request.body()
+        with state._lock:
+            user, refused = guard(request, "calendar.v3.Events.Watch")
+            if refused is not None or user is None:
+                assert refused is not None
+                return refused
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                body = None
+            status, answer_body = state._watch(user, request.path_params["calendar_id"], body)
+            return answer(request, user, status, answer_body)
+
+    async def stop(request: Request) -> Response:
+        raw = await request.body()
+        with state._lock:
+            user, refused = guard(request, "calendar.v3.Channels.Stop")
+            if refused is not None or user is None:
+                assert refused is not None
+                return refused
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                body = None
+            status, answer_body = state._stop(body)
+            state.requests.append(LoggedRequest(request.method, request.url.path, {}, user, status))
+            if answer_body is None:
+                return Response(status_code=status)
+            return JSONResponse(answer_body, status_code=status)
+
     return Starlette(
         routes=[
+            Route("/calendars/{calendar_id:str}/events/watch", watch, methods=["POST"]),
+            Route("/channels/stop", stop, methods=["POST"]),
             Route("/users/me/calendarList", calendar_list),
             Route("/calendars/{calendar_id:str}/events", events),
             Route("/calendars/{calendar_id:str}/events/{event_id:str}", event),

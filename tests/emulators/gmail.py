@@ -33,6 +33,15 @@ Built from /work/shared/providers.md and Google's discovery document:
 
 Tests change a mailbox through `add_message`, `delete_message`, `trash`, `untrash`, `relabel`;
 each writes a history record exactly as the API reports it.
+
+Push (Gmail API "Push notifications" guide and the users.watch / users.stop reference):
+`POST users/me/watch` `{topicName, labelIds?, labelFilterBehavior?}` (`include` | `exclude`;
+the deprecated `labelFilterAction` is read when the former is absent) answers
+`{historyId, expiration}` (strings; expiration epoch ms, 7 days on); a topic not of the form
+`projects/P/topics/T` is 400 `invalidArgument`. `POST users/me/stop` answers 204 with no body.
+Quota units: watch 100, stop 50. While a watch is live every history change whose message
+passes the label filter publishes `{"emailAddress", "historyId"}` (the new history id) to the
+topic through `GmailState.publish` (see `tests.emulators.push.PubSub`).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
@@ -72,7 +81,12 @@ QUOTA_UNITS = {
     "history.list": 2,
     "getProfile": 1,
     "attachments.get": 5,
+    "watch": 100,
+    "stop": 50,
 }
+#: How long a watch lasts (Gmail push guide: "call watch at least every 7 days").
+WATCH_SECONDS = 7 * 24 * 3600
+_TOPIC = re.compile(r"projects/[^/]+/topics/[^/]+")
 HISTORY_TYPES = ("messagesAdded", "messagesDeleted", "labelsAdded", "labelsRemoved")
 _TYPE_PARAM = {
     "messageAdded": "messagesAdded",
@@ -146,6 +160,8 @@ class Mailbox:
     history_id: int = 1000
     #: `startHistoryId` below this answers 404 (the history was pruned).
     history_floor: int = 0
+    #: The live watch: topicName, labelIds, behavior, expiration (epoch ms); None = none.
+    watch: dict[str, Any] | None = None
 
 
 @dataclass
@@ -191,6 +207,8 @@ class GmailState:
         #: Text bodies above this many bytes are served as an attachment (None = never).
         self.inline_body_limit: int | None = INLINE_BODY_LIMIT
         self.lock = threading.RLock()
+        #: Where watched mailboxes publish changes: (topicName, data) -> None.
+        self.publish: Callable[[str, dict[str, Any]], None] | None = None
         self._random = random.Random(seed)
         self._next_id = 0x18B0_0000_0000_0000
 
@@ -229,6 +247,7 @@ class GmailState:
         item.update(extra)
         box.history.append({"id": str(box.history_id), "messages": [ref], kind: [item]})
         message.history_id = box.history_id
+        self._notify(box, message)
         if self.history_keep is not None:  # the expiry horizon: only recent history survives
             box.history_floor = max(box.history_floor, box.history_id - self.history_keep)
             box.history = [r for r in box.history if int(r["id"]) > box.history_floor]
@@ -264,6 +283,25 @@ class GmailState:
                 box.history_id += 1
                 message.history_id = box.history_id
             return message_id
+
+    def _notify(self, box: Mailbox, message: GmailMessage) -> None:
+        watch = box.watch
+        if watch is None or self.publish is None or watch["expiration"] < time.time() * 1000:
+            return
+        labels = set(watch["labelIds"])
+        if labels:
+            hit = bool(labels & set(message.label_ids))
+            if hit != (watch["behavior"] == "include"):
+                return
+        data = {"emailAddress": box.email_address, "historyId": box.history_id}
+        self.publish(watch["topicName"], data)
+
+    def expire_watch(self, user: str) -> None:
+        """The watch lapses (7 days without renewal): no more notifications."""
+        with self.lock:
+            box = self.mailboxes[user]
+            if box.watch is not None:
+                box.watch["expiration"] = 0
 
     def delete_message(self, user: str, message_id: str) -> None:
         with self.lock:
@@ -332,6 +370,7 @@ class GmailState:
         authorization: str | None,
         *,
         batch: bool = False,
+        body: bytes = b"",
     ) -> tuple[int, Any, dict[str, str]]:
         """Serve one API call: (status, JSON body, extra headers)."""
         parts = urlsplit(target)
@@ -343,13 +382,13 @@ class GmailState:
             token = (authorization or "").removeprefix("Bearer ").strip()
             if authorization and authorization.startswith("Bearer ") and token in self.tokens:
                 user = self.tokens[token]
-            status, body, headers = self._dispatch(method, path, params, user, endpoint)
+            status, answer, headers = self._dispatch(method, path, params, user, endpoint, body)
             self.requests.append(
                 LoggedRequest(method, path, endpoint, status, user, batch, parts.query)
             )
         if self.delay and endpoint == "messages.get":
             time.sleep(self.delay)
-        return status, body, headers
+        return status, answer, headers
 
     def _dispatch(
         self,
@@ -358,6 +397,7 @@ class GmailState:
         params: list[tuple[str, str]],
         user: str | None,
         endpoint: str,
+        body: bytes = b"",
     ) -> tuple[int, Any, dict[str, str]]:
         if user is None:
             return (
@@ -392,6 +432,11 @@ class GmailState:
         single = dict(params)
         if endpoint == "getProfile":
             return 200, self._profile(box), {}
+        if endpoint == "watch":
+            return self._watch(box, body)
+        if endpoint == "stop":
+            box.watch = None
+            return 204, None, {}
         if endpoint == "messages.list":
             return self._list(box, params, single)
         if endpoint == "history.list":
@@ -413,6 +458,26 @@ class GmailState:
             )
         wanted = [value for key, value in params if key == "metadataHeaders"]
         return 200, render_message(message, fmt, wanted, self.inline_body_limit), {}
+
+    def _watch(self, box: Mailbox, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = None
+        topic = request.get("topicName") if isinstance(request, dict) else None
+        if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
+            message = "Invalid topicName does not match projects/SOME-PROJECT/topics/SOME-TOPIC"
+            return 400, google_error(400, message, "invalidArgument", "INVALID_ARGUMENT"), {}
+        assert isinstance(request, dict)
+        behavior = request.get("labelFilterBehavior") or request.get("labelFilterAction")
+        expiration = int(time.time() * 1000) + WATCH_SECONDS * 1000
+        box.watch = {
+            "topicName": topic,
+            "labelIds": list(request.get("labelIds") or []),
+            "behavior": str(behavior or "include").lower(),
+            "expiration": expiration,
+        }
+        return 200, {"historyId": str(box.history_id), "expiration": str(expiration)}, {}
 
     def _profile(self, box: Mailbox) -> dict[str, Any]:
         return {
@@ -520,6 +585,10 @@ class GmailState:
 
 
 def _endpoint_of(method: str, path: str) -> str:
+    if method == "POST" and re.fullmatch(r"/gmail/v1/users/[^/]+/watch", path):
+        return "watch"
+    if method == "POST" and re.fullmatch(r"/gmail/v1/users/[^/]+/stop", path):
+        return "stop"
     if method != "GET":
         return "unknown"
     if re.fullmatch(r"/gmail/v1/users/[^/]+/profile", path):
@@ -816,7 +885,10 @@ def create_app(state: GmailState) -> Starlette:
     async def api(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         status, body, headers = state.handle(
-            request.method, target, request.headers.get("authorization")
+            request.method,
+            target,
+            request.headers.get("authorization"),
+            body=await request.body() if request.method == "POST" else b"",
         )
         return _json_response(status, body, headers)
 

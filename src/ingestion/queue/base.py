@@ -71,7 +71,11 @@ class JobQueue(Protocol):
     #: `redis` or `in-process`.
     kind: str
 
-    async def enqueue(self, job: Job) -> EnqueueResult: ...
+    async def enqueue(self, job: Job, *, rerun: bool = False) -> EnqueueResult:
+        """Add `job`, or coalesce it with the pair's queued or running job. `rerun` (a push
+        notification: something changed just now) makes a running job be followed by one
+        more plain run, since its reads may predate the change (`jobs.RERUN_FLAG`)."""
+        ...
 
     async def stats(self) -> dict[str, Any]:
         """`{"kind", "length", "pending", "deadLetters", "oldestPendingSeconds"}`."""

@@ -19,6 +19,7 @@ from ingestion.errors import MalformedJob
 from ingestion.providers.base import FetchOptions
 
 __all__ = [
+    "RERUN_FLAG",
     "WIDENING_FLAGS",
     "Job",
     "options_from_json",
@@ -30,6 +31,11 @@ __all__ = [
 #: Options that make a job do more than the job it may be coalesced into (wire names). A
 #: coalesced request carrying one is recorded by the queue, never dropped.
 WIDENING_FLAGS = ("forceFullSync",)
+#: Not an option but a widening request of its own: "something changed just now, read after
+#: it" (a push notification). A job that has not started covers it; a running one never does
+#: (its reads may predate the change), so it becomes one plain follow-up run. Never carried
+#: in a payload: BEGIN drops it, the follow-up job has no option for it.
+RERUN_FLAG = "rerun"
 
 
 def _text(value: str | bytes) -> str:

@@ -61,3 +61,7 @@ class Keys:
         """Set once per scheduled tick so several schedulers enqueue it once; lives about one
         cron interval (`retention.tick_ttl`)."""
         return f"{self.namespace}:tick:{provider}:{user_id}:{tick_epoch}"
+
+    def push_seen(self, provider: str, delivery_id: str) -> str:
+        """Set (with a TTL) when a push delivery was taken: a replay of it is refused."""
+        return f"{self.namespace}:push:seen:{provider}:{delivery_id}"

@@ -24,7 +24,7 @@ from typing import Any
 from ingestion.config import Settings
 from ingestion.providers.base import FetchOptions
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
-from ingestion.queue.jobs import Job, widened, widening_flags
+from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
 from ingestion.queue.locks import LocalSyncLock
 from ingestion.queue.retention import dead_fingerprint, tick_ttl
 from ingestion.sync import SyncLockFactory
@@ -74,7 +74,9 @@ class LocalJobQueue:
         self._wakeup.set()
 
     # --- producer side ---------------------------------------------------------------------------
-    def _add(self, job: Job, due: float, tick: int | None) -> tuple[str, str, Widening | None]:
+    def _add(
+        self, job: Job, due: float, tick: int | None, rerun: bool = False
+    ) -> tuple[str, str, Widening | None]:
         pair = (job.provider, job.user_id)
         if tick is not None:
             self._forget_old_ticks()
@@ -84,7 +86,7 @@ class LocalJobQueue:
             self._ticks[(*pair, tick)] = time.time() + ttl
         if pair in self._active:
             current = self._active[pair]
-            return "coalesced", current, self._record_widening(pair, current, job)
+            return "coalesced", current, self._record_widening(pair, current, job, rerun)
         job_id = job.job_id or uuid.uuid4().hex
         self._active[pair] = job_id
         fields = Job(job.provider, job.user_id, job.options, job_id=job_id).to_fields()
@@ -98,8 +100,10 @@ class LocalJobQueue:
         self._ticks_pruned = now
         self._ticks = {tick: until for tick, until in self._ticks.items() if until > now}
 
-    def _record_widening(self, pair: tuple[str, str], current: str, job: Job) -> Widening | None:
-        flags = set(widening_flags(job.options))
+    def _record_widening(
+        self, pair: tuple[str, str], current: str, job: Job, rerun: bool = False
+    ) -> Widening | None:
+        flags = set(widening_flags(job.options)) | ({RERUN_FLAG} if rerun else set())
         if not flags:
             return None
         running = self._running.get(pair)
@@ -112,8 +116,8 @@ class LocalJobQueue:
         self._widen.setdefault(pair, set()).update(flags)
         return widening
 
-    async def enqueue(self, job: Job) -> EnqueueResult:
-        outcome, job_id, widening = self._add(job, 0.0, None)
+    async def enqueue(self, job: Job, *, rerun: bool = False) -> EnqueueResult:
+        outcome, job_id, widening = self._add(job, 0.0, None, rerun)
         return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced", widening=widening)
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
@@ -217,6 +221,7 @@ class LocalJobQueue:
         running = self._running.get(pair)
         flags = running[1] if running is not None and running[0] == job.job_id else set()
         flags |= set(widening_flags(job.options)) | self._widen.pop(pair, set())
+        flags.discard(RERUN_FLAG)  # satisfied by this run starting; never covers a later one
         self._running[pair] = (job.job_id, flags)
         options = widened(job.options, flags)
         return job if options == job.options else replace(job, options=options)

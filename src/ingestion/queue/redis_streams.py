@@ -39,7 +39,7 @@ from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.queue import scripts
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
-from ingestion.queue.jobs import Job, widened, widening_flags
+from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
 from ingestion.queue.retention import DEAD_LETTER_CHUNK, dead_fingerprint, tick_ttl
@@ -119,13 +119,13 @@ class RedisJobQueue:
     def widen_ttl(self) -> int:
         return max(_WIDEN_TTL_SECONDS, self.active_ttl)
 
-    async def enqueue(self, job: Job) -> EnqueueResult:
+    async def enqueue(self, job: Job, *, rerun: bool = False) -> EnqueueResult:
         """Add `job` unless one for the same (provider, user) is queued or running.
 
         A coalesced job's widening options (`forceFullSync`) are recorded, not dropped; the
         result's `widening` says how they will be honoured.
         """
-        outcome, job_id, widening = await self._add(job, due=0.0, tick_epoch=None)
+        outcome, job_id, widening = await self._add(job, due=0.0, tick_epoch=None, rerun=rerun)
         return EnqueueResult(job_id=job_id, coalesced=outcome == "coalesced", widening=widening)
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
@@ -138,7 +138,7 @@ class RedisJobQueue:
         return outcome
 
     async def _add(
-        self, job: Job, *, due: float, tick_epoch: int | None
+        self, job: Job, *, due: float, tick_epoch: int | None, rerun: bool = False
     ) -> tuple[str, str, Widening | None]:
         job_id = job.job_id or uuid.uuid4().hex
         fields = Job(job.provider, job.user_id, job.options, attempt=1, job_id=job_id).to_fields()
@@ -149,7 +149,7 @@ class RedisJobQueue:
             if tick_epoch is not None
             else self.keys.stream
         )
-        flags = widening_flags(job.options)
+        flags = widening_flags(job.options) + ([RERUN_FLAG] if rerun else [])
         result = await self._enqueue(
             keys=[
                 self.keys.active(job.provider, job.user_id),

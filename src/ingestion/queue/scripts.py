@@ -78,7 +78,9 @@ for i = 3, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], '1')
 end
 for _, flag in ipairs(redis.call('HKEYS', KEYS[2])) do
-  redis.call('HSET', KEYS[1], flag, '1')
+  if flag ~= 'rerun' then  -- satisfied by this run starting; never covers a later request
+    redis.call('HSET', KEYS[1], flag, '1')
+  end
 end
 redis.call('DEL', KEYS[2])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -113,7 +115,9 @@ if #flags == 0 then
 end
 local options = {}
 for _, flag in ipairs(flags) do
-  options[flag] = true
+  if flag ~= 'rerun' then  -- a plain follow-up run: no option for it
+    options[flag] = true
+  end
 end
 local payload = cjson.encode({userId = ARGV[6], options = options})
 redis.call('XADD', KEYS[1], '*', 'type', ARGV[5], 'payload', payload, 'attempt', '1',

@@ -31,6 +31,7 @@ __all__ = [
     "Base",
     "DeliveredRow",
     "MemoryRow",
+    "PushChannel",
     "RemovalRow",
     "SentHash",
     "SyncRun",
@@ -246,3 +247,34 @@ class RemovalRow(Base):
     #: Id of the account row at removal: a new row (the product linked the account again)
     #: lifts a settled removal; a token refresh keeps the id.
     account_ref: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class PushChannel(Base):
+    """`ingestion_push_channels` (migration 000d): one push subscription of a (user, provider).
+
+    Gmail: one row per user (`channel_id` = `gmail:{userId}`, `resource` = the mailbox address
+    from getProfile, lower case, which maps Pub/Sub's `emailAddress` back to the user).
+    Calendar: one row per watched calendar (`channel_id` random, `resource` = calendar id,
+    `resource_id` = Google's id of the watched resource, needed by `channels.stop`). Only a
+    SHA-256 of a channel's secret token is kept."""
+
+    __tablename__ = "ingestion_push_channels"
+    __table_args__ = (
+        Index("ix_ingestion_push_channels_user", "provider", "user_id"),
+        Index("ix_ingestion_push_channels_resource", "provider", "resource"),
+    )
+
+    channel_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(512))
+    resource_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    token_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expiration: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Gmail: the mailbox history id the watch answered with.
+    history_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: active | failing (the last renewal failed; polling is back on the cron schedule)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
