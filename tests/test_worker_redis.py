@@ -271,6 +271,7 @@ async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
     await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
+    await asyncio.sleep(0.05)  # idle is counted in whole milliseconds: "gone" must be > 0 ms idle
     assert await env.consumer.prune_consumers(idle_seconds=0) == 1
     names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.stream, env.keys.group)}
     assert names == {"holder"}  # it still holds a pending entry
