@@ -3,6 +3,7 @@ deferrals, re-authentication, coalescing, deleted pending entries and trimming."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
