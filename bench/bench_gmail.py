@@ -127,8 +127,17 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, int, s
 
 
 def ours(
-    emulator: GmailEmulator, engine_url: str, limit: int | None, folder: Path
+    emulator: GmailEmulator,
+    engine_url: str,
+    limit: int | None,
+    folder: Path,
+    *,
+    source: Path | None = None,
+    profile: Path | None = None,
+    quota: int = 100_000_000,
 ) -> dict[str, Any]:
+    """One `ingestion sync gmail` in its own process; `source` runs another checkout's
+    `src/` (the code before a change) and `profile` writes a cProfile of the run there."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -138,10 +147,12 @@ def ours(
         DATABASE_URL=f"sqlite:///{folder}/ingestion.db",
         GMAIL_API_URL=emulator.url,
         MEMORY_ENGINE_URL=engine_url,
-        GMAIL_QUOTA_UNITS_PER_MINUTE="100000000",
+        GMAIL_QUOTA_UNITS_PER_MINUTE=str(quota),
         LOG_LEVEL="warning",
         LOG_FORMAT="json",
     )
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     cli = [sys.executable, "-m", "ingestion.cli"]
     subprocess.run(
         [*cli, "accounts", "add", "gmail", "--user", USER, "--access-token", TOKEN],
@@ -151,7 +162,8 @@ def ours(
         cwd=ROOT,
     )
     emulator.ask("reset")
-    command = [*cli, "sync", "gmail", "--user", USER, "--json"]
+    profiled = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "ingestion.cli"]
+    command = [*(profiled if profile else cli), "sync", "gmail", "--user", USER, "--json"]
     if limit is not None:
         command += ["--max-results", str(limit)]
     seconds, rss, stdout, _ = run_measured(command, env)

@@ -344,3 +344,51 @@ async def test_one_request_per_message_when_batching_is_off(servers: Any, tmp_pa
         )
     finally:
         await world.services.aclose()
+
+
+def _gmail_calls(world: World, endpoint: str) -> int:
+    with world.gmail.lock:
+        return sum(r.endpoint == endpoint for r in world.gmail.requests)
+
+
+async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: World) -> None:
+    """Pipelined backfill: page N+1 is listed and fetched while page N is in the sink, and
+    still nothing of it reaches the engine before page N was accepted."""
+    ids = [world.add(i) for i in range(12)]  # three pages of four
+    # Page 1 waits in the sink (a 503 with Retry-After, retried inline) for 0.3 s.
+    world.engine.fail_next(503, retry_after=0.3, path="/memories/batch")
+    seen: list[tuple[int, int, int, int]] = []
+
+    def progress(summary: SyncSummary, _page: object) -> None:
+        with world.engine.lock:
+            stored = len(world.engine.records)
+        listed = _gmail_calls(world, "messages.list")
+        seen.append((summary.pages, listed, _gmail_calls(world, "messages.get"), stored))
+
+    summary = await world.services.engine.run("gmail", USER, FetchOptions(), progress=progress)
+    assert summary.status == "ok"
+    # When page 1 was accepted, page 2 was already listed and fetched, not yet sent.
+    assert seen[0] == (1, 2, 8, 4)
+    assert seen[-1] == (3, 3, 12, 12)
+    assert set(world.stored()) == set(ids)
+    assert max(world.engine.upserts.values()) == 1
+
+
+async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) -> None:
+    """The sink refuses page 2 for good: the cursor stays after page 1, page 3 (already
+    fetched ahead) reaches neither the engine nor the cursor, and the next sync resumes."""
+    ids = [world.add(i) for i in range(12)]
+    # Page 2 first waits 0.3 s in the sink (503, Retry-After), then is refused (400).
+    world.engine.fail_next(503, retry_after=0.3, path="/memories/batch", skip=1)
+    world.engine.fail_next(400, path="/memories/batch", message="refused")
+    with pytest.raises(PermanentError, match="refused"):
+        await world.sync()
+    assert len(world.stored()) == 4
+    state = await cursor(world)
+    assert (state["mode"], state["backfill"]["count"]) == ("backfill", 4)
+    listed = _gmail_calls(world, "messages.list")
+    assert listed == 3  # page 3 was read ahead, then dropped
+    resumed = await world.sync()
+    assert (resumed.status, resumed.fetched, resumed.pages) == ("ok", 8, 2)
+    assert set(world.stored()) == set(ids)
+    assert max(world.engine.upserts.values()) == 1

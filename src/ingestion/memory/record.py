@@ -55,6 +55,9 @@ RecordType = Literal["email", "event", "commit", "issue", "pull_request", "tweet
 # and the noncharacters U+FFFE/U+FFFF.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+#: Anything `clean_text` rewrites: a control character (carriage return included), a
+#: noncharacter, a surrogate.
+_UNCLEAN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
 #: Room kept for the cut marker, so a cut body stays within the limit.
 _MARKER_ROOM = 48
@@ -75,9 +78,10 @@ def clean_text(value: str | bytes | None, *, limit: int = CONTENT_MAX_CHARS) -> 
         return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    value = _SURROGATES.sub("\ufffd", value)
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    value = _CONTROL.sub("", value)
+    if _UNCLEAN.search(value) is not None:  # one scan; most texts need no rewrite
+        value = _SURROGATES.sub("\ufffd", value)
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+        value = _CONTROL.sub("", value)
     if len(value) > limit:
         keep = max(0, limit - _MARKER_ROOM)
         marker = f"\n[… {len(value) - keep} more characters not stored]"
@@ -170,6 +174,10 @@ class MemoryRecord(BaseModel):
         """The JSON object sent to the memory engine."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def wire_json(self) -> bytes:
+        """`to_wire()` as compact UTF-8 JSON, encoded in one step (no dict in between)."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
 
 def content_hash(title: str | None, content: str, metadata: Mapping[str, Any]) -> str:
     """sha256 hex of the canonical JSON (sorted keys, no spaces) of title, content, metadata."""
@@ -195,6 +203,8 @@ def _plain(value: object) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
+        if value.isascii() and value.isprintable():  # nothing to clean: no scan, no copy
+            return value
         return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))
     if isinstance(value, datetime):
         return _iso_utc(value)
