@@ -269,6 +269,31 @@ async def test_quota_pacing_stays_under_the_budget(servers: Any, tmp_path: Path)
         await paced.services.aclose()
 
 
+async def test_default_budget_against_a_one_second_bucket_never_sees_a_429(
+    servers: Any, tmp_path: Path
+) -> None:
+    """Gmail's default 6,000 units per minute enforced as strictly as can be (a bucket of one
+    second): a backfill paced at the default budget runs at the quota-bound rate without a
+    single 429, even when requests reach the API closer together than they were paced."""
+    gmail: GmailState = servers[0]
+    gmail.set_quota(6000)  # 100 units per second, a bucket of 100
+    paced = await open_world(servers, tmp_path, gmail_page_size=40)
+    try:
+        for i in range(80):
+            raw, when = generated_message(i, base=datetime.now(UTC))
+            gmail.add_message(USER, raw, internal_date=when)
+        summary = await paced.sync()
+        assert (summary.status, summary.upserted) == ("ok", 80)
+        assert gmail.throttled == 0
+        units = summary.stats["quotaUnits"]
+        assert units == 1 + 2 * 5 + 5 * 80
+        # Within a few percent of the quota-bound time (less the first second's bucket).
+        assert summary.seconds >= (units - 100) / 100 - 0.05
+        assert summary.seconds <= units / 100 * 1.1 + 0.5
+    finally:
+        await paced.services.aclose()
+
+
 async def test_without_pacing_the_emulator_does_throttle(servers: Any, tmp_path: Path) -> None:
     """The control of the test above: a budget far above the limit runs into 429s (retried)."""
     gmail: GmailState = servers[0]
