@@ -198,14 +198,19 @@ def _jsonable(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: object) -> Any:
+    kind = type(value)
+    if kind is str:  # the common case first; exact types skip the isinstance chain
+        return _plain_str(value)  # type: ignore[arg-type]
+    if kind is dict:
+        return {_plain_str(str(k)): _plain(v) for k, v in value.items()}  # type: ignore[attr-defined]
+    if kind is list:
+        return [_plain(v) for v in value]  # type: ignore[attr-defined]
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        if value.isascii() and value.isprintable():  # nothing to clean: no scan, no copy
-            return value
-        return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))
+        return _plain_str(value)
     if isinstance(value, datetime):
         return _iso_utc(value)
     if isinstance(value, date):
@@ -213,10 +218,16 @@ def _plain(value: object) -> Any:
     if isinstance(value, bytes):
         return _plain(value.decode("utf-8", errors="replace"))
     if isinstance(value, Mapping):
-        return {str(_plain(str(k))): _plain(v) for k, v in value.items()}
+        return {_plain_str(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         items = [_plain(v) for v in value]
         return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     if isinstance(value, BaseModel):
         return _plain(value.model_dump(mode="json", by_alias=True))
     raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")
+
+
+def _plain_str(value: str) -> str:
+    if value.isascii() and value.isprintable():  # nothing to clean: no scan, no copy
+        return value
+    return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))
