@@ -1,6 +1,7 @@
 """Gmail backfill throughput, memory, and LlamaIndex's GmailReader on the same mailbox.
 
-    uv run python bench/bench_gmail.py [--messages 10000] [--small 1000] [--peer-messages 2000]
+    uv run --group bench python bench/bench_gmail.py [--messages 10000] [--small 1000]
+        [--peer-messages 2000] [--before OTHER/src] [--profile] [--quota-messages 1000]
 
 A mailbox of `--messages` generated messages (multipart/alternative plain + HTML, one in ten
 with a PDF attachment, one in five with a Cc) is served by the Gmail emulator in its own
@@ -13,6 +14,13 @@ process. Then, each in a fresh subprocess with its own SQLite database:
    newest `--peer-messages` of the same mailbox through `googleapiclient` pointed at the
    emulator (`client_options` `api_endpoint`, static discovery document from the wheel); its
    OAuth file flow is replaced by a fixed Bearer token.
+
+`--before` runs the same rows with another checkout's `src/` (the code before a change) in the
+same run, against the same emulators; `--profile` adds a cProfile of each whole-mailbox run and
+writes its top entries; `--quota-messages` syncs that many messages at the default quota with
+the emulator enforcing it (a one-second bucket) and reports the rate against the quota-bound
+rate and the 429 answers. CPU time per message (`wait4` of the client) is reported beside wall
+time: it is the figure least moved by other work on a shared machine.
 
 The transport choice (one `messages.get` per message, N in flight, versus the batch endpoint)
 is measured too: raw fetch of the same messages both ways, without transforming. The quota
