@@ -377,8 +377,8 @@ def _gmail_calls(world: World, endpoint: str) -> int:
 
 
 async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: World) -> None:
-    """Pipelined backfill: page N+1 is listed and fetched while page N is in the sink, and
-    still nothing of it reaches the engine before page N was accepted."""
+    """Pipelined backfill: pages N+1 and N+2 are listed and fetched while page N is in the
+    sink, and still nothing of them reaches the engine before page N was accepted."""
     ids = [world.add(i) for i in range(12)]  # three pages of four
     # Page 1 waits in the sink (a 503 with Retry-After, retried inline) for 0.3 s.
     world.engine.fail_next(503, retry_after=0.3, path="/memories/batch")
@@ -392,8 +392,8 @@ async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: Wor
 
     summary = await world.services.engine.run("gmail", USER, FetchOptions(), progress=progress)
     assert summary.status == "ok"
-    # When page 1 was accepted, page 2 was already listed and fetched, not yet sent.
-    assert seen[0] == (1, 2, 8, 4)
+    # When page 1 was accepted, pages 2 and 3 were already listed and fetched, not yet sent.
+    assert seen[0] == (1, 3, 12, 4)
     assert seen[-1] == (3, 3, 12, 12)
     assert set(world.stored()) == set(ids)
     assert max(world.engine.upserts.values()) == 1

@@ -27,7 +27,7 @@ What a sync promises (the engine stores each page's state only after the sink ac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -77,7 +77,7 @@ class GmailProvider:
         cursor = GmailCursor.parse(ctx.state)
         if cursor is not None and cursor.mode == INCREMENTAL:
             try:
-                async for page in self._incremental(api, ctx, cursor.history_id):
+                async for page in _read_ahead(self._incremental(api, ctx, cursor.history_id)):
                     yield page
                 return
             except HistoryExpired:
@@ -88,7 +88,7 @@ class GmailProvider:
             cursor, after = await self._start_backfill(api, ctx)
             if ctx.options.max_results is None:
                 fresh = Scope(MAILBOX, since=after)
-        async for page in self._backfill(api, ctx, cursor, fresh):
+        async for page in _read_ahead(self._backfill(api, ctx, cursor, fresh)):
             yield page
 
     # --- backfill ------------------------------------------------------------------------------
@@ -120,104 +120,73 @@ class GmailProvider:
 
     async def _backfill(
         self, api: GmailApi, ctx: SyncContext, cursor: GmailCursor, fresh: Scope | None
-    ) -> AsyncIterator[SyncPage]:
+    ) -> AsyncGenerator[SyncPage, None]:
         """The backfill's pages; `fresh` is the scope of a new uncapped backfill, declared
-        with its first page (a resumed one is already declared).
-
-        Pipelined one page deep: while the engine hands page N to the sink and stores its
-        cursor, page N+1 is listed, fetched and transformed. Nothing of page N+1 is yielded
-        (or remembered anywhere) before page N was accepted, so the cursor order is the same
-        as without it; at most two pages are held in memory.
-        """
+        with its first page (a resumed one is already declared)."""
         assert cursor.backfill is not None
         backfill = cursor.backfill
         page_token, count, limit = backfill.page_token, backfill.count, backfill.limit
         estimate: int | None = None
         restarted = False
         requests, units = 0, 0  # this sync's first page also counts the profile request
-        ahead: asyncio.Task[_Page] | None = None
-        try:
-            while True:
-                try:
-                    page = await (
-                        ahead or self._page(api, ctx, backfill.query, page_token, count, limit)
-                    )
-                except PageTokenRejected:
-                    if restarted:
-                        raise
-                    ctx.log.warning("gmail page token refused, listing again from the first page")
-                    restarted, page_token, count, ahead = True, None, 0, None
-                    continue
-                ahead = None
-                listing, refs = page.listing, page.refs
-                if estimate is None:
-                    estimate = count + int(listing.get("resultSizeEstimate") or len(refs))
-                    if limit is not None:
-                        estimate = min(estimate, limit)
-                count += len(refs)
-                page_token = listing.get("nextPageToken")
-                done = not page_token or (limit is not None and count >= limit)
-                if done:
-                    state = GmailCursor(INCREMENTAL, cursor.history_id).to_state()
-                else:
-                    state = GmailCursor(
-                        BACKFILL,
-                        cursor.history_id,
-                        Backfill(backfill.query, page_token, count, limit),
-                    ).to_state()
-                # Counted before the next page starts: exactly this page's requests.
-                page.stats["requests"] = api.requests - requests
-                page.stats["quotaUnits"] = api.units - units
-                requests, units = api.requests, api.units
-                if not done:
-                    ahead = asyncio.create_task(
-                        self._page(api, ctx, backfill.query, page_token, count, limit)
-                    )
-                yield SyncPage(
-                    state=state,
-                    upserts=page.upserts,
-                    deletes=page.deletes,
-                    fetched=len(refs),
-                    total_estimate=estimate,
-                    stats=page.stats,
-                    enumeration_started=[fresh] if fresh is not None else [],
-                    # Only an uncapped listing saw the whole window (else the engine has no
-                    # enumeration open for it and sweeps nothing).
-                    enumeration_completed=[MAILBOX] if done and limit is None else [],
+        while True:
+            remaining = None if limit is None else max(0, limit - count)
+            page_size = self.settings.gmail_page_size
+            if remaining is not None:
+                page_size = max(1, min(page_size, remaining))
+            try:
+                listing = await api.list_messages(
+                    query=backfill.query, page_size=page_size, page_token=page_token
                 )
-                fresh = None
-                if done:
-                    return
-        finally:
-            await _cancel(ahead)
-
-    async def _page(
-        self,
-        api: GmailApi,
-        ctx: SyncContext,
-        query: str,
-        page_token: str | None,
-        count: int,
-        limit: int | None,
-    ) -> _Page:
-        """One listing page after `count` of at most `limit` messages, its messages fetched
-        and transformed."""
-        remaining = None if limit is None else max(0, limit - count)
-        page_size = self.settings.gmail_page_size
-        if remaining is not None:
-            page_size = max(1, min(page_size, remaining))
-        listing = await api.list_messages(query=query, page_size=page_size, page_token=page_token)
-        refs: list[dict[str, Any]] = list(listing.get("messages") or [])
-        if remaining is not None:
-            refs = refs[:remaining]
-        upserts, deletes, stats = await self._fetch(api, ctx, [str(r["id"]) for r in refs])
-        return _Page(listing, refs, upserts, deletes, stats)
+            except PageTokenRejected:
+                if restarted:
+                    raise
+                ctx.log.warning("gmail page token refused, listing again from the first page")
+                restarted, page_token, count = True, None, 0
+                continue
+            refs: list[dict[str, Any]] = list(listing.get("messages") or [])
+            if remaining is not None:
+                refs = refs[:remaining]
+            if estimate is None:
+                estimate = count + int(listing.get("resultSizeEstimate") or len(refs))
+                if limit is not None:
+                    estimate = min(estimate, limit)
+            upserts, deletes, stats = await self._fetch(api, ctx, [str(r["id"]) for r in refs])
+            count += len(refs)
+            page_token = listing.get("nextPageToken")
+            done = not page_token or (limit is not None and count >= limit)
+            if done:
+                state = GmailCursor(INCREMENTAL, cursor.history_id).to_state()
+            else:
+                state = GmailCursor(
+                    BACKFILL,
+                    cursor.history_id,
+                    Backfill(backfill.query, page_token, count, limit),
+                ).to_state()
+            stats["requests"] = api.requests - requests
+            stats["quotaUnits"] = api.units - units
+            requests, units = api.requests, api.units
+            yield SyncPage(
+                state=state,
+                upserts=upserts,
+                deletes=deletes,
+                fetched=len(refs),
+                total_estimate=estimate,
+                stats=stats,
+                enumeration_started=[fresh] if fresh is not None else [],
+                # Only an uncapped listing saw the whole window (else the engine has no
+                # enumeration open for it and sweeps nothing).
+                enumeration_completed=[MAILBOX] if done and limit is None else [],
+            )
+            fresh = None
+            if done:
+                return
 
     # --- incremental ---------------------------------------------------------------------------
 
     async def _incremental(
         self, api: GmailApi, ctx: SyncContext, start: str
-    ) -> AsyncIterator[SyncPage]:
+    ) -> AsyncGenerator[SyncPage, None]:
         requests, units = api.requests, api.units
         actions: dict[str, str] = {}
         latest = start
@@ -234,34 +203,28 @@ class GmailProvider:
         to_fetch = [mid for mid, action in actions.items() if action == _FETCH]
         chunk = self.settings.gmail_page_size
         chunks = [to_fetch[i : i + chunk] for i in range(0, len(to_fetch), chunk)] or [[]]
-        # Pipelined like the backfill: the next chunk is fetched while this one is accepted.
-        ahead: asyncio.Task[_Fetched] | None = None
-        try:
-            for index, ids in enumerate(chunks):
-                upserts, gone, stats = await (ahead or self._fetch(api, ctx, ids))
-                ahead = None
-                last = index == len(chunks) - 1
-                stats["requests"] = api.requests - requests
-                stats["quotaUnits"] = api.units - units
-                requests, units = api.requests, api.units
-                if not last:
-                    ahead = asyncio.create_task(self._fetch(api, ctx, chunks[index + 1]))
-                yield SyncPage(
-                    # Until the last chunk is accepted the cursor stays where it was: a crash
-                    # replays the history (idempotent), it never skips a change.
-                    state=GmailCursor(INCREMENTAL, latest if last else start).to_state(),
-                    upserts=upserts,
-                    deletes=[*deletes, *gone] if index == 0 else gone,
-                    fetched=len(ids),
-                    total_estimate=len(to_fetch),
-                    stats=stats,
-                )
-        finally:
-            await _cancel(ahead)
+        for index, ids in enumerate(chunks):
+            upserts, gone, stats = await self._fetch(api, ctx, ids)
+            last = index == len(chunks) - 1
+            stats["requests"] = api.requests - requests
+            stats["quotaUnits"] = api.units - units
+            requests, units = api.requests, api.units
+            yield SyncPage(
+                # Until the last chunk is accepted the cursor stays where it was: a crash
+                # replays the history (idempotent), it never skips a change.
+                state=GmailCursor(INCREMENTAL, latest if last else start).to_state(),
+                upserts=upserts,
+                deletes=[*deletes, *gone] if index == 0 else gone,
+                fetched=len(ids),
+                total_estimate=len(to_fetch),
+                stats=stats,
+            )
 
     # --- messages ------------------------------------------------------------------------------
 
-    async def _fetch(self, api: GmailApi, ctx: SyncContext, ids: Sequence[str]) -> _Fetched:
+    async def _fetch(
+        self, api: GmailApi, ctx: SyncContext, ids: Sequence[str]
+    ) -> tuple[list[MemoryRecord], list[str], dict[str, int]]:
         """Records of the messages still visible; ids of those gone or hidden."""
         upserts: list[MemoryRecord] = []
         deletes: list[str] = []
@@ -297,29 +260,49 @@ class GmailProvider:
         return upserts, deletes, stats
 
 
-@dataclass
-class _Page:
-    """One listing page of a backfill, fetched and transformed, not yet handed over."""
+@dataclass(frozen=True)
+class _End:
+    """The last item of a read-ahead queue: the pages ended, or failed with `error`."""
 
-    listing: dict[str, Any]
-    refs: list[dict[str, Any]]
-    upserts: list[MemoryRecord]
-    deletes: list[str]
-    stats: dict[str, int]
+    error: Exception | None = None
 
 
-#: Records of the messages still visible, ids of those gone or hidden, counts.
-_Fetched = tuple[list[MemoryRecord], list[str], dict[str, int]]
+async def _read_ahead(pages: AsyncGenerator[SyncPage, None]) -> AsyncIterator[SyncPage]:
+    """`pages`, produced by a task of their own up to two pages ahead of the consumer.
 
+    While the engine hands page N to the sink and stores its cursor, pages N+1 and N+2 are
+    listed, fetched and transformed. Pages come out in order and only when asked for, so
+    nothing of page N+1 reaches the sink or the cursor before page N was accepted; an error
+    of the reader comes out after the pages read before it. At most three pages are held
+    (one in the sink, one queued, one read); when the consumer stops (an error, a removal,
+    the end) the reader is cancelled.
+    """
+    queue: asyncio.Queue[SyncPage | _End] = asyncio.Queue(maxsize=1)
 
-async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    """Stop a page fetched ahead that will not be handed over (the sync ended early)."""
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait([task])  # a cancellation of the sync itself still propagates here
-    if not task.cancelled():
-        task.exception()  # retrieved: its outcome is not wanted
+    async def read() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(_End())
+        except Exception as exc:
+            await queue.put(_End(exc))
+        finally:
+            await pages.aclose()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        reader.cancel()
+        await asyncio.wait([reader])  # a cancellation of the sync itself still propagates
+        if not reader.cancelled():
+            reader.exception()  # retrieved: its outcome is not wanted
 
 
 async def _with_bodies(
