@@ -380,7 +380,10 @@ def top_of_profile(path: Path, entries: int = 15) -> str:
     out = io.StringIO()
     stats = pstats.Stats(str(path), stream=out)
     stats.strip_dirs().sort_stats("tottime").print_stats(entries)
-    stats.sort_stats("cumulative").print_stats(r"ingestion|gmail|http_sink|reconcile", entries)
+    service = (
+        r"(transform|provider|client|bodies|sync|state|removals|http_sink|reconcile|record)\.py"
+    )
+    stats.sort_stats("cumulative").print_stats(service, entries)
     kept = [
         line.rstrip()
         for line in out.getvalue().splitlines()
@@ -487,7 +490,7 @@ def render(
     stored = runs[f"{labels[-1]}-all"].get("stored")
     lines += [
         f"Memory engine records after the whole-mailbox run: {stored}. Pages of 100 stream "
-        "through (two pages at most: the one in the sink and the one fetched ahead), nothing "
+        "through (three pages at most: the one in the sink and two read ahead), nothing "
         "grows with the mailbox.",
         "",
         "HTTP requests per message: one batch per 50 messages, one `messages.list` per page of "
