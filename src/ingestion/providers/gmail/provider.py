@@ -19,6 +19,9 @@ What a sync promises (the engine stores each page's state only after the sink ac
   enumeration of the mailbox within its `after:` window: its first page declares it and its last
   page completes it, so messages deleted while history was expired are deleted then. Messages
   older than the window are never swept. A backfill capped by `maxResults` declares nothing.
+- Pages are read two ahead of the sink (`_read_ahead`): while the engine hands page N to the
+  sink and stores its cursor, pages N+1 and N+2 are listed, fetched and transformed; they come
+  out in order and only when asked for, so the cursor order above is unchanged.
 - One message that cannot be transformed is logged and skipped; a malformed one is ingested
   as well as possible and logged with its defects. A 403 other than a rate limit (a missing
   scope) fails the sync with Google's message.
