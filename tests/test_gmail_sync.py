@@ -6,6 +6,7 @@ service, sync engine) against the Gmail emulator and the memory engine emulator 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -400,9 +401,10 @@ async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: Wor
 
 
 async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) -> None:
-    """The sink refuses page 2 for good: the cursor stays after page 1, page 3 (already
-    fetched ahead) reaches neither the engine nor the cursor, and the next sync resumes."""
-    ids = [world.add(i) for i in range(12)]
+    """The sink refuses page 2 for good: the cursor stays after page 1, the pages read ahead
+    (3 and 4, never more: memory stays bounded) reach neither the engine nor the cursor, the
+    reader stops, and the next sync resumes after page 1."""
+    ids = [world.add(i) for i in range(24)]  # six pages of four
     # Page 2 first waits 0.3 s in the sink (503, Retry-After), then is refused (400).
     world.engine.fail_next(503, retry_after=0.3, path="/memories/batch", skip=1)
     world.engine.fail_next(400, path="/memories/batch", message="refused")
@@ -411,9 +413,10 @@ async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) ->
     assert len(world.stored()) == 4
     state = await cursor(world)
     assert (state["mode"], state["backfill"]["count"]) == ("backfill", 4)
-    listed = _gmail_calls(world, "messages.list")
-    assert listed == 3  # page 3 was read ahead, then dropped
+    assert _gmail_calls(world, "messages.list") == 4  # pages 3 and 4 read ahead, dropped
+    await asyncio.sleep(0.2)
+    assert _gmail_calls(world, "messages.list") == 4  # and the reader is gone
     resumed = await world.sync()
-    assert (resumed.status, resumed.fetched, resumed.pages) == ("ok", 8, 2)
+    assert (resumed.status, resumed.fetched, resumed.pages) == ("ok", 20, 5)
     assert set(world.stored()) == set(ids)
     assert max(world.engine.upserts.values()) == 1

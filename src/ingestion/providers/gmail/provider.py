@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -80,8 +81,10 @@ class GmailProvider:
         cursor = GmailCursor.parse(ctx.state)
         if cursor is not None and cursor.mode == INCREMENTAL:
             try:
-                async for page in _read_ahead(self._incremental(api, ctx, cursor.history_id)):
-                    yield page
+                reader = _read_ahead(self._incremental(api, ctx, cursor.history_id))
+                async with aclosing(reader) as pages:
+                    async for page in pages:
+                        yield page
                 return
             except HistoryExpired:
                 ctx.log.info("gmail history expired, starting a full resync")
@@ -91,8 +94,9 @@ class GmailProvider:
             cursor, after = await self._start_backfill(api, ctx)
             if ctx.options.max_results is None:
                 fresh = Scope(MAILBOX, since=after)
-        async for page in _read_ahead(self._backfill(api, ctx, cursor, fresh)):
-            yield page
+        async with aclosing(_read_ahead(self._backfill(api, ctx, cursor, fresh))) as pages:
+            async for page in pages:
+                yield page
 
     # --- backfill ------------------------------------------------------------------------------
 
@@ -270,7 +274,9 @@ class _End:
     error: Exception | None = None
 
 
-async def _read_ahead(pages: AsyncGenerator[SyncPage, None]) -> AsyncIterator[SyncPage]:
+async def _read_ahead(
+    pages: AsyncGenerator[SyncPage, None],
+) -> AsyncGenerator[SyncPage, None]:
     """`pages`, produced by a task of their own up to two pages ahead of the consumer.
 
     While the engine hands page N to the sink and stores its cursor, pages N+1 and N+2 are
