@@ -6,6 +6,7 @@ service, sync engine) against the Gmail emulator and the memory engine emulator 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -269,6 +270,31 @@ async def test_quota_pacing_stays_under_the_budget(servers: Any, tmp_path: Path)
         await paced.services.aclose()
 
 
+async def test_default_budget_against_a_one_second_bucket_never_sees_a_429(
+    servers: Any, tmp_path: Path
+) -> None:
+    """Gmail's default 6,000 units per minute enforced as strictly as can be (a bucket of one
+    second): a backfill paced at the default budget runs at the quota-bound rate without a
+    single 429, even when requests reach the API closer together than they were paced."""
+    gmail: GmailState = servers[0]
+    gmail.set_quota(6000)  # 100 units per second, a bucket of 100
+    paced = await open_world(servers, tmp_path, gmail_page_size=40)
+    try:
+        for i in range(80):
+            raw, when = generated_message(i, base=datetime.now(UTC))
+            gmail.add_message(USER, raw, internal_date=when)
+        summary = await paced.sync()
+        assert (summary.status, summary.upserted) == ("ok", 80)
+        assert gmail.throttled == 0
+        units = summary.stats["quotaUnits"]
+        assert units == 1 + 2 * 5 + 5 * 80
+        # Within a few percent of the quota-bound time (less the first second's bucket).
+        assert summary.seconds >= (units - 100) / 100 - 0.05
+        assert summary.seconds <= units / 100 * 1.1 + 0.5
+    finally:
+        await paced.services.aclose()
+
+
 async def test_without_pacing_the_emulator_does_throttle(servers: Any, tmp_path: Path) -> None:
     """The control of the test above: a budget far above the limit runs into 429s (retried)."""
     gmail: GmailState = servers[0]
@@ -344,3 +370,53 @@ async def test_one_request_per_message_when_batching_is_off(servers: Any, tmp_pa
         )
     finally:
         await world.services.aclose()
+
+
+def _gmail_calls(world: World, endpoint: str) -> int:
+    with world.gmail.lock:
+        return sum(r.endpoint == endpoint for r in world.gmail.requests)
+
+
+async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: World) -> None:
+    """Pipelined backfill: pages N+1 and N+2 are listed and fetched while page N is in the
+    sink, and still nothing of them reaches the engine before page N was accepted."""
+    ids = [world.add(i) for i in range(12)]  # three pages of four
+    # Page 1 waits in the sink (a 503 with Retry-After, retried inline) for 0.3 s.
+    world.engine.fail_next(503, retry_after=0.3, path="/memories/batch")
+    seen: list[tuple[int, int, int, int]] = []
+
+    def progress(summary: SyncSummary, _page: object) -> None:
+        with world.engine.lock:
+            stored = len(world.engine.records)
+        listed = _gmail_calls(world, "messages.list")
+        seen.append((summary.pages, listed, _gmail_calls(world, "messages.get"), stored))
+
+    summary = await world.services.engine.run("gmail", USER, FetchOptions(), progress=progress)
+    assert summary.status == "ok"
+    # When page 1 was accepted, pages 2 and 3 were already listed and fetched, not yet sent.
+    assert seen[0] == (1, 3, 12, 4)
+    assert seen[-1] == (3, 3, 12, 12)
+    assert set(world.stored()) == set(ids)
+    assert max(world.engine.upserts.values()) == 1
+
+
+async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) -> None:
+    """The sink refuses page 2 for good: the cursor stays after page 1, the pages read ahead
+    (3 and 4, never more: memory stays bounded) reach neither the engine nor the cursor, the
+    reader stops, and the next sync resumes after page 1."""
+    ids = [world.add(i) for i in range(24)]  # six pages of four
+    # Page 2 first waits 0.3 s in the sink (503, Retry-After), then is refused (400).
+    world.engine.fail_next(503, retry_after=0.3, path="/memories/batch", skip=1)
+    world.engine.fail_next(400, path="/memories/batch", message="refused")
+    with pytest.raises(PermanentError, match="refused"):
+        await world.sync()
+    assert len(world.stored()) == 4
+    state = await cursor(world)
+    assert (state["mode"], state["backfill"]["count"]) == ("backfill", 4)
+    assert _gmail_calls(world, "messages.list") == 4  # pages 3 and 4 read ahead, dropped
+    await asyncio.sleep(0.2)
+    assert _gmail_calls(world, "messages.list") == 4  # and the reader is gone
+    resumed = await world.sync()
+    assert (resumed.status, resumed.fetched, resumed.pages) == ("ok", 20, 5)
+    assert set(world.stored()) == set(ids)
+    assert max(world.engine.upserts.values()) == 1

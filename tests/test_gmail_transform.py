@@ -48,6 +48,28 @@ def test_encoded_words_addresses_and_record_fields() -> None:
     assert result.defects == []
 
 
+def test_encoded_names_whatever_they_hide_give_the_same_recipients() -> None:
+    """Encoded words that may hold a separator (a Q-encoded comma, a quote) are parsed as
+    the standard library does; the ones that cannot are split first, then decoded."""
+    raw = (
+        b"From: sender@example.org\r\n"
+        b"To: =?utf-8?Q?Doe,_Jane?= <jane@example.com>, =?utf-8?q?Zo=C3=AB?= <zoe@example.de>\r\n"
+        b"Cc: =?utf-8?q?Andr=C3=A9?= <andre@example.fr>,\r\n"
+        b" =?utf-8?b?TcO8bGxlcg==?= =?utf-8?q?_Zo=C3=AB?= <mz@example.de>, plain@example.com\r\n"
+        b"Subject: s\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+    )
+    metadata = transform(full(raw), "u1").record.metadata
+    assert metadata["to"] == [
+        {"name": "Doe, Jane", "email": "jane@example.com"},
+        {"name": "Zoë", "email": "zoe@example.de"},
+    ]
+    assert metadata["cc"] == [
+        {"name": "André", "email": "andre@example.fr"},
+        {"name": "Müller Zoë", "email": "mz@example.de"},
+        {"name": "", "email": "plain@example.com"},
+    ]
+
+
 def test_plain_is_preferred_and_html_only_becomes_text() -> None:
     message = EmailMessage()
     message["Subject"] = "both"

@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestion.memory.base import MemorySink
 from ingestion.memory.record import MemoryRecord, record_id
@@ -148,11 +149,18 @@ class DeliveredRecords:
         deletes: Sequence[str],
         reconciliation: Reconciliation,
         seen: Sequence[str] = (),
+        *,
+        connection: AsyncConnection | None = None,
     ) -> None:
         """Remember accepted upserts (with their generation) and forget accepted deletes,
         in one transaction: one batched upsert statement, one delete per `_CHUNK` ids. Records
-        `seen` by an open enumeration (listed, not sent again) take its generation."""
+        `seen` by an open enumeration (listed, not sent again) take its generation. With
+        `connection`, inside the caller's transaction (the page's cursor commits with it)."""
         if not upserts and not deletes and not seen:
+            return
+        if connection is None:
+            async with self.db.engine.begin() as connection:
+                await self.remember(upserts, deletes, reconciliation, seen, connection=connection)
             return
         kept = {r.source_id: r for r in upserts}
         gone = [sid for sid in dict.fromkeys(deletes) if sid not in kept]
@@ -161,49 +169,46 @@ class DeliveredRecords:
             generation = reconciliation.generation_of(sid)
             if generation and sid not in kept:
                 marks.setdefault(generation, []).append(sid)
-        async with self.db.engine.begin() as connection:
-            for generation, ids in marks.items():
-                for start in range(0, len(ids), _CHUNK):
-                    await connection.execute(
-                        update(DeliveredRow)
-                        .where(
-                            self._mine(), DeliveredRow.source_id.in_(ids[start : start + _CHUNK])
-                        )
-                        .values(generation=generation)
-                    )
-            if kept:
-                insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
-                statement = insert(DeliveredRow)
-                statement = statement.on_conflict_do_update(
-                    index_elements=[
-                        DeliveredRow.user_id,
-                        DeliveredRow.provider,
-                        DeliveredRow.source_id,
-                    ],
-                    set_={
-                        "occurred_at": statement.excluded.occurred_at,
-                        "generation": statement.excluded.generation,
-                    },
-                )
+        for generation, ids in marks.items():
+            for start in range(0, len(ids), _CHUNK):
                 await connection.execute(
-                    statement,
-                    [
-                        {
-                            "user_id": self.user_id,
-                            "provider": self.provider,
-                            "source_id": sid,
-                            "occurred_at": record.occurred_at,
-                            "generation": reconciliation.generation_of(sid),
-                        }
-                        for sid, record in kept.items()
-                    ],
+                    update(DeliveredRow)
+                    .where(self._mine(), DeliveredRow.source_id.in_(ids[start : start + _CHUNK]))
+                    .values(generation=generation)
                 )
-            for start in range(0, len(gone), _CHUNK):
-                await connection.execute(
-                    delete(DeliveredRow).where(
-                        self._mine(), DeliveredRow.source_id.in_(gone[start : start + _CHUNK])
-                    )
+        if kept:
+            insert = sqlite.insert if self.db.kind == "sqlite" else postgresql.insert
+            statement = insert(DeliveredRow)
+            statement = statement.on_conflict_do_update(
+                index_elements=[
+                    DeliveredRow.user_id,
+                    DeliveredRow.provider,
+                    DeliveredRow.source_id,
+                ],
+                set_={
+                    "occurred_at": statement.excluded.occurred_at,
+                    "generation": statement.excluded.generation,
+                },
+            )
+            await connection.execute(
+                statement,
+                [
+                    {
+                        "user_id": self.user_id,
+                        "provider": self.provider,
+                        "source_id": sid,
+                        "occurred_at": record.occurred_at,
+                        "generation": reconciliation.generation_of(sid),
+                    }
+                    for sid, record in kept.items()
+                ],
+            )
+        for start in range(0, len(gone), _CHUNK):
+            await connection.execute(
+                delete(DeliveredRow).where(
+                    self._mine(), DeliveredRow.source_id.in_(gone[start : start + _CHUNK])
                 )
+            )
 
     async def sweep_unseen(self, scope: OpenScope) -> int:
         """Delete every remembered record of a completed enumeration's scope that it did not

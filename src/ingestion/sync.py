@@ -7,7 +7,8 @@ there; stable record ids make the overlap harmless. Jobs may therefore run more 
 
 Between the sink and the cursor, the page's deliveries are remembered, and a completed full
 enumeration (or a scope gone) deletes the remembered records it no longer has
-(`ingestion.reconcile`); the reconciliation state is stored with the cursor.
+(`ingestion.reconcile`); the reconciliation state is stored with the cursor. A page that sweeps
+nothing stores its deliveries and its cursor in one transaction.
 
 A removed pair (`ingestion.forget`) does not sync: a job for it ends at once, and a running one
 before its next page reaches the sink, with status `removed`.
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestion import metrics
 from ingestion.clock import Clock
@@ -166,22 +168,25 @@ class SyncEngine:
             )
             bound.info("sync started", full=options.force_full_sync or not state.cursor)
             try:
-                async for page in provider.sync(ctx):
-                    if await self.removals.stopped(user_id, provider_name, None, lift=False):
-                        raise _Removed
-                    await self._accept(
-                        provider_name,
-                        user_id,
-                        run_id,
-                        page,
-                        summary,
-                        options,
-                        delivered,
-                        reconciliation,
-                        ctx.items,
-                    )
-                    if progress is not None:
-                        progress(summary, page)
+                # Closed as soon as the sync ends, whatever ends it: a provider reading ahead
+                # (Gmail fetches the next page while this one is accepted) stops at once.
+                async with _closing(provider.sync(ctx)) as pages:
+                    async for page in pages:
+                        if await self.removals.stopped(user_id, provider_name, None, lift=False):
+                            raise _Removed
+                        await self._accept(
+                            provider_name,
+                            user_id,
+                            run_id,
+                            page,
+                            summary,
+                            options,
+                            delivered,
+                            reconciliation,
+                            ctx.items,
+                        )
+                        if progress is not None:
+                            progress(summary, page)
             except _Removed:
                 summary.status = "removed"
                 summary.seconds = time.perf_counter() - started
@@ -298,37 +303,52 @@ class SyncEngine:
             sent = await self.sink.upsert(user_id, page.upserts, force=options.force_full_sync)
         for scope in page.enumeration_started:
             reconciliation.start(scope)
-        await delivered.remember(page.upserts, page.deletes, reconciliation, page.seen)
         swept = 0
-        for prefix in page.scopes_gone:
-            reconciliation.abandon_under(prefix)
-            swept += await delivered.sweep_gone(prefix)
-        for prefix in page.enumeration_completed:
-            finished = reconciliation.finish(prefix)
-            if finished is None:
-                log.info(
-                    "enumeration completed without a start; nothing swept",
-                    provider=provider_name,
-                    user_id=user_id,
-                    prefix=prefix,
-                )
-                continue
-            swept += await delivered.sweep_unseen(finished)
-        if swept:
-            summary.stats["swept"] = summary.stats.get("swept", 0) + swept
-            log.info("records swept", provider=provider_name, user_id=user_id, swept=swept)
         last_item = page.upserts[-1].source_id if page.upserts else None
-        await self.state.checkpoint(
-            user_id,
-            provider_name,
-            run_id,
-            page.state,
-            fetched=page.fetched,
-            upserted=len(page.upserts),
-            deleted=len(delete_ids) + swept,
-            last_item_id=last_item,
-            reconcile=reconciliation.to_json(),
-        )
+
+        async def checkpoint(connection: AsyncConnection | None = None) -> None:
+            await self.state.checkpoint(
+                user_id,
+                provider_name,
+                run_id,
+                page.state,
+                fetched=page.fetched,
+                upserted=len(page.upserts),
+                deleted=len(delete_ids) + swept,
+                last_item_id=last_item,
+                reconcile=reconciliation.to_json(),
+                connection=connection,
+            )
+
+        if not page.scopes_gone and not page.enumeration_completed:
+            # Nothing to sweep: what was delivered and the cursor commit together.
+            async with self.db.engine.begin() as connection:
+                await delivered.remember(
+                    page.upserts, page.deletes, reconciliation, page.seen, connection=connection
+                )
+                await checkpoint(connection)
+        else:
+            # The sweeps read what was delivered (this page included) and delete from the
+            # sink before the cursor moves: three steps, in this order.
+            await delivered.remember(page.upserts, page.deletes, reconciliation, page.seen)
+            for prefix in page.scopes_gone:
+                reconciliation.abandon_under(prefix)
+                swept += await delivered.sweep_gone(prefix)
+            for prefix in page.enumeration_completed:
+                finished = reconciliation.finish(prefix)
+                if finished is None:
+                    log.info(
+                        "enumeration completed without a start; nothing swept",
+                        provider=provider_name,
+                        user_id=user_id,
+                        prefix=prefix,
+                    )
+                    continue
+                swept += await delivered.sweep_unseen(finished)
+            if swept:
+                summary.stats["swept"] = summary.stats.get("swept", 0) + swept
+                log.info("records swept", provider=provider_name, user_id=user_id, swept=swept)
+            await checkpoint()
         summary.pages += 1
         summary.fetched += page.fetched
         summary.upserted += len(page.upserts)
@@ -341,6 +361,17 @@ class SyncEngine:
             len(page.upserts) - sent
         )
         metrics.ITEMS.labels(provider=provider_name, action="deleted").inc(len(delete_ids) + swept)
+
+
+@asynccontextmanager
+async def _closing(pages: AsyncIterator[SyncPage]) -> AsyncIterator[AsyncIterator[SyncPage]]:
+    """The provider's pages, closed on the way out (an async generator's `aclose`)."""
+    try:
+        yield pages
+    finally:
+        close = getattr(pages, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class _Removed(Exception):

@@ -68,7 +68,14 @@ def no_cookies() -> CookieJar:
 
 def json_depth(data: bytes) -> int:
     """The nesting depth of arrays and objects in a JSON text, or a bound of it: the result is
-    over `MAX_JSON_DEPTH` exactly when the depth is. Linear; the insides of strings are skipped."""
+    over `MAX_JSON_DEPTH` exactly when the depth is. Linear; the insides of strings are skipped.
+
+    Most answers (a Gmail message: a few dozen brackets around kilobytes of base64) hold fewer
+    opening brackets than the bound, strings included: two byte counts prove it, and that
+    count is the bound returned (no copy, no scan in Python)."""
+    anywhere = data.count(b"[") + data.count(b"{")
+    if anywhere <= MAX_JSON_DEPTH:
+        return anywhere
     brackets = _STRING.sub(b"", data).translate(None, _KEEP_BRACKETS)
     openers = brackets.count(b"[") + brackets.count(b"{")
     if openers <= MAX_JSON_DEPTH:

@@ -147,7 +147,7 @@ class HttpMemorySink:
         batch: list[tuple[MemoryRecord, bytes]] = []
         size = _ENVELOPE
         for record in records:
-            encoded = _dumps(record.to_wire())
+            encoded = record.wire_json()
             extra = len(encoded) + (1 if batch else 0)
             if batch and (len(batch) >= self.batch_size or size + extra > self.batch_max_bytes):
                 yield batch

@@ -56,6 +56,9 @@ RecordType = Literal["email", "event", "commit", "issue", "pull_request", "tweet
 # and the noncharacters U+FFFE/U+FFFF.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+#: Anything `clean_text` rewrites: a control character (carriage return included), a
+#: noncharacter, a surrogate.
+_UNCLEAN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
 #: Room kept for the cut marker, so a cut body stays within the limit.
 _MARKER_ROOM = 48
@@ -82,9 +85,10 @@ def clean_text(
     if len(value) > 4 * limit:  # far more than is kept: clean only what can be kept
         omitted += len(value) - 4 * limit
         value = value[: 4 * limit]
-    value = _SURROGATES.sub("\ufffd", value)
-    value = value.replace("\r\n", "\n").replace("\r", "\n")
-    value = _CONTROL.sub("", value)
+    if _UNCLEAN.search(value) is not None:  # one scan; most texts need no rewrite
+        value = _SURROGATES.sub("\ufffd", value)
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+        value = _CONTROL.sub("", value)
     if len(value) > limit or omitted > 0:
         keep = min(len(value), max(0, limit - _MARKER_ROOM))
         marker = f"\n[… {len(value) - keep + omitted} more characters not stored]"
@@ -188,6 +192,10 @@ class MemoryRecord(BaseModel):
         """The JSON object sent to the memory engine."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def wire_json(self) -> bytes:
+        """`to_wire()` as compact UTF-8 JSON, encoded in one step (no dict in between)."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
 
 def content_hash(title: str | None, content: str, metadata: Mapping[str, Any]) -> str:
     """sha256 hex of the canonical JSON (sorted keys, no spaces) of title, content, metadata."""
@@ -208,12 +216,19 @@ def _jsonable(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: object) -> Any:
+    kind = type(value)
+    if kind is str:  # the common case first; exact types skip the isinstance chain
+        return _plain_str(value)  # type: ignore[arg-type]
+    if kind is dict:
+        return {_plain_str(str(k)): _plain(v) for k, v in value.items()}  # type: ignore[attr-defined]
+    if kind is list:
+        return [_plain(v) for v in value]  # type: ignore[attr-defined]
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))
+        return _plain_str(value)
     if isinstance(value, datetime):
         return _iso_utc(value)
     if isinstance(value, date):
@@ -221,10 +236,16 @@ def _plain(value: object) -> Any:
     if isinstance(value, bytes):
         return _plain(value.decode("utf-8", errors="replace"))
     if isinstance(value, Mapping):
-        return {str(_plain(str(k))): _plain(v) for k, v in value.items()}
+        return {_plain_str(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         items = [_plain(v) for v in value]
         return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     if isinstance(value, BaseModel):
         return _plain(value.model_dump(mode="json", by_alias=True))
     raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")
+
+
+def _plain_str(value: str) -> str:
+    if value.isascii() and value.isprintable():  # nothing to clean: no scan, no copy
+        return value
+    return _CONTROL.sub("", _SURROGATES.sub("\ufffd", value).replace("\r\n", "\n"))

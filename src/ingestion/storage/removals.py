@@ -55,7 +55,16 @@ class Removals:
         """Whether the pair must not sync. `account_ref` is the id of the account row the pair
         syncs with now (None when it is gone). With `lift`, a disconnect whose account is back,
         and a settled removal whose account row was replaced (the product unlinked and linked
-        it again), are lifted here; token refreshes keep the row's id and lift nothing."""
+        it again), are lifted here; token refreshes keep the row's id and lift nothing.
+        Without `lift` (the check before each page of a running sync): one indexed read."""
+        if account_ref is None or not lift:
+            async with self.db.engine.connect() as connection:
+                found = await connection.execute(
+                    select(RemovalRow.user_id)
+                    .where(RemovalRow.user_id == user_id, RemovalRow.provider == provider)
+                    .limit(1)
+                )
+                return found.first() is not None
         async with self.db.session() as session:
             row = await session.get(RemovalRow, (user_id, provider))
             if row is None:

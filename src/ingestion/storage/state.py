@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ingestion.storage.db import Database
 from ingestion.storage.models import SyncRun, SyncStateRow
@@ -83,6 +83,12 @@ class RunView:
     error: str | None
     #: The run's counters (`requests`, `defective`, `skipped`…).
     details: dict[str, Any]
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an `UPDATE` matched."""
+    count: int = result.rowcount
+    return count
 
 
 class SyncStateStore:
@@ -174,24 +180,58 @@ class SyncStateStore:
         deleted: int,
         last_item_id: str | None = None,
         reconcile: Mapping[str, Any] | None = None,
+        connection: AsyncConnection | None = None,
     ) -> None:
         """Store the cursor of an accepted page and add its counts (one transaction); the
-        engine's reconciliation state, when given, is stored in the same transaction."""
-        async with self.db.session() as session:
-            row = await self._row(session, user_id, provider)
-            row.cursor = dict(cursor)
-            if reconcile is not None:
-                row.reconcile = dict(reconcile)
-            row.items_fetched += fetched
-            row.items_upserted += upserted
-            row.items_deleted += deleted
-            if last_item_id:
-                row.last_item_id = last_item_id
-            run = await session.get(SyncRun, run_id)
-            if run is not None:
-                run.fetched += fetched
-                run.upserted += upserted
-                run.deleted += deleted
+        engine's reconciliation state, when given, is stored in the same transaction.
+
+        Two `UPDATE`s that add the counts in the database (no read first); the row is created
+        only when it is missing. With `connection`, inside the caller's transaction (the sync
+        engine stores a page's delivered records and its cursor in one commit)."""
+        if connection is None:
+            async with self.db.engine.begin() as connection:
+                await self.checkpoint(
+                    user_id,
+                    provider,
+                    run_id,
+                    cursor,
+                    fetched=fetched,
+                    upserted=upserted,
+                    deleted=deleted,
+                    last_item_id=last_item_id,
+                    reconcile=reconcile,
+                    connection=connection,
+                )
+            return
+        values: dict[str, Any] = {
+            "cursor": dict(cursor),
+            "items_fetched": SyncStateRow.items_fetched + fetched,
+            "items_upserted": SyncStateRow.items_upserted + upserted,
+            "items_deleted": SyncStateRow.items_deleted + deleted,
+        }
+        if reconcile is not None:
+            values["reconcile"] = dict(reconcile)
+        if last_item_id:
+            values["last_item_id"] = last_item_id
+        pair = (SyncStateRow.user_id == user_id, SyncStateRow.provider == provider)
+        store = update(SyncStateRow).where(*pair).values(values)
+        if not _rowcount(await connection.execute(store)):
+            insert = sqlite_insert if self.db.kind == "sqlite" else pg_insert
+            await connection.execute(
+                insert(SyncStateRow)
+                .values(user_id=user_id, provider=provider, status="idle", cursor={})
+                .on_conflict_do_nothing(index_elements=["user_id", "provider"])
+            )
+            await connection.execute(store)
+        await connection.execute(
+            update(SyncRun)
+            .where(SyncRun.id == run_id)
+            .values(
+                fetched=SyncRun.fetched + fetched,
+                upserted=SyncRun.upserted + upserted,
+                deleted=SyncRun.deleted + deleted,
+            )
+        )
 
     async def finish(
         self,

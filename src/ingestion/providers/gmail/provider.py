@@ -19,6 +19,9 @@ What a sync promises (the engine stores each page's state only after the sink ac
   enumeration of the mailbox within its `after:` window: its first page declares it and its last
   page completes it, so messages deleted while history was expired are deleted then. Messages
   older than the window are never swept. A backfill capped by `maxResults` declares nothing.
+- Pages are read two ahead of the sink (`_read_ahead`): while the engine hands page N to the
+  sink and stores its cursor, pages N+1 and N+2 are listed, fetched and transformed; they come
+  out in order and only when asked for, so the cursor order above is unchanged.
 - Each message is transformed off the event loop within its time budget (`SyncContext.items`).
   One whose body cannot be read is stored from its headers and snippet; a malformed one is
   ingested as well as possible; both are logged and counted `defective` (`skipped` when not even
@@ -29,7 +32,9 @@ What a sync promises (the engine stores each page's state only after the sink ac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar
@@ -79,8 +84,10 @@ class GmailProvider:
         cursor = GmailCursor.parse(ctx.state)
         if cursor is not None and cursor.mode == INCREMENTAL:
             try:
-                async for page in self._incremental(api, ctx, cursor.history_id):
-                    yield page
+                reader = _read_ahead(self._incremental(api, ctx, cursor.history_id))
+                async with aclosing(reader) as pages:
+                    async for page in pages:
+                        yield page
                 return
             except HistoryExpired:
                 ctx.log.info("gmail history expired, starting a full resync")
@@ -90,8 +97,9 @@ class GmailProvider:
             cursor, after = await self._start_backfill(api, ctx)
             if ctx.options.max_results is None:
                 fresh = Scope(MAILBOX, since=after)
-        async for page in self._backfill(api, ctx, cursor, fresh):
-            yield page
+        async with aclosing(_read_ahead(self._backfill(api, ctx, cursor, fresh))) as pages:
+            async for page in pages:
+                yield page
 
     # --- backfill ------------------------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class GmailProvider:
 
     async def _backfill(
         self, api: GmailApi, ctx: SyncContext, cursor: GmailCursor, fresh: Scope | None
-    ) -> AsyncIterator[SyncPage]:
+    ) -> AsyncGenerator[SyncPage, None]:
         """The backfill's pages; `fresh` is the scope of a new uncapped backfill, declared
         with its first page (a resumed one is already declared)."""
         assert cursor.backfill is not None
@@ -188,7 +196,7 @@ class GmailProvider:
 
     async def _incremental(
         self, api: GmailApi, ctx: SyncContext, start: str
-    ) -> AsyncIterator[SyncPage]:
+    ) -> AsyncGenerator[SyncPage, None]:
         requests, units = api.requests, api.units
         actions: dict[str, str] = {}
         latest = start
@@ -255,6 +263,53 @@ class GmailProvider:
                 ctx.items.flag(message_id, result.defects)
             upserts.append(result.record)
         return upserts, deletes, stats
+
+
+@dataclass(frozen=True)
+class _End:
+    """The last item of a read-ahead queue: the pages ended, or failed with `error`."""
+
+    error: Exception | None = None
+
+
+async def _read_ahead(
+    pages: AsyncGenerator[SyncPage, None],
+) -> AsyncGenerator[SyncPage, None]:
+    """`pages`, produced by a task of their own up to two pages ahead of the consumer.
+
+    While the engine hands page N to the sink and stores its cursor, pages N+1 and N+2 are
+    listed, fetched and transformed. Pages come out in order and only when asked for, so
+    nothing of page N+1 reaches the sink or the cursor before page N was accepted; an error
+    of the reader comes out after the pages read before it. At most three pages are held
+    (one in the sink, one queued, one read); when the consumer stops (an error, a removal,
+    the end) the reader is cancelled.
+    """
+    queue: asyncio.Queue[SyncPage | _End] = asyncio.Queue(maxsize=1)
+
+    async def read() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(_End())
+        except Exception as exc:
+            await queue.put(_End(exc))
+        finally:
+            await pages.aclose()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        reader.cancel()
+        await asyncio.wait([reader])  # a cancellation of the sync itself still propagates
+        if not reader.cancelled():
+            reader.exception()  # retrieved: its outcome is not wanted
 
 
 async def _with_bodies(

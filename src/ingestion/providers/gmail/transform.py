@@ -132,6 +132,17 @@ class _Headers:
                     if display or addr
                 )
                 continue
+            if _simple_words(value):
+                # Encoded words that cannot hide a separator: split as plain text, then decode
+                # each name. A sixth of the standard parser's time; the same addresses on the
+                # real corpora, except that a name that decodes to an address stays a name
+                # (the standard parser made it a second recipient).
+                result.extend(
+                    {"name": _decode_words(display), "email": addr}
+                    for display, addr in getaddresses([value])
+                    if display or addr
+                )
+                continue
             try:
                 header: Any = policy.default.header_factory(name, value)
                 result.extend(
@@ -173,6 +184,20 @@ class _Headers:
 def _plain(value: str) -> bool:
     """ASCII without encoded words: the standard library's slow header parser is not needed."""
     return value.isascii() and "=?" not in value
+
+
+#: An RFC 2047 encoded word whose text holds only what a word in a phrase may (RFC 2047
+#: §5(3): letters, digits, `!*+-/=_`), so no address separator or quote hides inside it.
+_SAFE_WORD = re.compile(r"=\?[^?\s]+\?[QqBb]\?[A-Za-z0-9!*+\-/=_]*\?=")
+
+
+def _simple_words(value: str) -> bool:
+    """ASCII address text whose only oddity is such encoded words (no comments, no quotes)."""
+    return (
+        value.isascii()
+        and not any(c in value for c in '("\\')
+        and "=?" not in _SAFE_WORD.sub("", value)
+    )
 
 
 def _email_of(address: Any) -> str:
