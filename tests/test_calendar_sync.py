@@ -20,9 +20,10 @@ from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
+from tests import reference
 from tests.emulators import RunningServer, serve
 from tests.emulators.calendar import CalendarState, Fault, create_app
-from tests.emulators.calendar_ics import RegistryUnreachable, events_from_ics, google_exports
+from tests.emulators.calendar_ics import events_from_ics, google_exports
 
 USER = "u1"
 TOKEN = "ya29.calendar-test-token"
@@ -426,10 +427,8 @@ GOOGLE_EXPORTS = {
 
 
 def seed_google_exports(state: CalendarState) -> dict[str, list[dict[str, Any]]]:
-    try:
-        exports = {e.name: e for e in google_exports()}
-    except RegistryUnreachable as exc:  # pragma: no cover - only without PyPI
-        pytest.skip(f"PyPI unreachable, no Google Calendar exports: {exc}")
+    reference.require("recurring-ical-events")
+    exports = {e.name: e for e in google_exports()}
     seeded: dict[str, list[dict[str, Any]]] = {}
     for name, calendar_id in GOOGLE_EXPORTS.items():
         title, zone, events = events_from_ics(exports[name].text, calendar_id)
