@@ -3,13 +3,16 @@ deferrals, re-authentication, coalescing, deleted pending entries and trimming."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import select
 
 from ingestion.config import Settings
 from ingestion.providers import registry
@@ -18,7 +21,9 @@ from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job
 from ingestion.queue.redis_streams import RedisConsumer
 from ingestion.services import Services
+from ingestion.storage.models import MemoryRow
 from ingestion.storage.state import SyncStateStore
+from ingestion.worker import Worker, engine_runner
 from tests.queue_helpers import add_accounts, running_worker, wait_for
 from tests.queue_scripted_provider import PROVIDER, ScriptedProvider
 
@@ -174,7 +179,9 @@ async def test_permanent_reauth_and_rate_limited_jobs(env: Env) -> None:
     assert "reauth-1" not in errors
 
 
-async def test_flaky_job_retries_and_succeeds(env: Env) -> None:
+@pytest.mark.parametrize("round_", [1, 2])
+async def test_flaky_job_retries_and_succeeds(env: Env, round_: int) -> None:
+    """Run twice with the same user in one process: each test starts from a first try."""
     await add_accounts(env.services, ["flaky-redis"])
     await env.queue.enqueue(Job(PROVIDER, "flaky-redis"))
     async with running_worker(env.settings, env.consumer, env.services):
@@ -276,22 +283,77 @@ async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     assert names == {"holder"}  # it still holds a pending entry
 
 
+async def _claims(env: Env) -> list[tuple[str, str, int]]:
+    """(entry id, consumer, times delivered) of every pending entry."""
+    rows: Any = await env.redis.xpending_range(env.keys.stream, env.keys.group, "-", "+", 100)
+    return [(r["message_id"], r["consumer"], int(r["times_delivered"])) for r in rows]
+
+
 async def test_job_longer_than_visibility_timeout_keeps_its_claim(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """2.4 s of work against a 1 s visibility timeout, with a second worker reclaiming every
+    0.5 s: the entry stays with the worker that took it, is delivered once, runs once."""
     monkeypatch.setenv("QUEUE_TEST_PAGES", "3")
-    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.8")  # 2.4 s, visibility timeout 1 s
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.8")
     await add_accounts(env.services, ["slow-1"])
     await env.queue.enqueue(Job(PROVIDER, "slow-1"))
     other = env.queue.consumer("other-worker")
+    seen: set[tuple[str, str, int]] = set()
     async with (
         running_worker(env.settings, env.consumer, env.services),
         running_worker(env.settings, other, env.services),
     ):
-        await wait_for(lambda: env.runs("ok"), timeout=30)
+        await wait_for(lambda: env.runs("running"))
+        while not await env.runs("ok"):
+            seen.update(await _claims(env))
+            await asyncio.sleep(0.05)
+        # Past another visibility timeout: nothing was handed on, deferred or run again.
+        await asyncio.sleep(env.settings.job_visibility_timeout + 0.5)
+    [(_, holder, deliveries)] = seen  # one owner, one delivery, from start to finish
+    assert deliveries == 1
+    assert holder in {env.consumer.name, other.name}
     runs = await SyncStateStore(env.services.db).recent_runs(10)
-    assert [r.status for r in runs] == ["ok"]  # run once, never reclaimed while healthy
+    assert [r.status for r in runs] == ["ok"]
     assert runs[0].upserted == 6
+    assert await env.redis.zcard(env.keys.delayed) == 0
+    assert await env.pending() == 0
+
+
+async def test_job_outliving_the_grace_period_stays_pending_for_another_worker(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM's path in-process: the stop waits SHUTDOWN_GRACE_PERIOD, not for the job; the
+    entry stays pending and another worker reclaims it and finishes from the last page."""
+    monkeypatch.setenv("QUEUE_TEST_PAGES", "4")
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.6")  # 2.4 s of work
+    settings = env.settings.model_copy(update={"shutdown_grace_period": 0.5})
+    await add_accounts(env.services, ["slow-grace"])
+    await env.queue.enqueue(Job(PROVIDER, "slow-grace"))
+    worker = Worker(settings, env.consumer, engine_runner(env.services.engine))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await wait_for(lambda: env.runs("running"))
+    stop.set()
+    began = time.monotonic()
+    await asyncio.wait_for(task, timeout=30)
+    stopped_after = time.monotonic() - began
+    assert stopped_after < 2.0, f"the stop waited {stopped_after:.1f}s for the job"
+    assert await env.runs("ok") == []
+    [(entry, holder, _)] = await _claims(env)
+    assert holder == env.consumer.name  # left pending, not acknowledged or handed back
+
+    other = env.queue.consumer("other-worker")
+    async with running_worker(env.settings, other, env.services):
+        await wait_for(lambda: env.runs("ok"), timeout=30)
+    assert await env.pending() == 0
+    assert await env.dead() == []
+    async with env.services.db.session() as session:
+        ids = (await session.execute(select(MemoryRow.id))).scalars().all()
+    assert sorted(ids) == sorted(f"github:slow-grace:o/r#{i}" for i in range(8))
+    [finished] = await env.runs("ok")
+    assert 0 < finished.upserted < 8  # resumed after the pages the first worker committed
+    assert entry
 
 
 async def test_job_for_a_pair_already_syncing_elsewhere_is_deferred_then_runs(env: Env) -> None:
