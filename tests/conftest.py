@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -142,6 +146,31 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def announced_port(lines: Iterable[str], seen: list[str] | None = None) -> int:
+    """The port from the service's "api listening" log line (API_PORT=0 binds any free port).
+
+    `lines` is read until that line (a process's text stderr, say); every line read is appended
+    to `seen` so the caller can still inspect the whole output."""
+    for line in lines:
+        if seen is not None:
+            seen.append(line)
+        if line.startswith("{") and '"api listening"' in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError("the process ended without announcing its API port")
+
+
+def announced_port_in_file(log: Path, proc: subprocess.Popen[Any], timeout: float = 60) -> int:
+    """`announced_port` for a process that logs to a file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError, FileNotFoundError):
+            return announced_port(log.read_text(errors="replace").splitlines())
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no API port announced within {timeout}s")
 
 
 @pytest.fixture

@@ -39,12 +39,13 @@ from ingestion.queue import Keys
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
+from tests.conftest import announced_port_in_file
 from tests.emulators import calendar as calendar_emulator
 from tests.emulators import github as github_emulator
 from tests.emulators import gmail as gmail_emulator
 from tests.emulators import memory_engine, oauth, twitter
 from tests.emulators.gmail_corpus import generated_message
-from tests.emulators.server import RunningServer, free_port, serve
+from tests.emulators.server import RunningServer, serve
 from tests.queue_helpers import log_lines, spawn, stop_process, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -225,7 +226,6 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
     await store_accounts(settings, world)
     prometheus = tmp_path / "prometheus"
     prometheus.mkdir()
-    port = free_port()
     servers = world.servers
     env = {
         **base_env,
@@ -240,7 +240,7 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
         "TWITTER_API_URL": f"{servers['x'].url}/2",
         "PROMETHEUS_MULTIPROC_DIR": str(prometheus),
         "INGESTION_API_KEY": API_KEY,
-        "API_PORT": str(port),
+        "API_PORT": "0",  # any free port; the API's "api listening" line names it
         # Scheduled: a tick every 10 seconds (seconds-level cron); X only on demand.
         "GMAIL_SYNC_CRON": "* * * * * */10",
         "CALENDAR_SYNC_CRON": "* * * * * */10",
@@ -266,8 +266,9 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
     redis = Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(namespace)
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    url = f"http://127.0.0.1:{port}"
     try:
+        port = await asyncio.to_thread(announced_port_in_file, logs["api"], processes["api"], 150)
+        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=10) as api:
 
             async def api_up() -> bool:

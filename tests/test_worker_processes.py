@@ -4,14 +4,18 @@ while their Redis goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
+from redis import RedisError as SyncRedisError
 from redis.asyncio import Redis
 
 from ingestion.config import Settings
@@ -174,28 +178,39 @@ async def test_sigterm_during_a_job_lets_it_finish_and_exits_0(
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    """A redis-server of this test's own on a free port: (url, restart function)."""
+    """A redis-server of this test's own: (url, (start, stop)). redis-server cannot report a
+    port it picked, so a port that was free is tried and, when another process took it first,
+    the next one: the first start never races. A restart reuses the port (the test's point)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
-    state: dict[str, subprocess.Popen[bytes]] = {}
+    state: dict[str, Any] = {}
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(tmp_path)]
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def answers(port: int, proc: subprocess.Popen[bytes]) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(SyncRedisError):
+                client = SyncRedis(port=port, socket_connect_timeout=0.5)
+                try:  # our server, not another process that holds the port
+                    if client.info("server")["process_id"] == proc.pid:
+                        return True
+                finally:
+                    client.close()
+            time.sleep(0.05)
+        return False
 
     def start() -> None:
-        state["proc"] = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        proc = launch(state["port"])
+        if not answers(state["port"], proc):
+            proc.kill()
+            proc.wait(timeout=10)
+            raise AssertionError(f"redis-server did not come back on port {state['port']}")
+        state["proc"] = proc
 
     def stop() -> None:
         proc = state.pop("proc", None)
@@ -203,9 +218,18 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
             proc.terminate()
             proc.wait(timeout=10)
 
-    start()
+    for _ in range(5):
+        port = free_port()
+        proc = launch(port)
+        if answers(port, proc):
+            state.update(port=port, proc=proc)
+            break
+        proc.kill()
+        proc.wait(timeout=10)
+    else:
+        raise AssertionError("redis-server would not start on any of five free ports")
     try:
-        yield f"redis://127.0.0.1:{port}/0", (start, stop)
+        yield f"redis://127.0.0.1:{state['port']}/0", (start, stop)
     finally:
         stop()
 
