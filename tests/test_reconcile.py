@@ -477,3 +477,22 @@ def test_migration_0003_remembers_what_was_delivered_before_it(
         ]
     finally:
         engine.dispose()
+
+
+def test_stored_open_scopes_survive_a_round_trip_with_and_without_bounds() -> None:
+    """An enumeration interrupted by a crash is resumed from the stored state: an unbounded
+    scope (no since/until) must be read back as open, not dropped as unreadable."""
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    state = Reconciliation()
+    state.start(Scope("gmail:u:"))
+    state.start(Scope("calendar:u:c@x/", since=since, until=since + timedelta(days=1)))
+    stored = state.to_json()
+    again = Reconciliation.of(stored)
+    assert again.to_json() == stored
+    unbounded = again.scopes["gmail:u:"]
+    assert (unbounded.since, unbounded.until) == (None, None)
+    bounded = again.scopes["calendar:u:c@x/"]
+    assert (bounded.since, bounded.until) == (since, since + timedelta(days=1))
+    # Unreadable entries count as no enumeration in progress; readable ones are kept.
+    broken = {"scopes": {**stored["scopes"], "x:": {"since": "yesterday", "generation": 1}}}
+    assert set(Reconciliation.of(broken).scopes) == {"gmail:u:", "calendar:u:c@x/"}

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from ingestion.config import Settings
 from ingestion.providers import registry
@@ -197,8 +199,17 @@ async def test_second_job_for_a_queued_or_running_pair_is_coalesced(
     monkeypatch.setenv("QUEUE_TEST_PAGES", "2")
     monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.3")
     await add_accounts(env.services, ["slow-1"])
+    coalesced = REGISTRY.get_sample_value(
+        "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
+    )
     first = await env.queue.enqueue(Job(PROVIDER, "slow-1"))
     second = await env.queue.enqueue(Job(PROVIDER, "slow-1", FetchOptions(force_full_sync=True)))
+    assert (
+        REGISTRY.get_sample_value(
+            "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
+        )
+        == (coalesced or 0) + 1
+    )
     assert not first.coalesced
     assert second.coalesced
     assert second.job_id == first.job_id
@@ -231,13 +242,25 @@ async def test_deleted_pending_entry_is_acknowledged_not_crashed_on(env: Env) ->
     await env.redis.xdel(env.keys.stream, entry_id)
     await env.queue.enqueue(Job(PROVIDER, "ok-2"))
 
-    async with running_worker(env.settings, env.consumer, env.services):
+    with capture_logs() as logs:
+        async with running_worker(env.settings, env.consumer, env.services):
 
-        async def settled() -> bool:
-            return await env.pending() == 0 and len(await env.runs("ok")) == 1
+            async def settled() -> bool:
+                return await env.pending() == 0 and len(await env.runs("ok")) == 1
 
-        await wait_for(settled)
+            await wait_for(settled)
+            await wait_for(
+                lambda: _logged(logs, "pending entries were deleted before they ran"), timeout=10
+            )
     assert await env.dead() == []
+    [gone] = [e for e in logs if e["event"] == "pending entries were deleted before they ran"]
+    assert gone["entries"] == [entry_id]
+    # Reclaiming went smoothly: the worker never took the queue for unreachable.
+    assert not [e for e in logs if e["event"] == "queue unreachable; retrying"]
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
 
 
 async def test_trim_keeps_pending_and_undelivered_entries(env: Env) -> None:
@@ -267,6 +290,16 @@ async def test_queue_figures_for_status(env: Env) -> None:
     assert stats["pending"] == 1
     assert stats["deadLetters"] == 1
     assert stats["oldestPendingSeconds"] is not None
+
+
+async def test_queue_figures_before_anything_was_enqueued(redis_url: str, namespace: str) -> None:
+    fresh = RedisJobQueue(Settings(redis_url=redis_url, redis_namespace=f"{namespace}-fresh"))
+    try:
+        stats = await fresh.stats()
+    finally:
+        await fresh.aclose()
+    assert stats["length"] == stats["pending"] == stats["delayed"] == stats["deadLetters"] == 0
+    assert stats["oldestPendingSeconds"] is None
 
 
 async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
