@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from structlog.testing import capture_logs
 
 from ingestion import reconcile
 from ingestion.config import Settings
@@ -354,11 +355,14 @@ async def test_calendar_gone_while_its_resync_is_open_abandons_the_enumeration(
         await world.sync(crash_after_pages=1)
     assert list(await world.open_scopes()) == [f"{TEAM}/"]
     world.calendar.delete_calendar(TEAM)
-    summary = await world.sync()
+    with capture_logs() as logs:
+        summary = await world.sync()
     assert summary.status == "ok"
     assert await world.stored() == set(home)
     assert await world.open_scopes() == {}
-    assert team
+    swept = [e for e in logs if e["event"] == "records swept"]
+    assert [(e["provider"], e["user_id"]) for e in swept] == [("calendar", USER)]
+    assert sum(e["swept"] for e in swept) == len(team)
 
 
 @pytest.mark.parametrize("calendar_world", BACKENDS, indirect=True)
