@@ -363,6 +363,8 @@ async def test_calendar_gone_while_its_resync_is_open_abandons_the_enumeration(
     swept = [e for e in logs if e["event"] == "records swept"]
     assert [(e["provider"], e["user_id"]) for e in swept] == [("calendar", USER)]
     assert sum(e["swept"] for e in swept) == len(team)
+    [done] = [e for e in logs if e["event"] == "sync finished"]
+    assert (done["provider"], done["user_id"]) == ("calendar", USER)
 
 
 @pytest.mark.parametrize("calendar_world", BACKENDS, indirect=True)

@@ -373,6 +373,7 @@ async def test_job_outliving_the_grace_period_stays_pending_for_another_worker(
     stopped_after = time.monotonic() - began
     assert stopped_after < 2.0, f"the stop waited {stopped_after:.1f}s for the job"
     assert await env.runs("ok") == []
+    assert len(await env.runs("cancelled")) == 1  # the run says why it stopped
     [(entry, holder, _)] = await _claims(env)
     assert holder == env.consumer.name  # left pending, not acknowledged or handed back
 
