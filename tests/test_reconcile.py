@@ -365,6 +365,7 @@ async def test_calendar_gone_while_its_resync_is_open_abandons_the_enumeration(
     assert sum(e["swept"] for e in swept) == len(team)
     [done] = [e for e in logs if e["event"] == "sync finished"]
     assert (done["provider"], done["user_id"]) == ("calendar", USER)
+    assert (done["pages"], done["fetched"]) == (summary.pages, summary.fetched)
 
 
 @pytest.mark.parametrize("calendar_world", BACKENDS, indirect=True)
