@@ -311,6 +311,8 @@ async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
     await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
+    # "Silent longer than 0 s" needs a measurable silence: Redis counts idle time in whole ms.
+    await asyncio.sleep(0.01)
     assert await env.consumer.prune_consumers(idle_seconds=0) == 1
     names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.stream, env.keys.group)}
     assert names == {"holder"}  # it still holds a pending entry
