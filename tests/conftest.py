@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis
 
+from ingestion.config import Settings
 from tests.emulators.oauth import OAuthState, create_app
 from tests.emulators.server import serve
 from tests.tokens_probe import ProbeApi, create_probe_app
@@ -22,9 +27,52 @@ from tests.tokens_probe import ProbeApi, create_probe_app
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
+REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 INGESTION = [sys.executable, "-m", "ingestion.cli"]
+
+
+def _caller_settings() -> set[str]:
+    """Names of every environment variable the service reads (its settings, by field and
+    alias), and the proxy variables httpx would route the emulators' traffic through."""
+    names = {"PROMETHEUS_MULTIPROC_DIR"}
+    for name, field in Settings.model_fields.items():
+        names.add(name.upper())
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", [alias] if isinstance(alias, str) else [])
+        names.update(str(choice).upper() for choice in choices if isinstance(choice, str))
+    return names
+
+
+_ISOLATED = _caller_settings()
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def _scrub(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    return [k for k in environ if k.upper() in _ISOLATED or k.upper() in _PROXIES]
+
+
+# Module- and session-scoped fixtures run before the per-test fixture below: scrub once here too.
+for _name in _scrub(os.environ):
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def isolated_from_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as if started from an empty folder with none of the service's settings:
+    no `./.env` of the caller is read and no `MEMORY_ENGINE_URL`, `DATABASE_URL`, … of the
+    caller's shell reaches the code under test or the processes it starts. Tests set what they
+    need explicitly; `tests.*` stays importable by subprocesses (plugins) through PYTHONPATH."""
+    for name in _scrub(os.environ):
+        monkeypatch.delenv(name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    python_path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(REPO), python_path] if python_path else [str(REPO)])
+    )
 
 
 @pytest.fixture
@@ -98,6 +146,31 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def announced_port(lines: Iterable[str], seen: list[str] | None = None) -> int:
+    """The port from the service's "api listening" log line (API_PORT=0 binds any free port).
+
+    `lines` is read until that line (a process's text stderr, say); every line read is appended
+    to `seen` so the caller can still inspect the whole output."""
+    for line in lines:
+        if seen is not None:
+            seen.append(line)
+        if line.startswith("{") and '"api listening"' in line:
+            return int(json.loads(line)["port"])
+    raise AssertionError("the process ended without announcing its API port")
+
+
+def announced_port_in_file(log: Path, proc: subprocess.Popen[Any], timeout: float = 60) -> int:
+    """`announced_port` for a process that logs to a file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError, FileNotFoundError):
+            return announced_port(log.read_text(errors="replace").splitlines())
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no API port announced within {timeout}s")
 
 
 @pytest.fixture

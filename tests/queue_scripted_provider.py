@@ -7,7 +7,8 @@ It stands in for the `github` provider. What a sync does depends on the user id'
   each; the cursor is `{"page": n}` so a resumed sync continues after the last accepted page;
 - `poison-…`: always a `RetryableError`; `permanent-…`: a `PermanentError`;
   `reauth-…`: `ReauthRequired`; `limited-…`: `RateLimited` with a 0.05 s retry_after;
-- `flaky-…`: fails with a `RetryableError` on its first try and succeeds on the retry;
+- `flaky-…`: fails with a `RetryableError` on its first try and succeeds on the retry (tries
+  are counted per database, which is unique to each test, so reruns start from zero).
 - `farfuture-…` / `forever-…`: `RateLimited` with a retry_after of 1e308 / inf seconds on the
   first try (a hostile reset header), then succeeds.
 
@@ -29,7 +30,8 @@ from ingestion.memory.record import MemoryRecord
 from ingestion.providers.base import SyncContext, SyncPage
 
 PROVIDER = "github"
-_tries: dict[str, int] = {}
+#: (database URL, user) -> tries; the database names the test, so no test sees another's count.
+_tries: dict[tuple[str, str], int] = {}
 
 
 class ScriptedProvider:
@@ -42,7 +44,8 @@ class ScriptedProvider:
     async def sync(self, ctx: SyncContext) -> AsyncIterator[SyncPage]:
         user = ctx.user_id
         kind = user.split("-", 1)[0]
-        _tries[user] = _tries.get(user, 0) + 1
+        key = (self.settings.database_url, user)
+        _tries[key] = tries = _tries.get(key, 0) + 1
         if kind == "poison":
             raise RetryableError("upstream keeps answering 503")
         if kind == "permanent":
@@ -51,9 +54,9 @@ class ScriptedProvider:
             raise ReauthRequired("refresh token revoked")
         if kind == "limited":
             raise RateLimited("rate window exhausted", retry_after=0.05)
-        if kind == "flaky" and _tries[user] == 1:
+        if kind == "flaky" and tries == 1:
             raise RetryableError("first try fails")
-        if kind in ("farfuture", "forever") and _tries[user] == 1:
+        if kind in ("farfuture", "forever") and tries == 1:
             wait = 1e308 if kind == "farfuture" else float("inf")
             raise RateLimited("the API asked for an absurd wait", retry_after=wait)
         pages, delay = 1, 0.0

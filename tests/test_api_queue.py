@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from ingestion.queue import Keys, RedisJobQueue
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
-from tests.emulators.server import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -149,7 +149,12 @@ async def test_dlq_retry_puts_dead_letters_back_on_the_queue(
 async def test_readyz_is_503_naming_the_queue_when_redis_is_unreachable(
     services: Services, database_url: str
 ) -> None:
-    closed = Settings(database_url=database_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    # A port this test holds bound but never listens on: connections to it are refused, and no
+    # other test can take it meanwhile.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    closed_port = holder.getsockname()[1]
+    closed = Settings(database_url=database_url, redis_url=f"redis://127.0.0.1:{closed_port}/0")
     queue = RedisJobQueue(closed)
     transport = httpx.ASGITransport(app=create_app(services, queue))
     try:
@@ -170,3 +175,4 @@ async def test_readyz_is_503_naming_the_queue_when_redis_is_unreachable(
             assert "the queue did not accept the job" in sync.json()["error"]
     finally:
         await queue.aclose()
+        holder.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,18 @@ from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
 from ingestion.storage.models import MemoryRow
 from ingestion.sync import SyncSummary
+from tests import reference
+from tests.clock import AnchoredClock
 from tests.emulators import RunningServer, serve
 from tests.emulators.calendar import CalendarState, Fault, create_app
-from tests.emulators.calendar_ics import RegistryUnreachable, events_from_ics, google_exports
+from tests.emulators.calendar_ics import events_from_ics, google_exports
 
 USER = "u1"
 TOKEN = "ya29.calendar-test-token"
+#: The services' clock: every date below is written relative to it (November and December of
+#: its year), so the first-sync window (NOW - CALENDAR_PAST_DAYS .. NOW + CALENDAR_FUTURE_DAYS)
+#: holds them whatever day the suite runs.
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 WEEKLY_START = {"dateTime": "2026-11-02T09:00:00+01:00", "timeZone": "Europe/Berlin"}
 
 
@@ -84,7 +91,9 @@ async def world(
     extra = getattr(request, "param", {})
     database = tmp_path / "ingestion.db"
     shutil.copyfile(migrated_db, database)
-    services = await Services.open(make_settings(database, server.url, **extra), migrate=False)
+    services = await Services.open(
+        make_settings(database, server.url, **extra), migrate=False, clock=AnchoredClock(NOW)
+    )
     async with services.db.session() as session:
         await save_account(session, user_id=USER, provider_id="google", access_token=TOKEN)
     try:
@@ -272,6 +281,25 @@ async def test_recurring_series_with_moved_and_cancelled_occurrences(world: Worl
     assert summary.deleted == 4
 
 
+async def test_first_sync_window_is_measured_from_the_services_clock(world: World) -> None:
+    """CALENDAR_PAST_DAYS / _FUTURE_DAYS (365) around the injected clock, not the wall clock."""
+    calendar = "u1@example.com"
+    world.state.add_calendar(USER, calendar, "Me", primary=True)
+
+    def at(days: int) -> dict[str, str]:
+        return {"dateTime": (NOW + timedelta(days=days)).isoformat().replace("+00:00", "Z")}
+
+    inside = [world.state.insert_event(calendar, start=at(d), end=at(d)) for d in (-360, 360)]
+    for days in (-370, 370):
+        world.state.insert_event(calendar, start=at(days), end=at(days))
+    mark = len(world.state.requests)
+    await world.sync()
+    [listing] = [r for r in world.requests_since(mark) if "timeMin" in r.params]
+    assert listing.params["timeMin"].startswith((NOW - timedelta(days=365)).date().isoformat())
+    assert listing.params["timeMax"].startswith((NOW + timedelta(days=365)).date().isoformat())
+    assert set(await world.records()) == {f"{calendar}/{e['id']}" for e in inside}
+
+
 async def test_time_zones_and_all_day_events(world: World) -> None:
     state = world.state
     calendar = "u1@example.com"
@@ -430,10 +458,8 @@ GOOGLE_EXPORTS = {
 
 
 def seed_google_exports(state: CalendarState) -> dict[str, list[dict[str, Any]]]:
-    try:
-        exports = {e.name: e for e in google_exports()}
-    except RegistryUnreachable as exc:  # pragma: no cover - only without PyPI
-        pytest.skip(f"PyPI unreachable, no Google Calendar exports: {exc}")
+    reference.require("recurring-ical-events")
+    exports = {e.name: e for e in google_exports()}
     seeded: dict[str, list[dict[str, Any]]] = {}
     for name, calendar_id in GOOGLE_EXPORTS.items():
         title, zone, events = events_from_ics(exports[name].text, calendar_id)

@@ -2,7 +2,8 @@
 
 The test plays the person: it reads the consent URL the CLI prints (`--no-browser`), follows it
 to the emulated authorization endpoint (scripted consent), and delivers the redirect to the
-CLI's loopback listener on the chosen `--port`. Then the stored account is checked through
+CLI's loopback listener, on the port the CLI bound (port 0: the redirect URI in the consent URL
+names it, so no test races another for a port). Then the stored account is checked through
 `accounts list` (no tokens printed) and, for GitHub, used by a real sync. The X flow, refused
 consent and a missing redirect run the same code in-process (quicker).
 """
@@ -15,9 +16,11 @@ import subprocess
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from ingestion.config import Settings
 from ingestion.connect import ConnectResult, connect_account
@@ -25,6 +28,7 @@ from ingestion.errors import ConfigurationError, PermanentError
 from ingestion.providers.gmail.auth import GOOGLE_OAUTH
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account
+from ingestion.storage.models import Account, User
 from ingestion.token_endpoint import interpret_token_answer
 from tests.conftest import INGESTION, run_cli
 from tests.emulators.oauth import OAuthState
@@ -45,21 +49,11 @@ def env_for(base_env: dict[str, str], oauth: tuple[OAuthState, str]) -> dict[str
 
 
 def start_connect(
-    env: dict[str, str], provider: str, port: int, *extra: str
+    env: dict[str, str], provider: str, *extra: str
 ) -> tuple[subprocess.Popen[str], str]:
     """Start `ingestion connect` and return the process and the consent URL it printed."""
     proc = subprocess.Popen(
-        [
-            *INGESTION,
-            "connect",
-            provider,
-            "--user",
-            USER,
-            "--no-browser",
-            "--port",
-            str(port),
-            *extra,
-        ],
+        [*INGESTION, "connect", provider, "--user", USER, "--no-browser", *extra],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -74,12 +68,18 @@ def start_connect(
     raise AssertionError(f"connect printed no URL; stderr: {stderr[-2000:]}")
 
 
-def consent(url: str, port: int, path: str = "/callback") -> httpx.Response:
+def redirect_uri(url: str) -> str:
+    """The loopback redirect URI a consent URL carries (with the port the listener bound)."""
+    [uri] = parse_qs(urlsplit(url).query)["redirect_uri"]
+    return uri
+
+
+def consent(url: str) -> httpx.Response:
     """Follow the consent URL and deliver the redirect to the CLI's loopback listener."""
     answer = httpx.get(url, follow_redirects=False)
     assert answer.status_code == 302, answer.text
     location = answer.headers["location"]
-    assert location.startswith(f"http://127.0.0.1:{port}{path}?")
+    assert location.startswith(f"{redirect_uri(url)}?")
     return httpx.get(location)
 
 
@@ -93,9 +93,10 @@ def test_connect_google_stores_a_refreshable_account(
 ) -> None:
     state, _ = oauth
     env = env_for(base_env, oauth)
-    port = free_port()
-    proc, url = start_connect(env, "gmail", port)
-    delivered = consent(url, port)
+    proc, url = start_connect(env, "gmail")
+    port = urlsplit(redirect_uri(url)).port
+    assert port
+    delivered = consent(url)
     code, stdout, stderr = finish(proc)
 
     assert delivered.status_code == 200
@@ -131,11 +132,10 @@ async def run_flow(
 ) -> tuple[ConnectResult, Services]:
     """The flow in-process; the announced URL is followed in a thread (the person)."""
     services = await Services.open(settings)
-    port = free_port()
 
     def announce(url: str) -> None:
         if deliver:
-            threading.Thread(target=consent, args=(url, port), daemon=True).start()
+            threading.Thread(target=consent, args=(url,), daemon=True).start()
 
     try:
         result = await connect_account(
@@ -144,7 +144,6 @@ async def run_flow(
             services.http,
             provider=provider,
             user_id=USER,
-            port=port,
             open_browser=False,
             timeout=30,
             announce=announce,
@@ -189,9 +188,19 @@ async def test_connect_denied_consent_fails_and_stores_nothing(
 ) -> None:
     state, _ = oauth
     state.consent_decision = "deny"
+    settings = settings_for(sqlite_url, oauth)
     with pytest.raises(PermanentError, match="authorization was not granted: access_denied"):
-        await run_flow(settings_for(sqlite_url, oauth), "calendar")
+        await run_flow(settings, "calendar")
     assert state.token_calls("google", "authorization_code") == 0
+    assert state.grants == {}
+    services = await Services.open(settings)
+    try:
+        async with services.db.session() as session:
+            assert (await session.execute(select(Account))).scalars().all() == []
+            assert (await session.execute(select(User))).scalars().all() == []
+            assert await find_account(session, USER, "google") is None
+    finally:
+        await services.aclose()
 
 
 async def test_connect_times_out_without_a_redirect(
@@ -225,9 +234,8 @@ def test_connect_github_then_sync_uses_the_new_token(
     try:
         env = env_for(base_env, oauth)
         env.update(GITHUB_API_URL=probe.url, INGESTION_PLUGINS="tests.tokens_probe_plugin")
-        port = free_port()
-        proc, url = start_connect(env, "github", port)
-        consent(url, port)
+        proc, url = start_connect(env, "github")
+        consent(url)
         code, _, stderr = finish(proc)
         assert code == 0, stderr[-2000:]
 
@@ -261,8 +269,8 @@ def test_connect_google_web_client_takes_the_exact_registered_redirect_uri(
     state.google_client_type = "web"
     state.google_redirect_uris = {registered}
     env = env_for(base_env, oauth)
-    proc, url = start_connect(env, "gmail", 0, "--redirect-uri", registered)
-    delivered = consent(url, port, "/oauth2/callback")
+    proc, url = start_connect(env, "gmail", "--redirect-uri", registered)
+    delivered = consent(url)
     code, stdout, stderr = finish(proc)
 
     assert delivered.status_code == 200

@@ -11,8 +11,9 @@ tokens have expired, so each of those syncs refreshes first). The worker running
 mailbox is SIGKILLed while that sync is half done; the other worker reclaims the job after the
 visibility timeout and resumes from the last stored cursor.
 
-What must hold afterwards: every seeded item is in the memory engine exactly once (the
-engine's per-id upsert count is 1 for every id, no unexpected ids), every (user, provider) is
+What must hold afterwards: every seeded item is in the memory engine under its stable id, no
+unexpected ids, each upserted once except at most the one page in flight at the kill (resent
+once when the kill fell between the engine's 2xx and the cursor commit), every (user, provider) is
 `ok`, nothing is pending or dead, the metrics of all processes (the killed one included) count
 what happened, and the status page shows it.
 """
@@ -39,12 +40,13 @@ from ingestion.queue import Keys
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.db import upgrade
+from tests.conftest import announced_port_in_file
 from tests.emulators import calendar as calendar_emulator
 from tests.emulators import github as github_emulator
 from tests.emulators import gmail as gmail_emulator
 from tests.emulators import memory_engine, oauth, twitter
 from tests.emulators.gmail_corpus import generated_message
-from tests.emulators.server import RunningServer, free_port, serve
+from tests.emulators.server import RunningServer, serve
 from tests.queue_helpers import log_lines, spawn, stop_process, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -52,6 +54,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 USERS = ("alice", "bob", "carol")
 BIG = "alice"  # the mailbox whose sync is killed half way
 BIG_MAILBOX = 100
+GMAIL_PAGE = 20
 SMALL_MAILBOX = 12
 API_KEY = "e2e-api-key-of-at-least-32-characters"
 X_IDS = {"alice": "101", "bob": "102", "carol": "103"}
@@ -227,7 +230,6 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
     await store_accounts(settings, world)
     prometheus = tmp_path / "prometheus"
     prometheus.mkdir()
-    port = free_port()
     servers = world.servers
     env = {
         **base_env,
@@ -242,7 +244,7 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
         "TWITTER_API_URL": f"{servers['x'].url}/2",
         "PROMETHEUS_MULTIPROC_DIR": str(prometheus),
         "INGESTION_API_KEY": API_KEY,
-        "API_PORT": str(port),
+        "API_PORT": "0",  # any free port; the API's "api listening" line names it
         # Scheduled: a tick every 10 seconds (seconds-level cron); X only on demand.
         "GMAIL_SYNC_CRON": "* * * * * */10",
         "CALENDAR_SYNC_CRON": "* * * * * */10",
@@ -253,7 +255,7 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
         "WORKER_CONCURRENCY": "1",  # the killed worker runs the big mailbox alone
         # Pace the big mailbox so that its sync is still running when its worker is killed.
         "GMAIL_QUOTA_UNITS_PER_MINUTE": "2400",
-        "GMAIL_PAGE_SIZE": "20",
+        "GMAIL_PAGE_SIZE": str(GMAIL_PAGE),
         "GITHUB_RATE_LIMIT_RESERVE": "0",
         "TWITTER_RATE_LIMIT_RESERVE": "0",
         "LOG_FORMAT": "json",
@@ -268,8 +270,9 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
     redis = Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(namespace)
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    url = f"http://127.0.0.1:{port}"
     try:
+        port = await asyncio.to_thread(announced_port_in_file, logs["api"], processes["api"], 150)
+        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=10) as api:
 
             async def api_up() -> bool:
@@ -345,10 +348,14 @@ async def test_deployment_survives_a_killed_worker_and_syncs_everything_once(
 
             status = await wait_for(settled, timeout=60, interval=0.2)
 
-            # Exactly once: every seeded item, nothing else, each upserted once.
+            # Every seeded item, nothing else, under stable ids. Only the killed job may have
+            # resent anything: at most the page in flight at the kill (a kill between the
+            # engine's 2xx and the cursor commit), each of its items at most twice.
             assert world.engine.ids() == expected
             repeated = {i: n for i, n in world.engine.upserts.items() if n != 1}
-            assert repeated == {}, f"items upserted more than once: {sorted(repeated)[:5]}"
+            assert all(i.startswith(big_prefix) for i in repeated), sorted(repeated)[:5]
+            assert len(repeated) <= GMAIL_PAGE, f"more than one page resent: {len(repeated)}"
+            assert set(repeated.values()) <= {2}, repeated
             for user in USERS:
                 assert world.engine.ids(user) == world.expected[user]
 

@@ -1,18 +1,13 @@
 """The GitHub emulator against real payloads: GitHub's OpenAPI examples and recorded traffic.
 
 The npm packages `@octokit/openapi` (GitHub's OpenAPI description with example payloads) and
-`@octokit/fixtures` (normalised recordings of real api.github.com traffic) are fetched with
-`npm pack` on first use and cached under `tests/.cache/`.
+`@octokit/fixtures` (normalised recordings of real api.github.com traffic) are reference
+material, fetched and verified by `uv run python -m tests.reference` (see tests/reference.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,68 +17,21 @@ import httpx
 import pytest
 
 from ingestion.providers.github.client import classify, next_link
+from tests import reference
 from tests.emulators.github import GitHubState, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
-
-CACHE = Path(__file__).parent / ".cache"
-OPENAPI = ("@octokit/openapi@23.0.2", "package/generated/api.github.com.json")
-FIXTURES = ("@octokit/fixtures@23.1.2", "package/scenarios/api.github.com/")
-
-
-def _npm_pack(spec: str) -> Path:
-    """The package tarball, downloaded once (atomically, safe under pytest-xdist)."""
-    name = spec.lstrip("@").replace("/", "-").replace("@", "-") + ".tgz"
-    target = CACHE / name
-    if target.exists():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot fetch the GitHub reference payloads")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        result = subprocess.run(
-            [npm, "pack", spec, "--pack-destination", tmp, "--silent"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.skip(f"the npm registry is unreachable: {result.stderr.strip()[:200]}")
-        (packed,) = Path(tmp).glob("*.tgz")
-        os.replace(packed, target)
-    return target
-
-
-def _extract(spec: str, member_prefix: str) -> Path:
-    """Members of the package under `member_prefix`, extracted once into the cache."""
-    tarball = _npm_pack(spec)
-    folder = CACHE / tarball.stem
-    done = folder / ".extracted"
-    if not done.exists():
-        with tempfile.TemporaryDirectory(dir=CACHE) as tmp, tarfile.open(tarball) as archive:
-            members = [m for m in archive.getmembers() if m.name.startswith(member_prefix)]
-            archive.extractall(tmp, members=members, filter="data")
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                if not folder.exists():
-                    raise
-            Path(tmp).mkdir(exist_ok=True)  # TemporaryDirectory cleans up what it created
-        done.touch()
-    return folder
 
 
 @pytest.fixture(scope="module")
 def examples() -> dict[str, Any]:
-    path = _extract(*OPENAPI) / OPENAPI[1]
+    path = reference.require("octokit-openapi") / "generated" / "api.github.com.json"
     spec = json.loads(path.read_text())
     return {name: value["value"] for name, value in spec["components"]["examples"].items()}
 
 
 @pytest.fixture(scope="module")
 def recorded() -> Path:
-    return _extract(*FIXTURES) / FIXTURES[1]
+    return reference.require("octokit-fixtures") / "scenarios" / "api.github.com"
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests import reference
 from tests.conftest import INGESTION, run_cli
 from tests.emulators import gmail as gmail_emulator
 from tests.emulators import memory_engine
 from tests.emulators.gmail import GmailState
 from tests.emulators.gmail_corpus import (
-    CorpusUnavailable,
     generated_message,
     mailparser_corpus,
     stdlib_corpus,
@@ -132,12 +132,9 @@ def check_corpus(name: str, raw: bytes, record: dict[str, Any], when: datetime) 
 def test_full_sync_of_real_mail_corpora(base_env: dict[str, str], emulators: Any) -> None:
     """CPython's email test corpus and the mail-parser sample mails, each message once."""
     gmail, _, engine, _ = emulators
-    try:
-        corpus = [("stdlib/" + n, raw) for n, raw in stdlib_corpus()]
-    except CorpusUnavailable as exc:  # the interpreter ships without its test package
-        corpus = []
-        print(f"stdlib corpus skipped: {exc}")
-    corpus += [("mail-parser/" + n, raw) for n, raw in mailparser_corpus()]
+    corpus = [("stdlib/" + n, raw) for n, raw in stdlib_corpus(reference.require_stdlib_email())]
+    mail_parser = reference.require("mail-parser")
+    corpus += [("mail-parser/" + n, raw) for n, raw in mailparser_corpus(mail_parser)]
     assert len(corpus) >= 19
     now = datetime.now(UTC).replace(microsecond=0)
     expected: dict[str, tuple[str, bytes, datetime]] = {}

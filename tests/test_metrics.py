@@ -8,12 +8,21 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingestion import metrics
+from ingestion.api import create_app
 from ingestion.config import Settings
 from ingestion.errors import ConfigurationError
+from ingestion.providers.base import FetchOptions
+from ingestion.services import Services
+from ingestion.storage.accounts import save_account
 from tests.conftest import run_cli
+from tests.emulators.github import GitHubState, seed_activity
+from tests.emulators.github import create_app as create_github
+from tests.emulators.server import serve
 
 METRIC_NAMES = (
     "ingestion_jobs_total",
@@ -124,3 +133,86 @@ def test_api_command_refuses_a_missing_multiproc_dir(
     assert result.stderr.strip().splitlines() == [
         f"error: PROMETHEUS_MULTIPROC_DIR: {tmp_path / 'missing'} is not a directory"
     ]
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _delta(
+    before: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    after: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    name: str,
+    **labels: str,
+) -> float:
+    """How much the samples of `name` whose labels include `labels` moved, summed."""
+    wanted = set(labels.items())
+    return sum(
+        value - before.get(key, 0.0)
+        for key, value in after.items()
+        if key[0] == name and wanted <= key[1]
+    )
+
+
+async def test_a_sync_moves_the_counters_served_on_metrics(tmp_path: Path) -> None:
+    """Values, not only names: a real sync against the GitHub emulator, scraped from /metrics
+    before and after, moves each counter by what the sync did."""
+    github = GitHubState()
+    github.add_user("mona", token="gho_metrics")
+    seed_activity(github, "mona", repos=2, commits_per_repo=3, issues_per_repo=2)
+    server = serve(create_github(github))
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'metrics.db'}",
+        github_api_url=server.url,
+        github_rate_limit_reserve=0,
+    )
+    services = await Services.open(settings)
+    try:
+        async with services.db.session() as session:
+            await save_account(
+                session, user_id="m1", provider_id="github", access_token="gho_metrics"
+            )
+        transport = httpx.ASGITransport(app=create_app(services, None))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+
+            async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+                answer = await http.get("/metrics")
+                assert answer.status_code == 200
+                return _samples(answer.text)
+
+            before = await scrape()
+            served = len(github.log)
+            first = await services.engine.run("github", "m1", FetchOptions())
+            after = await scrape()
+            assert first.upserted > 0
+            items = "ingestion_items_total"
+            assert _delta(before, after, items, provider="github", action="upserted") == (
+                first.upserted
+            )
+            assert _delta(before, after, items, provider="github", action="fetched") == (
+                first.fetched
+            )
+            assert _delta(before, after, "ingestion_jobs_total", provider="github") == 1
+            duration = "ingestion_sync_duration_seconds_count"
+            assert _delta(before, after, duration, provider="github", status="ok") == 1
+            requests = "ingestion_api_requests_total"
+            made = len(github.log) - served
+            assert _delta(before, after, requests, provider="github") == made
+            assert _delta(before, after, requests, provider="github", status="200") == (
+                github.count(status=200) - sum(1 for r in github.log[:served] if r.status == 200)
+            )
+
+            # Nothing changed upstream: conditional requests answer 304, nothing is upserted.
+            second = await services.engine.run("github", "m1", FetchOptions())
+            again = await scrape()
+            assert second.upserted == 0
+            assert _delta(after, again, items, provider="github", action="upserted") == 0
+            assert _delta(after, again, requests, provider="github", status="304") > 0
+            assert _delta(after, again, duration, provider="github", status="ok") == 1
+    finally:
+        await services.aclose()
+        server.stop()

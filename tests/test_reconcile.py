@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from structlog.testing import capture_logs
 
 from ingestion import reconcile
 from ingestion.config import Settings
@@ -339,6 +340,34 @@ async def test_calendar_crash_mid_410_resync_then_completes(calendar_world: Worl
     assert await world.open_scopes() == {}
 
 
+@pytest.mark.parametrize("calendar_world", BACKENDS[:1], indirect=True)
+async def test_calendar_gone_while_its_resync_is_open_abandons_the_enumeration(
+    calendar_world: World,
+) -> None:
+    """A crash leaves a calendar's full listing open; the calendar then disappears: its records
+    are swept as gone and the open enumeration under it is dropped, the sync succeeds."""
+    world = calendar_world
+    team = seed_calendar(world, TEAM, 5)
+    home = seed_calendar(world, HOME, 2)
+    await world.sync()
+    world.calendar.expire_sync_tokens(TEAM)
+    with pytest.raises(Crash):
+        await world.sync(crash_after_pages=1)
+    assert list(await world.open_scopes()) == [f"{TEAM}/"]
+    world.calendar.delete_calendar(TEAM)
+    with capture_logs() as logs:
+        summary = await world.sync()
+    assert summary.status == "ok"
+    assert await world.stored() == set(home)
+    assert await world.open_scopes() == {}
+    swept = [e for e in logs if e["event"] == "records swept"]
+    assert [(e["provider"], e["user_id"]) for e in swept] == [("calendar", USER)]
+    assert sum(e["swept"] for e in swept) == len(team)
+    [done] = [e for e in logs if e["event"] == "sync finished"]
+    assert (done["provider"], done["user_id"]) == ("calendar", USER)
+    assert (done["pages"], done["fetched"]) == (summary.pages, summary.fetched)
+
+
 @pytest.mark.parametrize("calendar_world", BACKENDS, indirect=True)
 @pytest.mark.parametrize("how", ["deleted", "revoked", "answers 404 while listed"])
 async def test_calendar_that_cannot_be_listed_has_its_records_removed(
@@ -405,6 +434,9 @@ async def test_sweeps_match_prefixes_exactly_and_respect_time_bounds(
         nothing = Reconciliation()
         await sink.upsert(USER, everything)
         await delivered.remember(everything, [], nothing)
+        # The same user's records of another provider, under the same source ids: never swept.
+        other = DeliveredRecords(world.services.db, sink, USER, "gmail")
+        await other.remember([record("a_%/1", 0), record("a_%/9", 0)], [], nothing)
         reconciliation = Reconciliation()
         opened = reconciliation.start(
             Scope("a_%/", since=day - timedelta(days=1), until=day + timedelta(days=1))
@@ -429,6 +461,11 @@ async def test_sweeps_match_prefixes_exactly_and_respect_time_bounds(
                 ]
         assert await delivered.sweep_gone("a_%/") == 3
         assert await world.remembered() == {"aX%/1", "A_%/1"}
+        async with world.services.db.session() as session:
+            kept = await session.execute(
+                select(DeliveredRow.source_id).where(DeliveredRow.provider == "gmail")
+            )
+            assert set(kept.scalars()) == {"a_%/1", "a_%/9"}
     finally:
         await world.services.aclose()
 
@@ -477,3 +514,22 @@ def test_migration_0003_remembers_what_was_delivered_before_it(
         ]
     finally:
         engine.dispose()
+
+
+def test_stored_open_scopes_survive_a_round_trip_with_and_without_bounds() -> None:
+    """An enumeration interrupted by a crash is resumed from the stored state: an unbounded
+    scope (no since/until) must be read back as open, not dropped as unreadable."""
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    state = Reconciliation()
+    state.start(Scope("gmail:u:"))
+    state.start(Scope("calendar:u:c@x/", since=since, until=since + timedelta(days=1)))
+    stored = state.to_json()
+    again = Reconciliation.of(stored)
+    assert again.to_json() == stored
+    unbounded = again.scopes["gmail:u:"]
+    assert (unbounded.since, unbounded.until) == (None, None)
+    bounded = again.scopes["calendar:u:c@x/"]
+    assert (bounded.since, bounded.until) == (since, since + timedelta(days=1))
+    # Unreadable entries count as no enumeration in progress; readable ones are kept.
+    broken = {"scopes": {**stored["scopes"], "x:": {"since": "yesterday", "generation": 1}}}
+    assert set(Reconciliation.of(broken).scopes) == {"gmail:u:", "calendar:u:c@x/"}

@@ -12,30 +12,29 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import INGESTION
-from tests.emulators import free_port
+from tests.conftest import INGESTION, announced_port_in_file
 
 
-def _start(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*INGESTION, "run"],
-        env={**env, "API_PORT": str(port), "GITHUB_CLIENT_SECRET": "do-not-log-me"},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("ingestion run did not serve /healthz within 60 s")
+def _start(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Start `ingestion run` on API_PORT=0; returns the process, the port it announced in its
+    log and the log file (stdout and stderr)."""
+    log = cwd / f"run-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*INGESTION, "run"],
+            env={**env, "API_PORT": "0", "GITHUB_CLIENT_SECRET": "do-not-log-me"},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = announced_port_in_file(log, proc, timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+    return proc, port, log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -43,9 +42,10 @@ def test_run_on_embedded_defaults_starts_and_stops_cleanly(
     base_env: dict[str, str], tmp_path: Path, sig: signal.Signals
 ) -> None:
     env = {k: v for k, v in base_env.items() if k != "DATABASE_URL"}
-    proc, _port = _start(env, tmp_path)
+    proc, _port, log = _start(env, tmp_path)
     proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=40)
+    proc.wait(timeout=40)
+    err = log.read_text()
     assert proc.returncode == 0, err
     assert (tmp_path / ".ingestion" / "ingestion.db").exists()
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
@@ -59,7 +59,7 @@ def test_run_on_embedded_defaults_starts_and_stops_cleanly(
 
 
 def test_run_reports_a_taken_port_in_one_line(base_env: dict[str, str], tmp_path: Path) -> None:
-    proc, port = _start(base_env, tmp_path)
+    proc, port, _ = _start(base_env, tmp_path)
     try:
         second = subprocess.run(
             [*INGESTION, "run"],
@@ -75,4 +75,4 @@ def test_run_reports_a_taken_port_in_one_line(base_env: dict[str, str], tmp_path
         assert f"127.0.0.1:{port}" in second.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=40)
+        proc.wait(timeout=40)

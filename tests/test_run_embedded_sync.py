@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from ingestion.queue.jobs import Job
-from tests.conftest import INGESTION, run_cli
-from tests.emulators import free_port
+from tests.conftest import INGESTION, announced_port_in_file, run_cli
 from tests.emulators.github import GitHubState, create_app, seed_activity
 from tests.emulators.server import RunningServer, serve
 from tests.queue_helpers import sync_wait_for
@@ -76,17 +75,17 @@ def test_run_on_embedded_defaults_syncs_on_request_and_on_schedule(
     assert added.returncode == 0, added.stderr
     assert (tmp_path / ".ingestion" / "ingestion.db").exists()
 
-    port = free_port()
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*INGESTION, "run"],
-            env={**env, "API_PORT": str(port)},
+            env={**env, "API_PORT": "0"},
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
+        port = announced_port_in_file(log, proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
 
             def healthy() -> bool:

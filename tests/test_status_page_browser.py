@@ -23,8 +23,7 @@ from ingestion.queue import Keys
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
-from tests.conftest import INGESTION
-from tests.emulators.server import free_port
+from tests.conftest import INGESTION, announced_port_in_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -98,7 +97,6 @@ def api_process(
         },
     )
     dead.close()
-    port = free_port()
     env = {
         **base_env,
         "DATABASE_URL": pg_url,
@@ -108,10 +106,11 @@ def api_process(
     }
     log = (tmp_path / "api.log").open("w")
     process = subprocess.Popen(
-        [*INGESTION, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*INGESTION, "api", "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        port = announced_port_in_file(tmp_path / "api.log", process, timeout=150)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 150  # process start-up on a busy 2-core machine
         while True:
             try:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from ingestion.config import Settings
 from ingestion.errors import ConfigurationError, ReauthRequired, RetryableError
@@ -438,3 +440,69 @@ async def test_spent_or_revoked_refresh_token_is_reauth_for_every_provider(
     assert state.token_calls(provider_id) == 1  # a dead grant is not retried
     assert refresh not in str(caught.value)
     assert (await row(services, provider_id)).refresh_token == refresh  # row left as it was
+
+
+def _refreshes(provider: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "ingestion_token_refreshes_total", {"provider": provider, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_refresh_outcomes_are_counted_and_logged_with_the_account(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    state.delay = 0.1
+    grant = state.issue("twitter", "xuser")
+    await store(services, "twitter", grant.access_token, grant.refresh_token, expires_in=-1)
+    ok, reused = _refreshes("twitter", "ok"), _refreshes("twitter", "reused")
+    with capture_logs() as logs:
+        sources = [services.tokens.source(USER, "twitter") for _ in range(4)]
+        await asyncio.gather(*(s.access_token() for s in sources))
+    assert _refreshes("twitter", "ok") - ok == 1
+    assert _refreshes("twitter", "reused") - reused == 3  # the others found it refreshed
+    [done] = [e for e in logs if e["event"] == "access token refreshed"]
+    assert (done["user_id"], done["provider"]) == (USER, "twitter")
+    assert grant.access_token not in str(logs)
+
+
+async def test_exhausted_retries_are_counted_as_failed(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    state, _ = oauth
+    grant = state.issue("github", "octo")
+    await store(services, "github", grant.access_token, grant.refresh_token, expires_in=-1)
+    state.fail_next("github", 503, times=10)
+    failed = _refreshes("github", "failed")
+    with pytest.raises(RetryableError):
+        await services.tokens.source(USER, "github").access_token()
+    assert _refreshes("github", "failed") - failed == 1
+
+
+async def test_a_refusal_after_a_503_does_not_blame_a_lost_answer(
+    services: Services, oauth: tuple[OAuthState, str]
+) -> None:
+    """Only a request whose answer was lost may have rotated the token unseen; a 503 did not."""
+    state, _ = oauth
+    grant = state.issue("github", "octo")
+    assert grant.refresh_token is not None
+    await store(services, "github", grant.access_token, grant.refresh_token, expires_in=-1)
+    state.fail_next("github", 503, times=1)
+    state.revoke(grant.refresh_token)
+    with pytest.raises(ReauthRequired) as caught:
+        await services.tokens.source(USER, "github").access_token()
+    assert "no answer" not in str(caught.value)
+    assert state.token_calls("github") == 2
+
+
+async def test_401_without_a_refresh_token_names_the_user_to_reconnect(
+    services: Services,
+) -> None:
+    await store(services, "github", "gho_only_access", None, expires_in=None)
+    tokens = services.tokens.source(USER, "github")
+    with pytest.raises(ReauthRequired) as caught:
+        await tokens.refresh_after_unauthorized("gho_only_access")
+    message = str(caught.value)
+    assert f"github account of user {USER!r} needs to be reconnected" in message
+    assert f"--user {USER}`" in message

@@ -1,7 +1,7 @@
 """The X emulator against X's official description and documented paging rules.
 
 The description is the OpenAPI-generated `openapi-types.d.ts` shipped in npm `twitter-api-sdk`
-(X's own SDK), fetched with `npm pack` at test time and cached in `tests/.cache/`. Keys the
+(X's own SDK), reference material fetched by `uv run python -m tests.reference`. Keys the
 emulator sends must be keys the description declares, except the few X added after that SDK
 snapshot (listed in `NEWER_THAN_DESCRIPTION`, each checked to be still absent from it). The
 PyPI `xdk` models were not used: they rename wire fields (`note_post`, `post.fields`), so they
@@ -10,24 +10,16 @@ do not describe what X sends.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import reference
 from tests.emulators.server import serve
 from tests.emulators.twitter import ALLOWED_VALUES, TwitterState, create_app, days_ago
 
-CACHE = Path(__file__).parent / ".cache"
-SDK = "twitter-api-sdk@1.2.1"
-TYPES_MEMBER = "package/dist/gen/openapi-types.d.ts"
 #: Added by X after the SDK's description was generated (documented in X's data dictionary).
 NEWER_THAN_DESCRIPTION = {
     "Tweet": {"note_tweet"},
@@ -45,34 +37,8 @@ HEADERS = {"Authorization": "Bearer good"}
 
 
 def _description() -> str:
-    target = CACHE / "twitter-api-sdk-openapi-types.d.ts"
-    if target.exists():
-        return target.read_text()
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot fetch twitter-api-sdk's description")
-    CACHE.mkdir(exist_ok=True)
-    # a private folder, then an atomic rename: parallel test workers may fetch at once
-    with tempfile.TemporaryDirectory(dir=CACHE) as folder:
-        result = subprocess.run(
-            [npm, "pack", SDK, "--pack-destination", folder, "--silent"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            reason = result.stderr.strip()[:200]
-            pytest.skip(f"npm registry unreachable, cannot fetch {SDK}: {reason}")
-        archive = Path(folder) / result.stdout.strip().splitlines()[-1]
-        with tarfile.open(archive) as tar:
-            member = tar.extractfile(TYPES_MEMBER)
-            assert member is not None
-            text = member.read().decode()
-        partial = Path(folder) / target.name
-        partial.write_text(text)
-        os.replace(partial, target)
-    return text
+    folder = reference.require("twitter-api-sdk")
+    return (folder / "dist" / "gen" / "openapi-types.d.ts").read_text()
 
 
 class Description:

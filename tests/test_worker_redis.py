@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from ingestion.config import Settings
 from ingestion.providers import registry
@@ -19,7 +23,9 @@ from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job
 from ingestion.queue.redis_streams import RedisConsumer
 from ingestion.services import Services
+from ingestion.storage.models import MemoryRow
 from ingestion.storage.state import SyncStateStore
+from ingestion.worker import Worker, engine_runner
 from tests.queue_helpers import add_accounts, running_worker, wait_for
 from tests.queue_scripted_provider import PROVIDER, ScriptedProvider
 
@@ -175,7 +181,9 @@ async def test_permanent_reauth_and_rate_limited_jobs(env: Env) -> None:
     assert "reauth-1" not in errors
 
 
-async def test_flaky_job_retries_and_succeeds(env: Env) -> None:
+@pytest.mark.parametrize("round_", [1, 2])
+async def test_flaky_job_retries_and_succeeds(env: Env, round_: int) -> None:
+    """Run twice with the same user in one process: each test starts from a first try."""
     await add_accounts(env.services, ["flaky-redis"])
     await env.queue.enqueue(Job(PROVIDER, "flaky-redis"))
     async with running_worker(env.settings, env.consumer, env.services):
@@ -191,8 +199,17 @@ async def test_second_job_for_a_queued_or_running_pair_is_coalesced(
     monkeypatch.setenv("QUEUE_TEST_PAGES", "2")
     monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.3")
     await add_accounts(env.services, ["slow-1"])
+    coalesced = REGISTRY.get_sample_value(
+        "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
+    )
     first = await env.queue.enqueue(Job(PROVIDER, "slow-1"))
     second = await env.queue.enqueue(Job(PROVIDER, "slow-1", FetchOptions(force_full_sync=True)))
+    assert (
+        REGISTRY.get_sample_value(
+            "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
+        )
+        == (coalesced or 0) + 1
+    )
     assert not first.coalesced
     assert second.coalesced
     assert second.job_id == first.job_id
@@ -225,13 +242,25 @@ async def test_deleted_pending_entry_is_acknowledged_not_crashed_on(env: Env) ->
     await env.redis.xdel(env.keys.stream, entry_id)
     await env.queue.enqueue(Job(PROVIDER, "ok-2"))
 
-    async with running_worker(env.settings, env.consumer, env.services):
+    with capture_logs() as logs:
+        async with running_worker(env.settings, env.consumer, env.services):
 
-        async def settled() -> bool:
-            return await env.pending() == 0 and len(await env.runs("ok")) == 1
+            async def settled() -> bool:
+                return await env.pending() == 0 and len(await env.runs("ok")) == 1
 
-        await wait_for(settled)
+            await wait_for(settled)
+            await wait_for(
+                lambda: _logged(logs, "pending entries were deleted before they ran"), timeout=10
+            )
     assert await env.dead() == []
+    [gone] = [e for e in logs if e["event"] == "pending entries were deleted before they ran"]
+    assert gone["entries"] == [entry_id]
+    # Reclaiming went smoothly: the worker never took the queue for unreachable.
+    assert not [e for e in logs if e["event"] == "queue unreachable; retrying"]
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
 
 
 async def test_trim_keeps_pending_and_undelivered_entries(env: Env) -> None:
@@ -263,6 +292,16 @@ async def test_queue_figures_for_status(env: Env) -> None:
     assert stats["oldestPendingSeconds"] is not None
 
 
+async def test_queue_figures_before_anything_was_enqueued(redis_url: str, namespace: str) -> None:
+    fresh = RedisJobQueue(Settings(redis_url=redis_url, redis_namespace=f"{namespace}-fresh"))
+    try:
+        stats = await fresh.stats()
+    finally:
+        await fresh.aclose()
+    assert stats["length"] == stats["pending"] == stats["delayed"] == stats["deadLetters"] == 0
+    assert stats["oldestPendingSeconds"] is None
+
+
 async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
     response: Any = await env.redis.xreadgroup(
@@ -272,28 +311,85 @@ async def test_consumers_of_dead_processes_are_pruned(env: Env) -> None:
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
     await env.redis.xadd(env.keys.stream, {"type": "github:fetch", "payload": "{}"})
     await env.redis.xreadgroup(env.keys.group, "holder", {env.keys.stream: ">"}, count=1)
-    await asyncio.sleep(0.05)  # idle is counted in whole milliseconds: "gone" must be > 0 ms idle
+    # "Silent longer than 0 s" needs a measurable silence: Redis counts idle time in whole ms.
+    await asyncio.sleep(0.01)
     assert await env.consumer.prune_consumers(idle_seconds=0) == 1
     names = {c["name"] for c in await env.redis.xinfo_consumers(env.keys.stream, env.keys.group)}
     assert names == {"holder"}  # it still holds a pending entry
 
 
+async def _claims(env: Env) -> list[tuple[str, str, int]]:
+    """(entry id, consumer, times delivered) of every pending entry."""
+    rows: Any = await env.redis.xpending_range(env.keys.stream, env.keys.group, "-", "+", 100)
+    return [(r["message_id"], r["consumer"], int(r["times_delivered"])) for r in rows]
+
+
 async def test_job_longer_than_visibility_timeout_keeps_its_claim(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """2.4 s of work against a 1 s visibility timeout, with a second worker reclaiming every
+    0.5 s: the entry stays with the worker that took it, is delivered once, runs once."""
     monkeypatch.setenv("QUEUE_TEST_PAGES", "3")
-    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.8")  # 2.4 s, visibility timeout 1 s
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.8")
     await add_accounts(env.services, ["slow-1"])
     await env.queue.enqueue(Job(PROVIDER, "slow-1"))
     other = env.queue.consumer("other-worker")
+    seen: set[tuple[str, str, int]] = set()
     async with (
         running_worker(env.settings, env.consumer, env.services),
         running_worker(env.settings, other, env.services),
     ):
-        await wait_for(lambda: env.runs("ok"), timeout=30)
+        await wait_for(lambda: env.runs("running"))
+        while not await env.runs("ok"):
+            seen.update(await _claims(env))
+            await asyncio.sleep(0.05)
+        # Past another visibility timeout: nothing was handed on, deferred or run again.
+        await asyncio.sleep(env.settings.job_visibility_timeout + 0.5)
+    [(_, holder, deliveries)] = seen  # one owner, one delivery, from start to finish
+    assert deliveries == 1
+    assert holder in {env.consumer.name, other.name}
     runs = await SyncStateStore(env.services.db).recent_runs(10)
-    assert [r.status for r in runs] == ["ok"]  # run once, never reclaimed while healthy
+    assert [r.status for r in runs] == ["ok"]
     assert runs[0].upserted == 6
+    assert await env.redis.zcard(env.keys.delayed) == 0
+    assert await env.pending() == 0
+
+
+async def test_job_outliving_the_grace_period_stays_pending_for_another_worker(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM's path in-process: the stop waits SHUTDOWN_GRACE_PERIOD, not for the job; the
+    entry stays pending and another worker reclaims it and finishes from the last page."""
+    monkeypatch.setenv("QUEUE_TEST_PAGES", "4")
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.6")  # 2.4 s of work
+    settings = env.settings.model_copy(update={"shutdown_grace_period": 0.5})
+    await add_accounts(env.services, ["slow-grace"])
+    await env.queue.enqueue(Job(PROVIDER, "slow-grace"))
+    worker = Worker(settings, env.consumer, engine_runner(env.services.engine))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await wait_for(lambda: env.runs("running"))
+    stop.set()
+    began = time.monotonic()
+    await asyncio.wait_for(task, timeout=30)
+    stopped_after = time.monotonic() - began
+    assert stopped_after < 2.0, f"the stop waited {stopped_after:.1f}s for the job"
+    assert await env.runs("ok") == []
+    assert len(await env.runs("cancelled")) == 1  # the run says why it stopped
+    [(entry, holder, _)] = await _claims(env)
+    assert holder == env.consumer.name  # left pending, not acknowledged or handed back
+
+    other = env.queue.consumer("other-worker")
+    async with running_worker(env.settings, other, env.services):
+        await wait_for(lambda: env.runs("ok"), timeout=30)
+    assert await env.pending() == 0
+    assert await env.dead() == []
+    async with env.services.db.session() as session:
+        ids = (await session.execute(select(MemoryRow.id))).scalars().all()
+    assert sorted(ids) == sorted(f"github:slow-grace:o/r#{i}" for i in range(8))
+    [finished] = await env.runs("ok")
+    assert 0 < finished.upserted < 8  # resumed after the pages the first worker committed
+    assert entry
 
 
 async def test_job_for_a_pair_already_syncing_elsewhere_is_deferred_then_runs(env: Env) -> None:

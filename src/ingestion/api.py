@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -398,6 +399,18 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        # API_PORT=0 binds any free port: this line says which (supervisors and tests read it).
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        log.info("api listening", url=f"http://{_url_host(host)}:{port}", host=host, port=port)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 async def run_api(settings: Settings) -> None:

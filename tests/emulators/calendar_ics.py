@@ -3,33 +3,26 @@
 The test suite of the PyPI package `recurring-ical-events` ships calendars exported from Google
 Calendar (`PRODID:-//Google Inc//Google Calendar 70.9054//EN`): weekly series with EXDATEs,
 moved occurrences (RECURRENCE-ID), all-day series, several time zones, German text. The sdist
-is fetched once with pip (`pip download --no-deps --no-binary :all:`), its Google exports are
-cached under `tests/.cache/calendar-ics/`, and each VEVENT is turned into the event resource
+is reference material (`uv run python -m tests.reference`, see tests/reference.py), and each
+VEVENT is turned into the event resource
 the API would serve for it (ids, `iCalUID`, `recurrence` lines, `recurringEventId` and
 `originalStartTime` of exceptions, `htmlLink`), with the `icalendar` package.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import icalendar
 
+from tests import reference
 from tests.emulators.calendar import html_link, instance_id
 
-__all__ = ["GoogleExport", "RegistryUnreachable", "events_from_ics", "google_exports"]
+__all__ = ["GoogleExport", "events_from_ics", "google_exports"]
 
-PACKAGE = "recurring-ical-events==3.8.2"
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "calendar-ics"
 GOOGLE_PRODID = "Google Inc//Google Calendar"
 _RESPONSES = {
     "ACCEPTED": "accepted",
@@ -39,10 +32,6 @@ _RESPONSES = {
 }
 
 
-class RegistryUnreachable(RuntimeError):
-    """PyPI could not be reached to fetch the exports (the only reason to skip)."""
-
-
 @dataclass(frozen=True)
 class GoogleExport:
     name: str
@@ -50,54 +39,14 @@ class GoogleExport:
 
 
 def google_exports() -> list[GoogleExport]:
-    """Every Google Calendar export in the package's test suite (cached after the first call)."""
-    if not CACHE.is_dir() or not any(CACHE.glob("*.ics")):
-        _fetch()
-    return [GoogleExport(p.stem, p.read_text("utf-8")) for p in sorted(CACHE.glob("*.ics"))]
-
-
-def _fetch() -> None:
-    pip = [sys.executable, "-m", "pip"] if _has_pip(sys.executable) else [_system_pip()]
-    with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(
-            [*pip, "download", "--no-deps", "--no-binary", ":all:", PACKAGE, "-d", tmp],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        archives = list(Path(tmp).glob("*.tar.gz"))
-        if result.returncode != 0 or not archives:
-            raise RegistryUnreachable(f"pip download {PACKAGE} failed: {result.stderr[-500:]}")
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        # A private staging folder renamed into place: parallel test workers may race here.
-        staging = Path(tempfile.mkdtemp(prefix="calendar-ics-", dir=CACHE.parent))
-        with tarfile.open(archives[0]) as archive:
-            for member in archive.getmembers():
-                if not member.isfile() or not member.name.endswith(".ics"):
-                    continue
-                handle = archive.extractfile(member)
-                if handle is None:
-                    continue
-                text = handle.read().decode("utf-8", errors="replace")
-                if GOOGLE_PRODID in text:
-                    (staging / Path(member.name).name).write_text(text, "utf-8")
-        try:
-            staging.rename(CACHE)
-        except OSError:  # another worker got there first: its copy is the same
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _has_pip(python: str) -> bool:
-    probe = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-def _system_pip() -> str:
-    found = shutil.which("pip3") or shutil.which("pip")
-    if not found:
-        raise RegistryUnreachable("no pip to download the Google Calendar exports with")
-    return found
+    """Every Google Calendar export in the package (`ReferenceMissing` when not fetched)."""
+    folder = reference.path("recurring-ical-events")
+    exports = {}
+    for file in sorted(folder.rglob("*.ics")):
+        text = file.read_text("utf-8", errors="replace")
+        if GOOGLE_PRODID in text:
+            exports.setdefault(file.stem, GoogleExport(file.stem, text))
+    return list(exports.values())
 
 
 def events_from_ics(text: str, calendar_id: str) -> tuple[str | None, str, list[dict[str, Any]]]:

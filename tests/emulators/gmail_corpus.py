@@ -1,38 +1,28 @@
 """Mail to feed the Gmail emulator: two real corpora and a generator.
 
-- `stdlib_corpus()`: CPython's own email test messages (`test/test_email/data/msg_*.txt` of the
-  standard library's test package), when this interpreter ships that package.
-- `mailparser_corpus(cache)`: the sample mails of the `mail-parser` sdist from PyPI (real
-  spam, Outlook mail and deliberately malformed messages), downloaded once with pip at a pinned
-  version and cached under `tests/.cache/`.
+- `stdlib_corpus(data)`: CPython's own email test messages (`test/test_email/data/msg_*.txt` of
+  the standard library's test package).
+- `mailparser_corpus(folder)`: the sample mails of the `mail-parser` sdist from PyPI (real
+  spam, Outlook mail and deliberately malformed messages), reference material fetched by
+  `uv run python -m tests.reference` (tests/reference.py).
 - `generated_message(i)`: a realistic multipart/alternative message (plain + HTML, sometimes a
   PDF attachment) for benchmarks, deterministic in `i`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
 __all__ = [
-    "CACHE_DIR",
-    "MAILPARSER_VERSION",
     "CorpusUnavailable",
     "generated_message",
     "mailparser_corpus",
     "stdlib_corpus",
 ]
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
-MAILPARSER_VERSION = "4.8.0"
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0"
 
 
@@ -40,74 +30,17 @@ class CorpusUnavailable(Exception):
     """The corpus cannot be obtained here (the reason is the message)."""
 
 
-def stdlib_corpus() -> list[tuple[str, bytes]]:
-    """(file name, raw bytes) of CPython's email test messages."""
-    try:
-        import test.test_email
-    except ImportError as exc:
-        raise CorpusUnavailable(
-            f"the standard library test package is not installed: {exc}"
-        ) from exc
-    data = Path(test.test_email.__file__).parent / "data"
+def stdlib_corpus(data: Path) -> list[tuple[str, bytes]]:
+    """(file name, raw bytes) of CPython's email test messages in `data`."""
     files = sorted(data.glob("msg_*.txt"))
     if not files:
         raise CorpusUnavailable(f"no msg_*.txt in {data}")
     return [(path.name, path.read_bytes()) for path in files]
 
 
-def _pip() -> list[str]:
-    for name in ("pip3", "pip"):
-        found = shutil.which(name)
-        if found:
-            return [found]
-    uvx = shutil.which("uvx")
-    if uvx:
-        return [uvx, "pip"]
-    return [sys.executable, "-m", "pip"]
-
-
-def mailparser_corpus(cache: Path = CACHE_DIR) -> list[tuple[str, bytes]]:
-    """(file name, raw bytes) of the sample mails in the mail-parser sdist (cached)."""
-    target = cache / f"mail-parser-{MAILPARSER_VERSION}"
-    mails = target / "mails"
-    if not mails.is_dir():
-        download = cache / "downloads"
-        download.mkdir(parents=True, exist_ok=True)
-        sdist = download / f"mail_parser-{MAILPARSER_VERSION}.tar.gz"
-        if not sdist.exists():
-            command = [
-                *_pip(),
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"mail-parser=={MAILPARSER_VERSION}",
-                "-d",
-                str(download),
-            ]
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=240,
-                check=False,
-                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-            )
-            if result.returncode != 0 or not sdist.exists():
-                raise CorpusUnavailable(
-                    f"pip download mail-parser=={MAILPARSER_VERSION} failed: "
-                    f"{(result.stderr or result.stdout)[-500:]}"
-                )
-        staging = cache / f"staging-{os.getpid()}"
-        staging.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(sdist) as archive:
-            members = [m for m in archive.getmembers() if "/tests/mails/" in m.name and m.isfile()]
-            archive.extractall(staging, members=members, filter="data")
-        extracted = next(staging.glob("*/tests/mails"))
-        target.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):  # another worker got there first
-            extracted.rename(mails)
-        shutil.rmtree(staging, ignore_errors=True)
+def mailparser_corpus(folder: Path) -> list[tuple[str, bytes]]:
+    """(file name, raw bytes) of the sample mails of the unpacked mail-parser sdist."""
+    mails = folder / "tests" / "mails"
     # mail_outlook_1 is an Outlook .msg file (OLE compound document), not RFC 5322 mail.
     return [
         (path.name, data)

@@ -1,4 +1,8 @@
-"""Run an ASGI app on a free loopback port in a background thread (tests and benchmarks)."""
+"""Run an ASGI app on a free loopback port in a background thread (tests and benchmarks).
+
+`serve` binds port 0 and reads back the port the kernel gave it, so parallel tests never race
+for a port. `free_port()` (a port that was free a moment ago) is kept for the benchmarks only.
+"""
 
 from __future__ import annotations
 
@@ -42,10 +46,14 @@ class RunningServer:
 
 
 def serve(app: Any, *, port: int | None = None) -> RunningServer:
-    """Start `app` on 127.0.0.1 (a free port unless given); returns once it accepts."""
-    port = port or free_port()
+    """Start `app` on 127.0.0.1 (any free port unless given); returns once it accepts."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host="127.0.0.1",
+        port=port or 0,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     server = _ThreadServer(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -53,6 +61,7 @@ def serve(app: Any, *, port: int | None = None) -> RunningServer:
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"emulator did not start on port {port}")
+            raise RuntimeError(f"emulator did not start on port {port or 0}")
         time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
     return RunningServer(url=f"http://127.0.0.1:{port}", port=port, server=server, thread=thread)
