@@ -6,6 +6,9 @@ Guarantees:
   with a connected account of that provider, except accounts whose sync state is
   `reauth_required` and whose tokens have not changed since (a reconnect changes the account's
   fingerprint, and the user is scheduled again).
+- **Linear in the accounts, bounded in memory**: a tick walks the provider's accounts in keyset
+  pages of `PAGE_SIZE` (user id order, joined to their sync state in SQL) and enqueues each
+  page with one queue call (one Lua script on Redis).
 - **Exactly once per (provider, user, tick) across any number of schedulers**: the queue checks
   a key named after the scheduled tick time (not `now()`) and adds the job in one atomic step.
   A job for a pair that is still queued or running is coalesced.
@@ -20,6 +23,7 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -32,18 +36,21 @@ from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
 from ingestion.providers.registry import REGISTRY, account_provider_of
 from ingestion.queue.jobs import Job
-from ingestion.storage.accounts import find_account, fingerprint, list_accounts
+from ingestion.storage.accounts import due_page
 from ingestion.storage.db import Database
-from ingestion.storage.state import SyncStateStore
 
-__all__ = ["Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
+__all__ = ["PAGE_SIZE", "Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
 
 log = structlog.get_logger("ingestion.scheduler")
 
+#: Accounts read, and jobs enqueued in one queue call, per step of a tick.
+PAGE_SIZE = 1000
+
 
 class TickQueue(Protocol):
-    async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
-        """`enqueued`, `coalesced` or `duplicate` (another scheduler took this tick)."""
+    async def enqueue_ticks(self, jobs: Sequence[tuple[Job, float]], tick_epoch: int) -> list[str]:
+        """Per `(job, due)`: `enqueued`, `coalesced` or `duplicate` (another scheduler took
+        this tick for the pair)."""
         ...
 
 
@@ -69,7 +76,7 @@ class Scheduler:
         self.db = db
         self.clock = clock or SystemClock()
         self.providers = providers or list(REGISTRY)
-        self.states = SyncStateStore(db)
+        self.page_size = PAGE_SIZE
 
     def next_tick(self, provider: str, after: datetime) -> datetime:
         result: datetime = croniter(self.settings.cron_for(provider), after).get_next(datetime)
@@ -115,20 +122,24 @@ class Scheduler:
 
     async def enqueue_tick(self, provider: str, tick: datetime) -> TickReport:
         """Enqueue the jobs of one tick; safe to call from several schedulers at once."""
-        users = await self.due_users(provider)
         tick_epoch = int(tick.timestamp())
         jitter = self.settings.schedule_jitter_seconds
         outcomes: Counter[str] = Counter()
-        for user_id in users:
-            due = time.time() + random.uniform(0, jitter) if jitter > 0 else 0.0
-            outcome = await self.queue.enqueue_tick(Job(provider, user_id), tick_epoch, due)
-            outcomes[outcome] += 1
+        users = 0
+        async for page in self._due_pages(provider):
+            now = time.time()
+            jobs = [
+                (Job(provider, user_id), now + random.uniform(0, jitter) if jitter > 0 else 0.0)
+                for user_id in page
+            ]
+            outcomes.update(await self.queue.enqueue_ticks(jobs, tick_epoch))
+            users += len(page)
         report = TickReport(provider, tick, dict(outcomes))
         log.info(
             "schedule tick",
             provider=provider,
             tick=tick.isoformat(),
-            users=len(users),
+            users=users,
             enqueued=outcomes["enqueued"],
             coalesced=outcomes["coalesced"],
             duplicate=outcomes["duplicate"],
@@ -137,20 +148,21 @@ class Scheduler:
 
     async def due_users(self, provider: str) -> list[str]:
         """Users with a connected account for `provider` who do not wait on a reconnect."""
+        return [user async for page in self._due_pages(provider) for user in page]
+
+    async def _due_pages(self, provider: str) -> AsyncIterator[list[str]]:
+        """The due users, one keyset page at a time (each page its own short transaction)."""
         account_provider = account_provider_of(provider)
-        states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
-        users: list[str] = []
-        async with self.db.session() as session:
-            for account in await list_accounts(session, account_provider):
-                if account.user_id in users:
-                    continue
-                state = states.get(account.user_id)
-                if state is not None and state.status == "reauth_required":
-                    current = await find_account(session, account.user_id, account_provider)
-                    if current is None or fingerprint(current) == state.reauth_fingerprint:
-                        continue
-                users.append(account.user_id)
-        return users
+        after: str | None = None
+        while True:
+            async with self.db.session() as session:
+                due, after = await due_page(
+                    session, provider, account_provider, after, self.page_size
+                )
+            if due:
+                yield due
+            if after is None:
+                return
 
 
 async def serve_scheduler(settings: Settings) -> None:

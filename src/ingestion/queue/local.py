@@ -16,6 +16,7 @@ import itertools
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +110,9 @@ class LocalJobQueue:
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
         return self._add(job, due, tick_epoch)[0]
+
+    async def enqueue_ticks(self, jobs: Sequence[tuple[Job, float]], tick_epoch: int) -> list[str]:
+        return [self._add(job, due, tick_epoch)[0] for job, due in jobs]
 
     async def stats(self) -> dict[str, Any]:
         oldest = min((t for t, _ in self._pending.values()), default=None)

@@ -10,13 +10,23 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, and_, case, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ingestion.storage.models import Account, User
+from ingestion.storage.models import Account, SyncStateRow, User
 
-__all__ = ["AccountSummary", "find_account", "fingerprint", "list_accounts", "save_account"]
+__all__ = [
+    "AccountSummary",
+    "due_page",
+    "due_page_statement",
+    "find_account",
+    "find_account_statement",
+    "fingerprint",
+    "list_accounts",
+    "save_account",
+]
 
 
 @dataclass(frozen=True)
@@ -35,19 +45,82 @@ class AccountSummary:
 
 def fingerprint(account: Account) -> str:
     """A digest of the account's tokens: changes whenever the tokens are replaced."""
-    material = f"{account.access_token or ''}\x00{account.refresh_token or ''}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    return _print(account.access_token, account.refresh_token)
 
 
-async def find_account(session: AsyncSession, user_id: str, provider_id: str) -> Account | None:
-    """The user's most recently updated account for `provider_id`."""
-    result = await session.execute(
+def find_account_statement(user_id: str, provider_id: str) -> Select[Account]:
+    """The user's most recently updated account for `provider_id` (the `"userId"` index)."""
+    return (
         select(Account)
         .where(Account.user_id == user_id, Account.provider_id == provider_id)
         .order_by(Account.updated_at.desc())
         .limit(1)
     )
+
+
+async def find_account(session: AsyncSession, user_id: str, provider_id: str) -> Account | None:
+    """The user's most recently updated account for `provider_id`."""
+    result = await session.execute(find_account_statement(user_id, provider_id))
     return result.scalar_one_or_none()
+
+
+def due_page_statement(
+    provider: str, account_provider: str, after: str | None, limit: int
+) -> Select[Any]:
+    """One keyset page of the scheduler: accounts of `account_provider` with user ids after
+    `after`, in user id order (the `"userId"` index), each joined to its `provider` sync
+    state (primary key). Tokens are read only for pairs waiting on a reconnect, to compare
+    fingerprints; every other row is four short columns."""
+    waiting = SyncStateRow.status == "reauth_required"
+    query = (
+        select(
+            Account.user_id,
+            SyncStateRow.reauth_fingerprint,
+            case((waiting, Account.access_token)).label("access_token"),
+            case((waiting, Account.refresh_token)).label("refresh_token"),
+            waiting.label("waiting"),
+        )
+        .outerjoin(
+            SyncStateRow,
+            and_(SyncStateRow.user_id == Account.user_id, SyncStateRow.provider == provider),
+        )
+        .where(Account.provider_id == account_provider)
+        .order_by(Account.user_id, Account.updated_at.desc())
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Account.user_id > after)
+    return query
+
+
+async def due_page(
+    session: AsyncSession, provider: str, account_provider: str, after: str | None, limit: int
+) -> tuple[list[str], str | None]:
+    """Users of one scheduler page who do not wait on a reconnect, and the keyset position
+    after the page (None: no more accounts).
+
+    A user with several accounts of one provider counts once, judged by the most recently
+    updated one (as `find_account` picks it). A reconnect changes the tokens, hence the
+    fingerprint, and schedules the pair again.
+    """
+    rows = (
+        await session.execute(due_page_statement(provider, account_provider, after, limit))
+    ).all()
+    due: list[str] = []
+    seen: str | None = after
+    for row in rows:
+        if row.user_id == seen:
+            continue  # an older account of the user just judged
+        seen = row.user_id
+        if row.waiting and row.reauth_fingerprint == _print(row.access_token, row.refresh_token):
+            continue
+        due.append(row.user_id)
+    return due, (seen if len(rows) == limit else None)
+
+
+def _print(access_token: str | None, refresh_token: str | None) -> str:
+    material = f"{access_token or ''}\x00{refresh_token or ''}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 async def ensure_user(session: AsyncSession, user_id: str, email: str | None = None) -> User:
