@@ -52,7 +52,7 @@ from ingestion.status import (
     gather_status,
     row_of,
 )
-from ingestion.storage.accounts import find_account
+from ingestion.storage.accounts import account_exists, find_account
 from ingestion.storage.state import SyncStateStore
 from ingestion.web import ROW_LIMIT, STATIC_DIR, render_status_page
 
@@ -166,9 +166,9 @@ class _Api:
         except MalformedJob as exc:
             return _problem(422, str(exc))
         account_provider = account_provider_of(provider)
-        async with self.services.db.session() as session:
-            account = await find_account(session, user_id, account_provider)
-        if account is None:
+        async with self.services.db.read() as connection:  # one indexed read, autocommit
+            connected = await account_exists(connection, user_id, account_provider)
+        if not connected:
             return _problem(
                 404, f"user {user_id!r:.80} has no connected {account_provider} account"
             )

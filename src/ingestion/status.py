@@ -4,9 +4,9 @@ One page of (user, provider) pairs: sync status, last successful sync, item coun
 error, whether a person must reconnect (`accounts`, in user id then provider order, at most
 `limit`, after an opaque `cursor`, optionally of one `provider` and one `status`); the cursor of
 the next page (`nextCursor`, null on the last); an `aggregate` block over every pair (counts by
-provider and status, oldest and median last successful sync: the cursor ages); queue figures and recent runs. No token
-appears. Nothing here reads every row: pages are keyset reads over indexes and the aggregate is
-one grouped index-only scan (`ingestion.storage.overview`).
+provider and status, oldest and median last successful sync: the cursor ages); queue figures
+and recent runs. No token appears. Nothing here reads every row: pages are keyset reads over
+indexes and the aggregate is one grouped index-only scan (`ingestion.storage.overview`).
 """
 
 from __future__ import annotations

@@ -333,6 +333,8 @@ class RedisConsumer:
         self._dead = self.redis.register_script(scripts.DEAD_LETTER)
         self._promote = self.redis.register_script(scripts.PROMOTE)
         self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
+        #: Sync locks taken with a job's start, by entry id, until the job settles.
+        self._job_locks: dict[str, tuple[str, str]] = {}
 
     async def start(self) -> None:
         await self.queue.ensure_group()
@@ -389,16 +391,43 @@ class RedisConsumer:
         return claimed
 
     async def begin(self, delivery: Delivery, job: Job) -> Job:
-        """Mark the pair's running job and take the widening flags recorded for it (BEGIN)."""
-        flags = await self._begin(
-            keys=[
-                self.keys.running(job.provider, job.user_id),
-                self.keys.widen(job.provider, job.user_id),
-            ],
-            args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
-        )
+        """Mark the pair's running job and take the widening flags recorded for it (BEGIN),
+        and, in the same round trip, try the pair's sync lock: when taken it is handed to this
+        job's task (`RedisSyncLock.adopt`) and released with the job's settling call."""
+        lock_key = self.keys.sync_lock(job.provider, job.user_id)
+        token = self._lock.new_token()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._begin(
+                    keys=[
+                        self.keys.running(job.provider, job.user_id),
+                        self.keys.widen(job.provider, job.user_id),
+                    ],
+                    args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
+                    client=pipe,
+                )
+                await self._lock.acquire_script(
+                    keys=[lock_key], args=[token, self._lock.ttl_ms], client=pipe
+                )
+                flags, taken = await pipe.execute()
+        except Exception:
+            with contextlib.suppress(Exception):  # the lock may have been taken: give it back
+                await self._lock.release_script(keys=[lock_key], args=[token])
+            raise
+        if int(taken) == 1:
+            self._job_locks[delivery.entry_id] = (lock_key, token)
+            self._lock.adopt(lock_key, token)
         options = widened(job.options, [str(flag) for flag in flags or []])
         return job if options == job.options else replace(job, options=options)
+
+    async def _release_lock(self, delivery: Delivery, pipe: Any) -> bool:
+        """Queue the release of the sync lock `delivery`'s job took at its start, if any."""
+        held = self._job_locks.pop(delivery.entry_id, None)
+        if held is None:
+            return False
+        self._lock.forget(*held)
+        await self._lock.release_script(keys=[held[0]], args=[held[1]], client=pipe)
+        return True
 
     async def complete(self, delivery: Delivery) -> None:
         """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
@@ -420,12 +449,15 @@ class RedisConsumer:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for delivery, _ in batch:
+                        # The job's sync lock goes in the same round trip (its reply dropped).
+                        await self._release_lock(delivery, pipe)
                         await self._ack(
                             keys=self._pair_keys(delivery.job),
                             args=self._ack_args(delivery),
                             client=pipe,
                         )
-                    results = await pipe.execute()
+                    replies = await pipe.execute()
+                results = [r for r in replies if isinstance(r, list)]  # ACK answers a pair
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -469,7 +501,16 @@ class RedisConsumer:
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         fields = job.to_fields()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._release_lock(delivery, pipe)
+            await self._reschedule_in(pipe, delivery, job, due, fields)
+            await pipe.execute()
+
+    async def _reschedule_in(
+        self, pipe: Any, delivery: Delivery, job: Job, due: float | None, fields: dict[str, str]
+    ) -> None:
         await self._reschedule(
+            client=pipe,
             keys=[
                 self.keys.stream,
                 self.keys.delayed,
@@ -499,16 +540,20 @@ class RedisConsumer:
         active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
         running = self.keys.running(job.provider, job.user_id) if job else self.keys.dead
         widen = self.keys.widen(job.provider, job.user_id) if job else self.keys.dead
-        await self._dead(
-            keys=[self.keys.stream, self.keys.dead, active, running, widen],
-            args=[
-                self.keys.group,
-                delivery.entry_id,
-                delivery.job_id,
-                self.queue.widen_ttl,
-                *_flat(fields),
-            ],
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._release_lock(delivery, pipe)
+            await self._dead(
+                keys=[self.keys.stream, self.keys.dead, active, running, widen],
+                args=[
+                    self.keys.group,
+                    delivery.entry_id,
+                    delivery.job_id,
+                    self.queue.widen_ttl,
+                    *_flat(fields),
+                ],
+                client=pipe,
+            )
+            await pipe.execute()
 
     async def keep_alive(self, deliveries: list[Delivery]) -> None:
         """Reset the idle time of running entries (XCLAIM … JUSTID) and refresh their markers."""

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, and_, case, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ingestion.storage.models import Account, SyncStateRow, User
 
 __all__ = [
     "AccountSummary",
+    "account_exists",
+    "account_exists_statement",
     "due_page",
     "due_page_statement",
     "find_account",
@@ -56,6 +58,21 @@ def find_account_statement(user_id: str, provider_id: str) -> Select[Account]:
         .order_by(Account.updated_at.desc())
         .limit(1)
     )
+
+
+def account_exists_statement(user_id: str, provider_id: str) -> Select[int]:
+    """Whether the user has an account of `provider_id` (the `"userId"` index; no token read)."""
+    return (
+        select(literal(1))
+        .where(Account.user_id == user_id, Account.provider_id == provider_id)
+        .limit(1)
+    )
+
+
+async def account_exists(connection: AsyncConnection, user_id: str, provider_id: str) -> bool:
+    """One indexed read: `POST /v1/sync` checks the account this way before it enqueues."""
+    result = await connection.execute(account_exists_statement(user_id, provider_id))
+    return result.first() is not None
 
 
 async def find_account(session: AsyncSession, user_id: str, provider_id: str) -> Account | None:
