@@ -481,12 +481,11 @@ def enqueue(
     full: Annotated[bool, typer.Option("--full", help="Ignore the cursor: full sync")] = False,
 ) -> None:
     """Put one sync job on the queue (merged into one already queued or running)."""
-    from ingestion.providers.base import FetchOptions
-    from ingestion.queue.jobs import Job
+    from ingestion.queue.jobs import Job, JobOptions
 
     check_provider(provider)
     settings = _queue_settings()
-    job = Job(provider, user, FetchOptions(force_full_sync=full))
+    job = Job(provider, user, JobOptions(force_full_sync=full))
     result = run_async(lambda: _with_queue(settings, lambda q: q.enqueue(job)))
     verb = "coalesced into queued job" if result.coalesced else "enqueued job"
     note = {

@@ -19,13 +19,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ingestion.providers.base import FetchOptions
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
-from ingestion.queue.jobs import Job, widened, widening_flags
+from ingestion.queue.jobs import Job, JobOptions, widened, widening_flags
 from ingestion.queue.locks import LocalSyncLock
-from ingestion.sync import SyncLockFactory
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.sync import SyncLockFactory
 
 __all__ = ["LocalJobQueue"]
 
@@ -238,7 +239,7 @@ class LocalJobQueue:
         self._settle(delivery, clear=True, completed=True)
         if job is not None and follow_up:
             pair = (job.provider, job.user_id)
-            options = widened(FetchOptions(), self._widen.pop(pair))
+            options = widened(JobOptions(), self._widen.pop(pair))
             next_job = Job(job.provider, job.user_id, options, job_id=uuid.uuid4().hex)
             self._active[pair] = next_job.job_id
             self._push(next_job.to_fields(), 0.0)

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.asyncio import Redis
@@ -43,7 +43,9 @@ from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
 from ingestion.queue.jobs import Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
-from ingestion.sync import SyncLockFactory
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.sync import SyncLockFactory
 
 __all__ = ["RedisConsumer", "RedisJobQueue", "consumer_name"]
 
@@ -335,6 +337,8 @@ class RedisConsumer:
         self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
         #: Sync locks taken with a job's start, by entry id, until the job settles.
         self._job_locks: dict[str, tuple[str, str]] = {}
+        self._begins: list[tuple[Job, str, str, asyncio.Future[tuple[Any, Any]]]] = []
+        self._begin_flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.queue.ensure_group()
@@ -393,32 +397,56 @@ class RedisConsumer:
     async def begin(self, delivery: Delivery, job: Job) -> Job:
         """Mark the pair's running job and take the widening flags recorded for it (BEGIN),
         and, in the same round trip, try the pair's sync lock: when taken it is handed to this
-        job's task (`RedisSyncLock.adopt`) and released with the job's settling call."""
+        job's task (`RedisSyncLock.adopt`) and released with the job's settling call.
+
+        Starts that arrive while another start is in flight (the jobs of one read) are sent
+        together in one pipeline, each still its own atomic script."""
         lock_key = self.keys.sync_lock(job.provider, job.user_id)
         token = self._lock.new_token()
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self._begin(
-                    keys=[
-                        self.keys.running(job.provider, job.user_id),
-                        self.keys.widen(job.provider, job.user_id),
-                    ],
-                    args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
-                    client=pipe,
-                )
-                await self._lock.acquire_script(
-                    keys=[lock_key], args=[token, self._lock.ttl_ms], client=pipe
-                )
-                flags, taken = await pipe.execute()
-        except Exception:
-            with contextlib.suppress(Exception):  # the lock may have been taken: give it back
-                await self._lock.release_script(keys=[lock_key], args=[token])
-            raise
+        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        self._begins.append((job, lock_key, token, future))
+        if self._begin_flusher is None or self._begin_flusher.done():
+            self._begin_flusher = asyncio.create_task(self._flush_begins())
+        flags, taken = await future
         if int(taken) == 1:
             self._job_locks[delivery.entry_id] = (lock_key, token)
-            self._lock.adopt(lock_key, token)
+            self._lock.adopt(lock_key, token)  # in this job's task
         options = widened(job.options, [str(flag) for flag in flags or []])
         return job if options == job.options else replace(job, options=options)
+
+    async def _flush_begins(self) -> None:
+        while self._begins:
+            batch, self._begins = self._begins, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job, lock_key, token, _ in batch:
+                        await self._begin(
+                            keys=[
+                                self.keys.running(job.provider, job.user_id),
+                                self.keys.widen(job.provider, job.user_id),
+                            ],
+                            args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
+                            client=pipe,
+                        )
+                        await self._lock.acquire_script(
+                            keys=[lock_key], args=[token, self._lock.ttl_ms], client=pipe
+                        )
+                    replies = await pipe.execute()
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # locks may have been taken: give back
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for _, lock_key, token, _ in batch:
+                            await self._lock.release_script(
+                                keys=[lock_key], args=[token], client=pipe
+                            )
+                        await pipe.execute()
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for i, (*_, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result((replies[2 * i], replies[2 * i + 1]))
 
     async def _release_lock(self, delivery: Delivery, pipe: Any) -> bool:
         """Queue the release of the sync lock `delivery`'s job took at its start, if any."""
