@@ -227,18 +227,94 @@ async def child_scheduler(pg_url: str, namespace: str, provider: str, tick: str)
     await db.dispose()
 
 
+def hot_queries(sample: str) -> list[tuple[str, Any]]:
+    """Every hot query, built by the service's own statement functions (or, for the plain
+    primary-key reads and writes the ORM issues, the same statement written out)."""
+    from sqlalchemy import delete, literal_column, select, update
+
+    from ingestion.reconcile import SWEEP_BATCH, _under
+    from ingestion.storage.accounts import (
+        account_exists_statement,
+        due_page_statement,
+        find_account_statement,
+    )
+    from ingestion.storage.models import Account, DeliveredRow, SyncRun, SyncStateRow
+    from ingestion.storage.overview import (
+        aggregate_statement,
+        median_statement,
+        status_page_statement,
+        users_page_statement,
+    )
+
+    users = [user_id(n) for n in range(50_000, 50_101)]
+    mine = (DeliveredRow.user_id == user_id(42)) & (DeliveredRow.provider == "gmail")
+    return [
+        (
+            "scheduler page (1,000 accounts after a user id)",
+            due_page_statement("github", "github", sample, 1000),
+        ),
+        ("POST /v1/sync account check", account_exists_statement(sample, "github")),
+        ("account lookup (token service, sync engine)", find_account_statement(sample, "google")),
+        (
+            "state load (primary key)",
+            select(SyncStateRow).where(
+                SyncStateRow.user_id == sample, SyncStateRow.provider == "gmail"
+            ),
+        ),
+        (
+            "state checkpoint (primary key update)",
+            update(SyncStateRow)
+            .where(SyncStateRow.user_id == sample, SyncStateRow.provider == "gmail")
+            .values(
+                cursor=literal_column('\'{"historyId": "1"}\'::json'),
+                items_fetched=SyncStateRow.items_fetched + 1,
+            ),
+        ),
+        ("status aggregate (grouped, index-only)", aggregate_statement()),
+        ("status aggregate: median cursor age of one provider", median_statement("github", 99_000)),
+        (
+            "status page: the next users (keyset, two indexes merged)",
+            users_page_statement(["github", "google", "twitter"], PROVIDERS, sample, 101),
+        ),
+        (
+            "status page: the page's accounts",
+            select(Account.user_id, Account.provider_id).where(Account.user_id.in_(users)),
+        ),
+        (
+            "status page: the page's states",
+            select(SyncStateRow).where(
+                SyncStateRow.user_id.in_(users), SyncStateRow.provider.in_(PROVIDERS)
+            ),
+        ),
+        (
+            "status page filtered by status (keyset)",
+            status_page_statement("reauth_required", None, (sample, "gmail"), 101),
+        ),
+        ("recent runs", select(SyncRun).order_by(SyncRun.id.desc()).limit(20)),
+        (
+            "delivered-records sweep: one batch",
+            select(DeliveredRow.source_id)
+            .where(mine, _under("msg-"), DeliveredRow.source_id > "msg-000100")
+            .order_by(DeliveredRow.source_id)
+            .limit(SWEEP_BATCH),
+        ),
+        (
+            "delivered-records sweep: forget a batch",
+            delete(DeliveredRow).where(
+                mine, DeliveredRow.source_id.in_([f"msg-{m:06d}" for m in range(10)])
+            ),
+        ),
+    ]
+
+
 async def child_explain(pg_url: str) -> None:
-    """EXPLAIN ANALYZE of every hot query, built by the service's own functions."""
+    """EXPLAIN ANALYZE of every hot query (writes rolled back)."""
     from sqlalchemy.dialects import postgresql
 
-    from ingestion.config import Settings
-    from ingestion.storage import queries
-
-    Settings()  # the same settings checks as the service
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     out: dict[str, str] = {}
     with psycopg.connect(pg_url) as conn:
-        for name, statement in queries.hot_queries(sample_user=user_id(42)):
+        for name, statement in hot_queries(user_id(50_000)):
             sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
             plan = conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}").fetchall()
             conn.rollback()

@@ -4,6 +4,7 @@ deferrals, re-authentication, coalescing, deleted pending entries and trimming."
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from ingestion.config import Settings
 from ingestion.providers import registry
 from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job, JobOptions
-from ingestion.queue.redis_streams import RedisConsumer
+from ingestion.queue.redis_streams import RedisConsumer, _run_scripts
 from ingestion.services import Services
 from ingestion.storage.state import SyncStateStore
 from tests.queue_helpers import add_accounts, running_worker, wait_for
@@ -392,3 +393,17 @@ async def test_the_lock_taken_at_start_is_released_with_the_acknowledgement(env:
     await env.consumer.complete(delivery)
     assert await env.redis.exists(lock_key) == 0
     assert started.user_id == "ok-9"
+
+
+async def test_scripts_redis_does_not_have_yet_run_anyway(env: Env) -> None:
+    """Settling pipelines call scripts by SHA with no `SCRIPT EXISTS` round trip; a script
+    Redis has not loaded (after a restart or a flush) fails alone and is run again, loaded."""
+    fresh = env.queue.redis.register_script(
+        f"-- {uuid.uuid4().hex}\nreturn redis.call('INCR', KEYS[1])"
+    )
+    counter = f"{env.keys.namespace}:test-counter"
+    replies = await _run_scripts(
+        env.queue.redis, [(fresh, [counter], []), (fresh, [counter], []), (fresh, [counter], [])]
+    )
+    assert replies == [1, 2, 3]  # each ran exactly once, in order
+    assert await _run_scripts(env.queue.redis, [(fresh, [counter], [])]) == [4]  # loaded now

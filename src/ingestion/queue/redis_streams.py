@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from ingestion import metrics
 from ingestion.config import Settings
@@ -84,6 +85,32 @@ def _widening(value: str) -> Widening | None:
     if value == "covered":
         return "covered"
     return None
+
+
+#: One script call of a pipeline: the script, its keys, its arguments.
+_Call = tuple[AsyncScript, list[str], list[Any]]
+
+
+async def _run_scripts(redis: Redis, calls: list[_Call]) -> list[Any]:
+    """Run script calls in one pipelined round trip, by SHA.
+
+    redis-py's pipelines ask `SCRIPT EXISTS` before every execution that holds a script (one
+    more round trip each time); here a call whose script Redis does not have (it restarted, or
+    was flushed) fails alone without running and is run again through the script object, which
+    loads it. Any other error is raised after the whole pipeline ran, as a pipeline does.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            script, keys, args = calls[i]
+            replies[i] = await script(keys=keys, args=args)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 class RedisJobQueue:
@@ -417,29 +444,27 @@ class RedisConsumer:
     async def _flush_begins(self) -> None:
         while self._begins:
             batch, self._begins = self._begins, []
+            calls: list[_Call] = []
+            for job, lock_key, token, _ in batch:
+                calls.append(
+                    (
+                        self._begin,
+                        [
+                            self.keys.running(job.provider, job.user_id),
+                            self.keys.widen(job.provider, job.user_id),
+                        ],
+                        [job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
+                    )
+                )
+                calls.append((self._lock.acquire_script, [lock_key], [token, self._lock.ttl_ms]))
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for job, lock_key, token, _ in batch:
-                        await self._begin(
-                            keys=[
-                                self.keys.running(job.provider, job.user_id),
-                                self.keys.widen(job.provider, job.user_id),
-                            ],
-                            args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
-                            client=pipe,
-                        )
-                        await self._lock.acquire_script(
-                            keys=[lock_key], args=[token, self._lock.ttl_ms], client=pipe
-                        )
-                    replies = await pipe.execute()
+                replies = await _run_scripts(self.redis, calls)
             except Exception as exc:
                 with contextlib.suppress(Exception):  # locks may have been taken: give back
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for _, lock_key, token, _ in batch:
-                            await self._lock.release_script(
-                                keys=[lock_key], args=[token], client=pipe
-                            )
-                        await pipe.execute()
+                    await _run_scripts(
+                        self.redis,
+                        [(self._lock.release_script, [key], [token]) for _, key, token, _ in batch],
+                    )
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -448,14 +473,14 @@ class RedisConsumer:
                     if not future.done():
                         future.set_result((replies[2 * i], replies[2 * i + 1]))
 
-    async def _release_lock(self, delivery: Delivery, pipe: Any) -> bool:
-        """Queue the release of the sync lock `delivery`'s job took at its start, if any."""
+    def _release_lock(self, delivery: Delivery) -> list[_Call]:
+        """The release of the sync lock `delivery`'s job took at its start, if any, as a call
+        for the settling pipeline (compare-and-delete: harmless if it expired meanwhile)."""
         held = self._job_locks.pop(delivery.entry_id, None)
         if held is None:
-            return False
+            return []
         self._lock.forget(*held)
-        await self._lock.release_script(keys=[held[0]], args=[held[1]], client=pipe)
-        return True
+        return [(self._lock.release_script, [held[0]], [held[1]])]
 
     async def complete(self, delivery: Delivery) -> None:
         """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
@@ -474,18 +499,16 @@ class RedisConsumer:
     async def _flush_acks(self) -> None:
         while self._acks:
             batch, self._acks = self._acks, []
+            calls: list[_Call] = []
+            positions: list[int] = []
+            for delivery, _ in batch:
+                # The job's sync lock goes in the same round trip (its reply is not needed).
+                calls += self._release_lock(delivery)
+                positions.append(len(calls))
+                calls.append((self._ack, self._pair_keys(delivery.job), self._ack_args(delivery)))
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for delivery, _ in batch:
-                        # The job's sync lock goes in the same round trip (its reply dropped).
-                        await self._release_lock(delivery, pipe)
-                        await self._ack(
-                            keys=self._pair_keys(delivery.job),
-                            args=self._ack_args(delivery),
-                            client=pipe,
-                        )
-                    replies = await pipe.execute()
-                results = [r for r in replies if isinstance(r, list)]  # ACK answers a pair
+                replies = await _run_scripts(self.redis, calls)
+                results = [replies[i] for i in positions]
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -529,24 +552,16 @@ class RedisConsumer:
 
     async def reschedule(self, delivery: Delivery, job: Job, due: float | None) -> None:
         fields = job.to_fields()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._release_lock(delivery, pipe)
-            await self._reschedule_in(pipe, delivery, job, due, fields)
-            await pipe.execute()
-
-    async def _reschedule_in(
-        self, pipe: Any, delivery: Delivery, job: Job, due: float | None, fields: dict[str, str]
-    ) -> None:
-        await self._reschedule(
-            client=pipe,
-            keys=[
+        reschedule: _Call = (
+            self._reschedule,
+            [
                 self.keys.stream,
                 self.keys.delayed,
                 self.keys.active(job.provider, job.user_id),
                 self.keys.running(job.provider, job.user_id),
                 self.keys.widen(job.provider, job.user_id),
             ],
-            args=[
+            [
                 self.keys.group,
                 delivery.entry_id,
                 f"{due:.3f}" if due and due > time.time() else "0",
@@ -556,6 +571,7 @@ class RedisConsumer:
                 *_flat(fields),
             ],
         )
+        await _run_scripts(self.redis, [*self._release_lock(delivery), reschedule])
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         fields = dict(delivery.fields)
@@ -568,20 +584,18 @@ class RedisConsumer:
         active = self.keys.active(job.provider, job.user_id) if job else self.keys.dead
         running = self.keys.running(job.provider, job.user_id) if job else self.keys.dead
         widen = self.keys.widen(job.provider, job.user_id) if job else self.keys.dead
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._release_lock(delivery, pipe)
-            await self._dead(
-                keys=[self.keys.stream, self.keys.dead, active, running, widen],
-                args=[
-                    self.keys.group,
-                    delivery.entry_id,
-                    delivery.job_id,
-                    self.queue.widen_ttl,
-                    *_flat(fields),
-                ],
-                client=pipe,
-            )
-            await pipe.execute()
+        dead: _Call = (
+            self._dead,
+            [self.keys.stream, self.keys.dead, active, running, widen],
+            [
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                self.queue.widen_ttl,
+                *_flat(fields),
+            ],
+        )
+        await _run_scripts(self.redis, [*self._release_lock(delivery), dead])
 
     async def keep_alive(self, deliveries: list[Delivery]) -> None:
         """Reset the idle time of running entries (XCLAIM … JUSTID) and refresh their markers."""
