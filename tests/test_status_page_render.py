@@ -67,10 +67,10 @@ def test_rows_needing_attention_come_first_then_one_page_and_a_next_link() -> No
     page = render_status_page(
         doc, key_required=False, queue_available=True, now=NOW, attention=attention
     )
-    assert page.count("<tr data-user=") == ROW_LIMIT
+    assert page.count("<tr data-user=") == ROW_LIMIT + 2  # the page, and attention above it
     assert page.index('data-user="zed"') < page.index('data-user="user-0000"')
     assert page.index('data-user="yan"') < page.index('data-user="user-0000"')
-    assert f"Showing {ROW_LIMIT} of 100000 syncs" in page
+    assert f"Showing {ROW_LIMIT + 2} of 100000 syncs" in page
     assert 'href="/?cursor=abc/%2B%3D"' in page  # the opaque cursor, escaped
     assert "?all=1" not in page  # never the whole table
     assert '<tr data-provider="github">' in page

@@ -54,7 +54,7 @@ from ingestion.status import (
 )
 from ingestion.storage.accounts import account_exists, find_account
 from ingestion.storage.state import SyncStateStore
-from ingestion.web import ROW_LIMIT, STATIC_DIR, render_status_page
+from ingestion.web import ATTENTION_LIMIT, ROW_LIMIT, STATIC_DIR, render_status_page
 
 __all__ = ["create_app", "run_api", "serve"]
 
@@ -272,7 +272,7 @@ class _Api:
             document["accounts"] = await self._rows_of_user(search)
         elif query.cursor is None:
             for status in ("error", "reauth_required"):
-                wanted = StatusQuery(limit=ROW_LIMIT, status=status)
+                wanted = StatusQuery(limit=ATTENTION_LIMIT, status=status)
                 attention += (await gather_status(db, None, query=wanted, runs=0))["accounts"]
         html = render_status_page(
             document,

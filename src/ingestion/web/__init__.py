@@ -17,15 +17,16 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-__all__ = ["REFRESH_SECONDS", "ROW_LIMIT", "STATIC_DIR", "render_status_page"]
+__all__ = ["ATTENTION_LIMIT", "REFRESH_SECONDS", "ROW_LIMIT", "STATIC_DIR", "render_status_page"]
 
 _HERE = Path(__file__).parent
 STATIC_DIR = _HERE / "static"
 #: The page reloads itself this often (paused while a person types the key or an action runs).
 REFRESH_SECONDS = 15
-#: Rows of one page of the table, and at most this many needing attention above it: a table
-#: people can read, a page phones load.
+#: Rows of one page of the table, and at most `ATTENTION_LIMIT` pairs of each status needing
+#: attention above them: a table people can read, a page phones load.
 ROW_LIMIT = 200
+ATTENTION_LIMIT = 50
 
 _env = Environment(
     loader=FileSystemLoader(_HERE / "templates"),
@@ -72,20 +73,19 @@ def render_status_page(
     now: datetime,
     attention: list[dict[str, Any]] | None = None,
     search: str = "",
-    limit: int = ROW_LIMIT,
 ) -> str:
     """The page for one status document (see `ingestion.status.gather_status`).
 
     `attention` (pairs in error or waiting on a reconnect, read apart) come first, then the
-    document's rows (those needing attention among them too), at most `limit` rows in all;
-    `search` is the user id the rows were searched for, if any.
+    document's page of rows (those needing attention among them first too); `search` is the
+    user id the rows were searched for, if any.
     """
     accounts = document["accounts"]
     first = list(attention or [])
     seen = {(r["userId"], r["provider"]) for r in first}
     rest = [r for r in accounts if (r["userId"], r["provider"]) not in seen]
-    shown = [r for r in rest if _needs_attention(r)] + [r for r in rest if not _needs_attention(r)]
-    shown = (first + shown)[:limit]
+    shown = first + [r for r in rest if _needs_attention(r)]
+    shown += [r for r in rest if not _needs_attention(r)]
     aggregate = document.get("aggregate") or {}
     totals: dict[str, int] = {}
     for by_status in (aggregate.get("counts") or {}).values():
@@ -98,6 +98,7 @@ def render_status_page(
         aggregate=aggregate,
         next_cursor=document.get("nextCursor"),
         search=search,
+        attention_limit=ATTENTION_LIMIT,
         status_counts=sorted(totals.items()),
         queue=document["queue"],
         runs=document["recentRuns"],
