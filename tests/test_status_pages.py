@@ -14,6 +14,7 @@ from ingestion.api import create_app
 from ingestion.config import Settings
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
+from ingestion.status import AggregateCache
 from ingestion.storage.state import SyncStateStore
 
 ALL = ("calendar", "github", "gmail", "twitter")
@@ -168,3 +169,21 @@ async def test_status_page_shows_attention_first_and_searches_one_user(
     assert 'data-user="u00"' not in found
     assert 'data-user="u03"' not in found
     assert "3 syncs of user u06" in found
+
+
+async def test_the_aggregate_is_reused_only_for_a_bounded_while(tmp_path: Path) -> None:
+    services = await Services.open(
+        Settings(database_url=f"sqlite:///{tmp_path / 'cache.db'}"), migrate=True
+    )
+    try:
+        store = SyncStateStore(services.db)
+        reused = AggregateCache(max_age=60, reuse_factor=1e9)
+        fresh = AggregateCache(max_age=0)
+        first = await reused.get(services.db)
+        run = await store.begin("u1", "github", None)
+        await store.finish("u1", "github", run, "ok")
+        assert await reused.get(services.db) is first  # within its while: the same figures
+        assert (await fresh.get(services.db)).counts == {"github": {"ok": 1}}
+        assert first.counts == {}
+    finally:
+        await services.aclose()

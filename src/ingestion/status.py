@@ -92,24 +92,32 @@ class StatusQuery:
 
 
 class AggregateCache:
-    """The aggregate, computed at most once per `max_age` seconds by one caller at a time
-    (the others wait for that result): a status page refreshing every few seconds, several
-    tabs and a scraper cost one grouped scan, not one each."""
+    """The aggregate, reused for a while and computed by one caller at a time (the others
+    wait for that result): a status page refreshing every few seconds, several tabs and a
+    scraper cost one grouped scan, not one each.
 
-    def __init__(self, max_age: float = 5.0) -> None:
+    A result is reused for `reuse_factor` times as long as it took to compute, at most
+    `max_age` seconds: a small deployment (a scan of a few milliseconds) always sees fresh
+    figures; at 100,000 users (about 0.1 s) they are at most 5 s old, and the scans take at
+    most 1/`reuse_factor` of one database connection's time."""
+
+    def __init__(self, max_age: float = 5.0, reuse_factor: float = 50.0) -> None:
         self.max_age = max_age
+        self.reuse_factor = reuse_factor
         self._value: Aggregate | None = None
-        self._at = 0.0
+        self._until = 0.0
         self._lock = asyncio.Lock()
 
     async def get(self, db: Database) -> Aggregate:
-        if self._value is not None and time.monotonic() - self._at < self.max_age:
+        if self._value is not None and time.monotonic() < self._until:
             return self._value
         async with self._lock:
-            if self._value is None or time.monotonic() - self._at >= self.max_age:
+            if self._value is None or time.monotonic() >= self._until:
+                started = time.monotonic()
                 async with db.session() as session:
                     self._value = await aggregate(session)
-                self._at = time.monotonic()
+                took = time.monotonic() - started
+                self._until = time.monotonic() + min(self.max_age, took * self.reuse_factor)
             return self._value
 
 
