@@ -13,8 +13,8 @@ import pytest
 from ingestion.api import create_app
 from ingestion.config import Settings
 from ingestion.services import Services
-from ingestion.storage.accounts import save_account
 from ingestion.status import AggregateCache
+from ingestion.storage.accounts import save_account
 from ingestion.storage.state import SyncStateStore
 
 ALL = ("calendar", "github", "gmail", "twitter")
