@@ -291,7 +291,8 @@ def main() -> None:
         "`enqueue/s` is the prefill rate, one call at a time: plain `XADD` on bare rows, the "
         "coalescing enqueue script (marker check + `XADD` in one Lua step) on service rows. "
         "`service+lock` adds the per-(provider, user) sync lock that every real job takes "
-        "(acquire and compare-and-delete release: two more round trips, and a renewal task).\n\n"
+        "(taken in the pipeline that starts the job, released in the one that acknowledges it, "
+        "renewed by one batched call per worker).\n\n"
         f"Load average during the run: {load[0]:.1f} on {os.cpu_count()} CPUs "
         "(figures taken on a busy machine are low and noisy; compare rows of one run only).\n"
     )

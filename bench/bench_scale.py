@@ -230,7 +230,7 @@ async def child_scheduler(pg_url: str, namespace: str, provider: str, tick: str)
 def hot_queries(sample: str) -> list[tuple[str, Any]]:
     """Every hot query, built by the service's own statement functions (or, for the plain
     primary-key reads and writes the ORM issues, the same statement written out)."""
-    from sqlalchemy import delete, literal_column, select, update
+    from sqlalchemy import delete, func, literal_column, select, update
 
     from ingestion.reconcile import SWEEP_BATCH, _under
     from ingestion.storage.accounts import (
@@ -268,6 +268,7 @@ def hot_queries(sample: str) -> list[tuple[str, Any]]:
             .values(
                 cursor=literal_column('\'{"historyId": "1"}\'::json'),
                 items_fetched=SyncStateRow.items_fetched + 1,
+                updated_at=func.now(),
             ),
         ),
         ("status aggregate (grouped, index-only)", aggregate_statement()),
@@ -751,6 +752,11 @@ def main() -> None:
     parser.add_argument("--before-src", type=Path, help="an older tree's src/ to measure first")
     parser.add_argument("--scheduler-timeout", type=float, default=240.0)
     parser.add_argument("--before-only", action="store_true", help="measure only --before-src")
+    parser.add_argument(
+        "--before-json",
+        type=Path,
+        help="a before tree's figures printed by an earlier run (its JSON line), for the report",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--pg", help=argparse.SUPPRESS)
     parser.add_argument("--ns", help=argparse.SUPPRESS)
@@ -771,6 +777,8 @@ def main() -> None:
         if args.before_only:
             trees = trees[:1]
     results: list[dict[str, Any]] = []
+    if args.before_json:
+        results.append(json.loads(args.before_json.read_text()))
     try:
         upgrade(trees[0][1], pg_url)
         seeded = seed(pg_url, args.users)
