@@ -89,6 +89,9 @@ def due_page_statement(
     state (primary key). Tokens are read only for pairs waiting on a reconnect, to compare
     fingerprints; every other row is four short columns."""
     waiting = SyncStateRow.status == "reauth_required"
+    joined = and_(SyncStateRow.user_id == Account.user_id, SyncStateRow.provider == provider)
+    if after is not None:  # the same keyset on both sides: the join starts at the page too
+        joined = and_(joined, SyncStateRow.user_id > after)
     query = (
         select(
             Account.user_id,
@@ -97,10 +100,7 @@ def due_page_statement(
             case((waiting, Account.refresh_token)).label("refresh_token"),
             waiting.label("waiting"),
         )
-        .outerjoin(
-            SyncStateRow,
-            and_(SyncStateRow.user_id == Account.user_id, SyncStateRow.provider == provider),
-        )
+        .outerjoin(SyncStateRow, joined)
         .where(Account.provider_id == account_provider)
         .order_by(Account.user_id, Account.updated_at.desc())
         .limit(limit)
