@@ -44,7 +44,7 @@ def test_small_tables_are_shown_whole_needing_attention_first() -> None:
         [row("a", "gmail"), row("b", "gmail", status="error", lastError="HTTP 500"), row("c", "x")]
     )
     assert page.index('data-user="b"') < page.index('data-user="a"') < page.index('data-user="c"')
-    assert "Showing 3 of 3 syncs" in page
+    assert "Showing 3 syncs" in page
     assert 'id="next-page"' not in page
     assert "3 min ago" in page
 
@@ -70,7 +70,8 @@ def test_rows_needing_attention_come_first_then_one_page_and_a_next_link() -> No
     assert page.count("<tr data-user=") == ROW_LIMIT + 2  # the page, and attention above it
     assert page.index('data-user="zed"') < page.index('data-user="user-0000"')
     assert page.index('data-user="yan"') < page.index('data-user="user-0000"')
-    assert f"Showing {ROW_LIMIT + 2} of 100000 syncs" in page
+    assert f"Showing {ROW_LIMIT + 2} syncs" in page
+    assert "100000 syncs ran" in page
     assert 'href="/?cursor=abc/%2B%3D"' in page  # the opaque cursor, escaped
     assert "?all=1" not in page  # never the whole table
     assert '<tr data-provider="github">' in page
