@@ -3,8 +3,9 @@
     uv run python bench/bench_queue.py [--jobs N] [--rounds R] [--redis-url URL]
 
 Every run pre-fills the stream with N jobs for distinct users (so nothing is coalesced), then
-starts consumer processes and measures from the first job taken to the last acknowledgement
-(each process reports its own first-take and last-ack times; process start-up is not timed).
+starts consumer processes, waits until every one is ready (imports done, connected), lets them
+go at once, and measures from the first job taken to the last acknowledgement (each process
+reports its own first-take and last-ack times; process start-up is not timed).
 Cases run in R interleaved rounds and each keeps its best round, since a busy machine only
 ever slows a run down.
 
@@ -12,8 +13,9 @@ ever slows a run down.
 - **service**: `ingestion.worker.Worker` on `RedisJobQueue` (concurrency 4) with a runner that
   does nothing: parsing, the task per job, the atomic ack script, housekeeping (keep-alive,
   delayed-job promotion, trimming).
-- **service + lock**: the same, the runner also taking and releasing the per-(provider, user)
-  sync lock as `SyncEngine.run` does (two more round trips per job).
+- **service + lock**: the same, the runner also entering the per-(provider, user) sync lock
+  as `SyncEngine.run` does (the worker takes it with the job's start and releases it with the
+  acknowledgement, in the same pipelines).
 
 Enqueue rates (bare `XADD` vs the coalescing enqueue script) are measured in the parent.
 Writes the table to bench/results/queue.md.
@@ -40,6 +42,14 @@ RESULTS = ROOT / "bench" / "results" / "queue.md"
 CONCURRENCY = 4
 
 
+async def ready_and_wait(redis: Redis, namespace: str) -> None:
+    """Tell the parent this consumer is ready, then wait for its go (a key it sets)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while not await redis.exists(f"{namespace}:bench-go"):  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.002)
+
+
 # --- consumer processes ----------------------------------------------------------------------
 
 
@@ -53,6 +63,7 @@ async def bare_consumer(url: str, namespace: str) -> dict[str, float]:
     name = f"bare-{os.getpid()}"
     first = last = 0.0
     count = 0
+    await ready_and_wait(redis, namespace)
     while not stop.is_set():
         response: Any = await redis.xreadgroup(
             keys.group, name, {keys.stream: ">"}, count=CONCURRENCY, block=200
@@ -100,6 +111,8 @@ async def service_consumer(url: str, namespace: str, with_lock: bool) -> dict[st
     consumer.complete = timed_complete  # type: ignore[method-assign]
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await consumer.start()
+    await ready_and_wait(queue.redis, namespace)
     await Worker(settings, consumer, noop, concurrency=CONCURRENCY).run(stop)
     await queue.aclose()
     return stats
@@ -143,6 +156,12 @@ async def prefill(url: str, namespace: str, jobs: int, mode: str) -> float:
     return rate
 
 
+async def let_go(url: str, namespace: str) -> None:
+    redis = Redis.from_url(url)
+    await redis.set(f"{namespace}:bench-go", "1")
+    await redis.aclose()
+
+
 async def wait_drained(url: str, namespace: str, jobs: int, timeout: float) -> None:
     from ingestion.queue import Keys
 
@@ -183,7 +202,11 @@ def run_case(url: str, mode: str, processes: int, jobs: int) -> dict[str, Any]:
         for _ in range(processes)
     ]
     try:
-        asyncio.run(wait_drained(url, namespace, jobs, timeout=120))
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        asyncio.run(let_go(url, namespace))
+        asyncio.run(wait_drained(url, namespace, jobs, timeout=300))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -206,7 +229,7 @@ def run_case(url: str, mode: str, processes: int, jobs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -268,7 +291,8 @@ def main() -> None:
         "`enqueue/s` is the prefill rate, one call at a time: plain `XADD` on bare rows, the "
         "coalescing enqueue script (marker check + `XADD` in one Lua step) on service rows. "
         "`service+lock` adds the per-(provider, user) sync lock that every real job takes "
-        "(acquire and compare-and-delete release: two more round trips, and a renewal task).\n\n"
+        "(taken in the pipeline that starts the job, released in the one that acknowledges it, "
+        "renewed by one batched call per worker).\n\n"
         f"Load average during the run: {load[0]:.1f} on {os.cpu_count()} CPUs "
         "(figures taken on a busy machine are low and noisy; compare rows of one run only).\n"
     )

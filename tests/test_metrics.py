@@ -19,6 +19,8 @@ from ingestion.errors import ConfigurationError
 from ingestion.providers.base import FetchOptions
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
+from ingestion.storage.models import SyncStateRow
+from ingestion.storage.overview import aggregate
 from tests.conftest import run_cli
 from tests.emulators.github import GitHubState, seed_activity
 from tests.emulators.github import create_app as create_github
@@ -45,8 +47,26 @@ def test_every_metric_is_in_the_exposition() -> None:
         assert f"# HELP {help_name}" in text, name
 
 
-def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
+async def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary(sqlite_url: str) -> None:
     now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    services = await Services.open(Settings(database_url=sqlite_url))
+    try:
+        async with services.db.session() as session:
+            for user, ago in (("a", 60), ("b", 600), ("c", 120), ("d", None), ("e", 30)):
+                session.add(
+                    SyncStateRow(
+                        user_id=user,
+                        provider="github" if user == "e" else "twitter",
+                        status="ok" if ago else "idle",
+                        cursor={},
+                        last_sync_time=now - timedelta(seconds=ago) if ago else None,
+                    )
+                )
+        async with services.db.session() as session:
+            found = await aggregate(session)  # in SQL: grouped scan, median at an offset
+    finally:
+        await services.aclose()
+    assert found.counts == {"twitter": {"ok": 3, "idle": 1}, "github": {"ok": 1}}
     metrics.refresh_gauges(
         {
             "kind": "redis",
@@ -56,13 +76,7 @@ def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
             "deadLetters": 1,
             "oldestPendingSeconds": 12.5,
         },
-        [
-            ("twitter", now - timedelta(seconds=60)),
-            ("twitter", now - timedelta(seconds=600)),
-            ("twitter", now - timedelta(seconds=120)),
-            ("twitter", None),
-        ],
-        now,
+        found.cursor_ages(now),
     )
     text = metrics.exposition().decode()
     assert 'ingestion_queue{figure="length"} 7.0' in text
@@ -74,6 +88,7 @@ def test_refresh_gauges_sets_queue_figures_and_cursor_age_summary() -> None:
     assert 'ingestion_cursor_age_seconds{provider="twitter",stat="max"} 600.0' in text
     assert 'ingestion_cursor_age_seconds{provider="twitter",stat="median"} 120.0' in text
     assert 'ingestion_cursor_age_seconds{provider="twitter",stat="min"} 60.0' in text
+    assert 'ingestion_cursor_age_seconds{provider="github",stat="median"} 30.0' in text
 
 
 def test_multiproc_dir_only_in_settings_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -11,9 +13,8 @@ from redis.asyncio import Redis
 
 from ingestion.config import Settings
 from ingestion.providers import registry
-from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, LocalJobQueue, RedisJobQueue, queue_stats_for
-from ingestion.queue.jobs import Job
+from ingestion.queue.jobs import Job, JobOptions
 from ingestion.scheduler import Scheduler
 from ingestion.services import Services
 from ingestion.storage.state import SyncStateStore
@@ -46,7 +47,7 @@ async def test_in_process_queue_retries_dead_letters_and_coalesces(
     services, queue = local
     await add_accounts(services, ["ok-1", "flaky-1", "poison-1"])
     first = await queue.enqueue(Job(PROVIDER, "ok-1"))
-    assert (await queue.enqueue(Job(PROVIDER, "ok-1", FetchOptions(max_results=5)))).coalesced
+    assert (await queue.enqueue(Job(PROVIDER, "ok-1", JobOptions(max_results=5)))).coalesced
     await queue.enqueue(Job(PROVIDER, "flaky-1"))
     await queue.enqueue(Job(PROVIDER, "poison-1"))
     store = SyncStateStore(services.db)
@@ -167,3 +168,18 @@ def test_queue_commands_need_redis(base_env: dict[str, str]) -> None:
     result = run_cli("dlq", "retry", "--all", env=base_env)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: REDIS_URL is not set: the job queue lives in Redis"
+
+
+def test_the_queue_imports_no_provider_module() -> None:
+    """The queue has its own job options type; providers' `FetchOptions` is the worker's
+    business (`ingestion.worker.fetch_options`). Checked in a fresh interpreter."""
+    code = (
+        "import sys, ingestion.queue, ingestion.queue.jobs, ingestion.queue.local, "
+        "ingestion.queue.redis_streams, ingestion.queue.base, ingestion.queue.locks\n"
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('ingestion.providers', 'ingestion.sync', 'ingestion.status'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -15,10 +15,9 @@ from redis.asyncio import Redis
 
 from ingestion.config import Settings
 from ingestion.providers import registry
-from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, LocalJobQueue, RedisJobQueue
 from ingestion.queue.base import Consumer
-from ingestion.queue.jobs import Job
+from ingestion.queue.jobs import Job, JobOptions
 from ingestion.services import Services
 from ingestion.storage.state import RunView, SyncStateStore
 from tests.conftest import run_cli
@@ -26,7 +25,7 @@ from tests.queue_helpers import add_accounts, running_worker, wait_for
 from tests.queue_scripted_provider import PROVIDER, ScriptedProvider
 
 PAGES = 3
-FULL = FetchOptions(force_full_sync=True)
+FULL = JobOptions(force_full_sync=True)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import json
 import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ingestion.scheduler import Scheduler
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account, fingerprint, save_account
 from ingestion.storage.db import upgrade
+from ingestion.storage.models import Account
 from ingestion.storage.state import SyncStateStore
 from tests.queue_helpers import add_accounts, log_lines, queue_env, spawn, stop_process, wait_for
 
@@ -152,3 +153,59 @@ async def test_three_scheduler_processes_enqueue_each_pair_once_per_tick(
     finally:
         await redis.aclose()
     assert sorted(json.loads(f["payload"])["userId"] for _, f in entries) == users
+
+
+async def test_a_tick_walks_the_accounts_in_keyset_pages(
+    services: Services, namespace: str, redis_url: str
+) -> None:
+    """Pages of 2 accounts: every due user once, a user with two accounts judged by the most
+    recently updated one (even when they straddle a page), a user waiting on a reconnect left
+    out; one queue call per page."""
+    users = [f"u{i}" for i in range(7)]
+    await add_accounts(services, users)
+    async with services.db.session() as session:
+        # u3 also has an older account whose tokens were the ones that failed.
+        session.add(
+            Account(
+                id="old-u3",
+                account_id="u3-old",
+                provider_id="github",
+                user_id="u3",
+                access_token="old-token",
+                created_at=TICK - timedelta(days=30),
+                updated_at=TICK - timedelta(days=30),
+            )
+        )
+    store = SyncStateStore(services.db)
+    async with services.db.session() as session:
+        old = await session.get(Account, "old-u3")
+        current = await find_account(session, "u5", "github")
+        assert old is not None
+        assert current is not None
+        prints = {"u3": fingerprint(old), "u5": fingerprint(current)}
+    for user, stale in prints.items():
+        run_id = await store.begin(user, "github", None)
+        await store.finish(user, "github", run_id, "reauth_required", error="x", fingerprint=stale)
+    settings = Settings(redis_url=redis_url, redis_namespace=namespace, schedule_jitter_seconds=0)
+    queue = RedisJobQueue(settings)
+    calls: list[int] = []
+    enqueue_ticks = queue.enqueue_ticks
+
+    async def counted(jobs: Any, tick_epoch: int) -> list[str]:
+        calls.append(len(jobs))
+        return await enqueue_ticks(jobs, tick_epoch)
+
+    queue.enqueue_ticks = counted  # type: ignore[method-assign]
+    try:
+        scheduler = Scheduler(settings, queue, services.db, providers=["github"])
+        scheduler.page_size = 2
+        due = ["u0", "u1", "u2", "u3", "u4", "u6"]  # u3 reconnected since; u5 did not
+        assert await scheduler.due_users("github") == due
+        report = await scheduler.enqueue_tick("github", TICK)
+        assert report.outcomes == {"enqueued": 6}
+        assert sum(calls) == 6
+        assert len(calls) >= 3  # one call per page, never one per job
+        entries = await queue.redis.xrange(Keys(namespace).stream)
+        assert sorted(json.loads(f["payload"])["userId"] for _, f in entries) == due
+    finally:
+        await queue.aclose()

@@ -39,26 +39,43 @@ def render(rows: list[dict[str, Any]], **kwargs: Any) -> str:
     )
 
 
-def test_small_tables_are_shown_whole_in_order() -> None:
-    page = render([row("a", "gmail"), row("b", "gmail", status="error", lastError="HTTP 500")])
-    assert page.index('data-user="a"') < page.index('data-user="b"')
-    assert 'id="row-limit"' not in page
+def test_small_tables_are_shown_whole_needing_attention_first() -> None:
+    page = render(
+        [row("a", "gmail"), row("b", "gmail", status="error", lastError="HTTP 500"), row("c", "x")]
+    )
+    assert page.index('data-user="b"') < page.index('data-user="a"') < page.index('data-user="c"')
+    assert "Showing 3 syncs" in page
+    assert 'id="next-page"' not in page
     assert "3 min ago" in page
 
 
-def test_large_tables_show_rows_needing_attention_first_up_to_the_limit() -> None:
-    rows = [row(f"user-{n:04d}", "github") for n in range(ROW_LIMIT + 100)]
-    rows[-1] = row("zed", "twitter", status="reauth_required", reauthRequired=True)
-    rows[-2] = row("yan", "gmail", status="error", lastError="HTTP 503")
-    page = render(rows)
-    assert page.count("<tr data-user=") == ROW_LIMIT
-    assert page.index('data-user="yan"') < page.index('data-user="user-0000"')
+def test_rows_needing_attention_come_first_then_one_page_and_a_next_link() -> None:
+    rows = [row(f"user-{n:04d}", "github") for n in range(ROW_LIMIT)]
+    attention = [
+        row("zed", "twitter", status="reauth_required", reauthRequired=True),
+        row("yan", "gmail", status="error", lastError="HTTP 503"),
+    ]
+    doc = {
+        **document(rows),
+        "nextCursor": "abc/+=",
+        "aggregate": {
+            "pairs": 100_000,
+            "counts": {"github": {"ok": 99_000, "error": 1_000}},
+            "oldestSyncAt": {"github": "2026-05-01T11:44:30Z"},
+        },
+    }
+    page = render_status_page(
+        doc, key_required=False, queue_available=True, now=NOW, attention=attention
+    )
+    assert page.count("<tr data-user=") == ROW_LIMIT + 2  # the page, and attention above it
     assert page.index('data-user="zed"') < page.index('data-user="user-0000"')
-    assert f"Showing {ROW_LIMIT} of {ROW_LIMIT + 100} syncs" in page
-    assert 'href="/?all=1"' in page
-    everything = render(rows, limit=None)
-    assert everything.count("<tr data-user=") == ROW_LIMIT + 100
-    assert 'id="row-limit"' not in everything
+    assert page.index('data-user="yan"') < page.index('data-user="user-0000"')
+    assert f"Showing {ROW_LIMIT + 2} syncs" in page
+    assert "100000 syncs ran" in page
+    assert 'href="/?cursor=abc/%2B%3D"' in page  # the opaque cursor, escaped
+    assert "?all=1" not in page  # never the whole table
+    assert '<tr data-provider="github">' in page
+    assert ">15 min ago<" in page
 
 
 def test_values_are_escaped() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,9 @@ from structlog.testing import capture_logs
 
 from ingestion.config import Settings
 from ingestion.providers import registry
-from ingestion.providers.base import FetchOptions
 from ingestion.queue import Keys, RedisJobQueue
-from ingestion.queue.jobs import Job
-from ingestion.queue.redis_streams import RedisConsumer
+from ingestion.queue.jobs import Job, JobOptions
+from ingestion.queue.redis_streams import RedisConsumer, _run_scripts
 from ingestion.services import Services
 from ingestion.storage.models import MemoryRow
 from ingestion.storage.state import SyncStateStore
@@ -203,7 +203,7 @@ async def test_second_job_for_a_queued_or_running_pair_is_coalesced(
         "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
     )
     first = await env.queue.enqueue(Job(PROVIDER, "slow-1"))
-    second = await env.queue.enqueue(Job(PROVIDER, "slow-1", FetchOptions(force_full_sync=True)))
+    second = await env.queue.enqueue(Job(PROVIDER, "slow-1", JobOptions(force_full_sync=True)))
     assert (
         REGISTRY.get_sample_value(
             "ingestion_jobs_total", {"provider": PROVIDER, "outcome": "coalesced"}
@@ -429,3 +429,79 @@ async def test_retry_all_dead_letters_and_purge(env: Env) -> None:
     await env.redis.xadd(env.keys.dead, {"type": "nope", **dead})
     assert await env.queue.purge_dead() == 1
     assert await env.redis.xlen(env.keys.dead) == 0
+
+
+async def test_two_entries_of_one_pair_in_one_worker_never_sync_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock taken with a job's start belongs to that job's task alone: a second entry of
+    the same pair read by the same worker (an outside producer, no coalescing marker) finds it
+    busy and is deferred; the lock is released with the first job's acknowledgement."""
+    monkeypatch.setenv("QUEUE_TEST_PAGES", "2")
+    monkeypatch.setenv("QUEUE_TEST_PAGE_SECONDS", "0.3")
+    await add_accounts(env.services, ["slow-2"])
+    for _ in range(2):
+        await env.redis.xadd(
+            env.keys.stream, {"type": "github:fetch", "payload": '{"userId": "slow-2"}'}
+        )
+    lock_key = env.keys.sync_lock(PROVIDER, "slow-2")
+    seen_held: list[str] = []
+
+    async def held() -> bool:
+        token = await env.redis.get(lock_key)
+        if token:
+            seen_held.append(token)
+        return bool(token)
+
+    async with running_worker(env.settings, env.consumer, env.services, concurrency=2):
+        await wait_for(held, timeout=20, interval=0.01)  # taken with the first job's start
+
+        async def both_ran() -> bool:
+            return len(await env.runs("ok")) == 2
+
+        await wait_for(both_ran, timeout=30)
+        await wait_for(lambda: _gone(env.redis, lock_key), timeout=5)
+    runs = sorted(await env.runs("ok"), key=lambda r: r.started_at)
+    assert runs[0].finished_at is not None
+    assert runs[0].finished_at <= runs[1].started_at  # one after the other, never together
+    assert await env.pending() == 0
+    assert await env.dead() == []
+
+
+async def _gone(redis: Redis, key: str) -> bool:
+    return not await redis.exists(key)
+
+
+async def test_the_lock_taken_at_start_is_released_with_the_acknowledgement(env: Env) -> None:
+    await add_accounts(env.services, ["ok-9"])
+    job = Job(PROVIDER, "ok-9", job_id="job-ok-9")
+    await env.queue.enqueue(job)
+    [delivery] = await env.consumer.fetch(1, 1.0)
+    assert delivery.job is not None
+    started = await env.consumer.begin(delivery, delivery.job)
+    lock_key = env.keys.sync_lock(PROVIDER, "ok-9")
+    token = await env.redis.get(lock_key)
+    assert token  # taken in the begin round trip
+    ttl = await env.redis.pttl(lock_key)
+    assert 0 < ttl <= 30_000
+    lock = env.consumer.sync_lock()
+    async with lock(PROVIDER, "ok-9"):  # this task's job: held already, no second take
+        assert await env.redis.get(lock_key) == token
+    assert await env.redis.get(lock_key) == token  # still held until the job settles
+    await env.consumer.complete(delivery)
+    assert await env.redis.exists(lock_key) == 0
+    assert started.user_id == "ok-9"
+
+
+async def test_scripts_redis_does_not_have_yet_run_anyway(env: Env) -> None:
+    """Settling pipelines call scripts by SHA with no `SCRIPT EXISTS` round trip; a script
+    Redis has not loaded (after a restart or a flush) fails alone and is run again, loaded."""
+    fresh = env.queue.redis.register_script(
+        f"-- {uuid.uuid4().hex}\nreturn redis.call('INCR', KEYS[1])"
+    )
+    counter = f"{env.keys.namespace}:test-counter"
+    replies = await _run_scripts(
+        env.queue.redis, [(fresh, [counter], []), (fresh, [counter], []), (fresh, [counter], [])]
+    )
+    assert replies == [1, 2, 3]  # each ran exactly once, in order
+    assert await _run_scripts(env.queue.redis, [(fresh, [counter], [])]) == [4]  # loaded now

@@ -7,7 +7,9 @@
   `"widening"` (`merged` | `follow-up` | `covered`, see `queue.base.Widening`) when a coalesced
   request asked for a full sync; 422 bad input, 404 no such account, 409 the pair was removed,
   503 no queue in this process.
-- `GET /v1/status`: exactly `ingestion status --json`.
+- `GET /v1/status` (`?limit=&cursor=&provider=&status=`): exactly `ingestion status --json` with
+  the same options: one keyset page of pairs, `nextCursor`, the `aggregate` block; 422 for a bad
+  parameter.
 - `GET /v1/accounts/{userId}`: sync state per provider of one user (no token); 404 unknown.
 - `DELETE /v1/accounts/{userId}/{provider}` (`?purge=true`): `ingestion accounts remove`; 200 with
   what was done, 202 when a running job still holds the pair (the removal finishes in the
@@ -55,11 +57,24 @@ from ingestion.push.routes import push_routes
 from ingestion.queue.base import JobQueue, is_entry_id
 from ingestion.queue.jobs import Job, options_from_json
 from ingestion.services import Services
-from ingestion.status import QueueStatsFn, gather_status
-from ingestion.storage.accounts import find_account
+from ingestion.status import (
+    AggregateCache,
+    InvalidStatusQuery,
+    QueueStatsFn,
+    StatusQuery,
+    gather_status,
+    row_of,
+)
+from ingestion.storage.accounts import account_exists, find_account
 from ingestion.storage.removals import Removals
 from ingestion.storage.state import SyncStateStore
-from ingestion.web import ROW_LIMIT, STATIC_DIR, render_login_page, render_status_page
+from ingestion.web import (
+    ATTENTION_LIMIT,
+    ROW_LIMIT,
+    STATIC_DIR,
+    render_login_page,
+    render_status_page,
+)
 
 __all__ = ["create_app", "run_api", "serve"]
 
@@ -112,6 +127,8 @@ class _Api:
             clock=services.clock,
             push=services.push,
         )
+        #: One grouped scan serves every status request and scrape within a few seconds.
+        self.aggregates = AggregateCache()
 
     @property
     def queue_stats(self) -> QueueStatsFn | None:
@@ -151,11 +168,11 @@ class _Api:
         )
 
     async def metrics(self, _request: Request) -> Response:
+        """Counters as they are; the queue and cursor-age gauges from the queue's figures and
+        the cached aggregate (computed in SQL, never a read of every row per scrape)."""
         stats = await self.queue_stats() if self.queue_stats else None
-        states = await SyncStateStore(self.services.db).all()
-        metrics.refresh_gauges(
-            stats, ((s.provider, s.last_sync_time) for s in states), datetime.now(UTC)
-        )
+        found = await self.aggregates.get(self.services.db)
+        metrics.refresh_gauges(stats, found.cursor_ages(datetime.now(UTC)))
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     # --- /v1 ----------------------------------------------------------------------------
@@ -181,13 +198,13 @@ class _Api:
         except MalformedJob as exc:
             return _problem(422, str(exc))
         account_provider = account_provider_of(provider)
-        async with self.services.db.session() as session:
-            account = await find_account(session, user_id, account_provider)
-        if account is None:
+        async with self.services.db.read() as connection:  # one indexed read, autocommit
+            account_id = await account_exists(connection, user_id, account_provider)
+        if account_id is None:
             return _problem(
                 404, f"user {user_id!r:.80} has no connected {account_provider} account"
             )
-        if await Removals(self.services.db).stopped(user_id, provider, account.id):
+        if await Removals(self.services.db).stopped(user_id, provider, account_id):
             return _problem(
                 409,
                 f"{provider} was removed for this user; `ingestion accounts add` or `connect` "
@@ -219,8 +236,16 @@ class _Api:
             answer["widening"] = result.widening
         return JSONResponse(answer, status_code=202)
 
-    async def status(self, _request: Request) -> Response:
-        return JSONResponse(await gather_status(self.services.db, self.queue_stats))
+    async def status(self, request: Request) -> Response:
+        try:
+            query = StatusQuery.of(dict(request.query_params))
+        except InvalidStatusQuery as exc:
+            return _problem(422, str(exc))
+        return JSONResponse(
+            await gather_status(
+                self.services.db, self.queue_stats, query=query, aggregates=self.aggregates
+            )
+        )
 
     async def account(self, request: Request) -> Response:
         """The rows `/v1/status` has for one user, read by key (not by scanning everyone)."""
@@ -228,6 +253,12 @@ class _Api:
         problem = user_id_problem(user_id)
         if problem is not None:
             return _problem(422, problem)
+        rows = await self._rows_of_user(user_id)
+        if not rows:
+            return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
+        return JSONResponse({"userId": user_id, "providers": rows})
+
+    async def _rows_of_user(self, user_id: str) -> list[dict[str, Any]]:
         store = SyncStateStore(self.services.db)
         connected: set[str] = set()
         async with self.services.db.session() as session:
@@ -243,31 +274,15 @@ class _Api:
             pending = removal is not None and removal.settled_at is None
             if account_provider not in connected and state.updated_at is None and not pending:
                 continue
-            row: dict[str, Any] = {
-                "userId": user_id,
-                "provider": provider,
-                "accountProvider": account_provider if account_provider in connected else None,
-                "connected": account_provider in connected,
-                "status": state.status,
-                "lastSyncTime": _iso(state.last_sync_time),
-                "itemsFetched": state.items_fetched,
-                "itemsUpserted": state.items_upserted,
-                "itemsDeleted": state.items_deleted,
-                "lastError": state.last_error,
-                "reauthRequired": state.status == "reauth_required",
-                "updatedAt": _iso(state.updated_at),
-                "push": summarize(
-                    await ChannelStore(self.services.db).of_user(provider, user_id),
-                    datetime.now(UTC),
-                ),
-            }
-            if removal is not None:
-                row["status"] = removal.reason
-                row["removal"] = removal.as_json()
+            row = row_of(
+                state, account_provider if account_provider in connected else None, removal
+            )
+            row["push"] = summarize(
+                await ChannelStore(self.services.db).of_user(provider, user_id),
+                datetime.now(UTC),
+            )
             rows.append(row)
-        if not rows:
-            return _problem(404, f"no connected account or sync state for user {user_id!r:.80}")
-        return JSONResponse({"userId": user_id, "providers": rows})
+        return rows
 
     async def remove_account(self, request: Request) -> Response:
         user_id = request.path_params["user_id"]
@@ -334,22 +349,38 @@ class _Api:
 
     # --- the page -----------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
-        document = await gather_status(self.services.db, self.queue_stats)
+        """The aggregate, then the pairs needing attention (`error`, `reauth_required`), then one
+        page of every pair (`?cursor=` for the next); `?user=ID` shows that user's pairs only.
+        Never the whole table."""
+        params = request.query_params
+        search = (params.get("user") or "").strip()[:255]
+        try:
+            query = StatusQuery(limit=0 if search else ROW_LIMIT, cursor=params.get("cursor"))
+        except InvalidStatusQuery as exc:
+            return _problem(422, str(exc))
+        db = self.services.db
+        document = await gather_status(
+            db, self.queue_stats, query=query, aggregates=self.aggregates
+        )
+        attention: list[dict[str, Any]] = []
+        if search:
+            document["accounts"] = await self._rows_of_user(search)
+        elif query.cursor is None:
+            for status in ("error", "reauth_required"):
+                wanted = StatusQuery(limit=ATTENTION_LIMIT, status=status)
+                attention += (await gather_status(db, None, query=wanted, runs=0))["accounts"]
         html = render_status_page(
             document,
             key_required=self._key_required,
             queue_available=self.queue is not None,
             now=datetime.now(UTC),
-            limit=None if request.query_params.get("all") == "1" else ROW_LIMIT,
+            attention=attention,
+            search=search,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     def login_page(self) -> str:
         return render_login_page()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 async def _check(probe: Callable[[], Awaitable[Any]]) -> str:

@@ -636,16 +636,30 @@ def connect(
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
-    """Per user and provider: status, last sync, items, last error; queue figures."""
-    from ingestion.status import gather_status
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    limit: Annotated[int | None, typer.Option(help="Pairs per page (0-1000; default 500)")] = None,
+    cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option("--status", help="Only this status (idle, running, ok, error, …)"),
+    ] = None,
+) -> None:
+    """Per user and provider (one page): status, last sync, items, last error; the aggregate
+    over every pair; queue figures. `--json` prints what `GET /v1/status` answers."""
+    from ingestion.status import InvalidStatusQuery, StatusQuery, gather_status
 
     settings = load_settings()
+    try:
+        query = StatusQuery(limit=limit, cursor=cursor, provider=provider, status=state)
+    except InvalidStatusQuery as exc:
+        fail(str(exc))
 
     async def body(services: Any) -> Any:
         from ingestion.queue import queue_stats_for
 
-        return await gather_status(services.db, queue_stats_for(settings))
+        return await gather_status(services.db, queue_stats_for(settings), query=query)
 
     document = run_async(lambda: with_services(settings, body))
     if as_json:
@@ -665,6 +679,12 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] =
             (row["lastError"] or "")[:80],
         )
     out.print(table)
+    if document["nextCursor"]:
+        out.print(f"next page: --cursor {document['nextCursor']}", markup=False, highlight=False)
+    counts = document["aggregate"]["counts"]
+    for name in sorted(counts):
+        figures = ", ".join(f"{k}={v}" for k, v in sorted(counts[name].items()))
+        out.print(f"{name}: {figures}", markup=False, highlight=False)
     queue = document["queue"]
     out.print(
         "queue: " + ", ".join(f"{k}={v}" for k, v in queue.items()), markup=False, highlight=False
@@ -741,12 +761,11 @@ def enqueue(
     full: Annotated[bool, typer.Option("--full", help="Ignore the cursor: full sync")] = False,
 ) -> None:
     """Put one sync job on the queue (merged into one already queued or running)."""
-    from ingestion.providers.base import FetchOptions
-    from ingestion.queue.jobs import Job
+    from ingestion.queue.jobs import Job, JobOptions
 
     check_provider(provider)
     settings = _queue_settings()
-    job = Job(provider, user, FetchOptions(force_full_sync=full))
+    job = Job(provider, user, JobOptions(force_full_sync=full))
     result = run_async(lambda: _with_queue(settings, lambda q: q.enqueue(job)))
     verb = "coalesced into queued job" if result.coalesced else "enqueued job"
     note = {

@@ -14,9 +14,7 @@ process that serves `/metrics` and read as the most recent value.
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -164,26 +162,22 @@ def _snake(name: str) -> str:
 
 
 def refresh_gauges(
-    queue_stats: Mapping[str, Any] | None,
-    last_syncs: Iterable[tuple[str, datetime | None]],
-    now: datetime,
+    queue_stats: Mapping[str, Any] | None, cursor_ages: Mapping[str, Mapping[str, float]]
 ) -> None:
     """Set the scrape-time gauges.
 
     `queue_stats` is `JobQueue.stats()` (every numeric figure becomes `ingestion_queue{figure}`,
-    e.g. `length`, `pending`, `dead_letters`, `oldest_pending_seconds`); `last_syncs` holds
-    `(provider, last successful sync)` for every (user, provider) pair. Pairs never synced
-    successfully are left out of the cursor age (their status shows on the status page).
+    e.g. `length`, `pending`, `dead_letters`, `oldest_pending_seconds`); `cursor_ages` maps a
+    provider to its `max`, `median` and `min` seconds since the last successful sync of its
+    (user, provider) pairs, aggregated in SQL (`ingestion.storage.overview.Aggregate`). Pairs
+    never synced successfully are left out of the cursor age (their status shows on the
+    status page).
     """
     if queue_stats:
         for key, value in queue_stats.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 QUEUE.labels(figure=_snake(key)).set(value)
-    ages: dict[str, list[float]] = {}
-    for provider, last in last_syncs:
-        if last is not None:
-            ages.setdefault(provider, []).append(max(0.0, (now - last).total_seconds()))
-    for provider, found in ages.items():
-        CURSOR_AGE.labels(provider=provider, stat="max").set(max(found))
-        CURSOR_AGE.labels(provider=provider, stat="median").set(statistics.median(found))
-        CURSOR_AGE.labels(provider=provider, stat="min").set(min(found))
+    for provider, ages in cursor_ages.items():
+        for stat in ("max", "median", "min"):
+            if stat in ages:
+                CURSOR_AGE.labels(provider=provider, stat=stat).set(ages[stat])

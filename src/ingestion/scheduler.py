@@ -9,6 +9,11 @@ Guarantees:
 - **A product-side disconnect is noticed here**: a pair with sync state whose account row is
   gone is recorded as disconnected (it stops; its records are purged `FORGET_AFTER_DISCONNECT`
   later by the forgetter of `run` / `worker`).
+- **Linear in the accounts, bounded in memory**: a tick walks the provider's accounts in keyset
+  pages of `PAGE_SIZE` (user id order, joined to their sync state in SQL) and enqueues each
+  page with one queue call (one Lua script on Redis); removed pairs and pairs whose push
+  channels are healthy are left out of each page by sets read once per tick (both small:
+  removals, and channels only where push is configured).
 - **Exactly once per (provider, user, tick) across any number of schedulers**: the queue checks
   a key named after the scheduled tick time (not `now()`) and adds the job in one atomic step.
   A job for a pair that is still queued or running is coalesced.
@@ -23,6 +28,7 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -37,19 +43,22 @@ from ingestion.errors import describe_unexpected
 from ingestion.providers.registry import REGISTRY, account_provider_of
 from ingestion.push.store import ChannelStore
 from ingestion.queue.jobs import Job
-from ingestion.storage.accounts import find_account, fingerprint, list_accounts
+from ingestion.storage.accounts import due_page, orphaned_pairs
 from ingestion.storage.db import Database
 from ingestion.storage.removals import Removals, disconnect_purge_time
-from ingestion.storage.state import StateView, SyncStateStore
 
-__all__ = ["Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
+__all__ = ["PAGE_SIZE", "Scheduler", "TickQueue", "TickReport", "serve_scheduler"]
 
 log = structlog.get_logger("ingestion.scheduler")
 
+#: Accounts read, and jobs enqueued in one queue call, per step of a tick.
+PAGE_SIZE = 1000
+
 
 class TickQueue(Protocol):
-    async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
-        """`enqueued`, `coalesced` or `duplicate` (another scheduler took this tick)."""
+    async def enqueue_ticks(self, jobs: Sequence[tuple[Job, float]], tick_epoch: int) -> list[str]:
+        """Per `(job, due)`: `enqueued`, `coalesced` or `duplicate` (another scheduler took
+        this tick for the pair)."""
         ...
 
 
@@ -75,8 +84,8 @@ class Scheduler:
         self.db = db
         self.clock = clock or SystemClock()
         self.providers = providers or list(REGISTRY)
-        self.states = SyncStateStore(db)
         self.removals = Removals(db)
+        self.page_size = PAGE_SIZE
 
     def next_tick(self, provider: str, after: datetime) -> datetime:
         result: datetime = croniter(self.settings.cron_for(provider), after).get_next(datetime)
@@ -128,20 +137,24 @@ class Scheduler:
 
     async def enqueue_tick(self, provider: str, tick: datetime) -> TickReport:
         """Enqueue the jobs of one tick; safe to call from several schedulers at once."""
-        users = await self.due_users(provider)
         tick_epoch = int(tick.timestamp())
         jitter = self.settings.schedule_jitter_seconds
         outcomes: Counter[str] = Counter()
-        for user_id in users:
-            due = time.time() + random.uniform(0, jitter) if jitter > 0 else 0.0
-            outcome = await self.queue.enqueue_tick(Job(provider, user_id), tick_epoch, due)
-            outcomes[outcome] += 1
+        users = 0
+        async for page in self._due_pages(provider):
+            now = time.time()
+            jobs = [
+                (Job(provider, user_id), now + random.uniform(0, jitter) if jitter > 0 else 0.0)
+                for user_id in page
+            ]
+            outcomes.update(await self.queue.enqueue_ticks(jobs, tick_epoch))
+            users += len(page)
         report = TickReport(provider, tick, dict(outcomes))
         log.info(
             "schedule tick",
             provider=provider,
             tick=tick.isoformat(),
-            users=len(users),
+            users=users,
             enqueued=outcomes["enqueued"],
             coalesced=outcomes["coalesced"],
             duplicate=outcomes["duplicate"],
@@ -149,52 +162,52 @@ class Scheduler:
         return report
 
     async def due_users(self, provider: str) -> list[str]:
-        """Users with a connected account for `provider` who do not wait on a reconnect and
-        did not remove the pair; records the pairs whose account the product deleted."""
+        """Users with a connected account for `provider` who do not wait on a reconnect, did
+        not remove the pair and are not served by a healthy push channel; records the pairs
+        whose account the product deleted."""
+        return [user async for page in self._due_pages(provider) for user in page]
+
+    async def _due_pages(self, provider: str) -> AsyncIterator[list[str]]:
+        """The due users, one keyset page at a time (each page its own short transaction)."""
         account_provider = account_provider_of(provider)
-        states = {s.user_id: s for s in await self.states.all() if s.provider == provider}
+        await self._record_disconnects(provider, account_provider)
         removed = {r.user_id for r in await self.removals.all() if r.provider == provider}
         # Push (ingestion.push): while a pair's push channels are healthy it is polled only
         # every PUSH_POLL_INTERVAL; an expired or failing channel puts it back on the cron.
         now = self.clock.now()
         stretch = timedelta(seconds=self.settings.push_poll_interval)
         pushed = await ChannelStore(self.db).statuses(now, [provider])
-        users: list[str] = []
-        async with self.db.session() as session:
-            accounts = await list_accounts(session, account_provider)
-        await self._record_disconnects(provider, states, {a.user_id for a in accounts}, removed)
-        async with self.db.session() as session:
-            for account in accounts:
-                if account.user_id in users:
-                    continue
+        after: str | None = None
+        while True:
+            async with self.db.session() as session:
+                page, after = await due_page(
+                    session, provider, account_provider, after, self.page_size
+                )
+            due: list[str] = []
+            for account in page:
                 if account.user_id in removed and await self.removals.stopped(
-                    account.user_id, provider, account.id
+                    account.user_id, provider, account.account_id
                 ):
                     continue
-                state = states.get(account.user_id)
                 if (
                     pushed.get((account.user_id, provider)) == "active"
-                    and state is not None
-                    and state.last_sync_time is not None
-                    and now - state.last_sync_time < stretch
+                    and account.last_sync_time is not None
+                    and now - account.last_sync_time < stretch
                 ):
                     continue
-                if state is not None and state.status == "reauth_required":
-                    current = await find_account(session, account.user_id, account_provider)
-                    if current is None or fingerprint(current) == state.reauth_fingerprint:
-                        continue
-                users.append(account.user_id)
-        return users
+                due.append(account.user_id)
+            if due:
+                yield due
+            if after is None:
+                return
 
-    async def _record_disconnects(
-        self,
-        provider: str,
-        states: dict[str, StateView],
-        connected: set[str],
-        removed: set[str],
-    ) -> None:
+    async def _record_disconnects(self, provider: str, account_provider: str) -> None:
+        """Pairs with sync state whose account row the product deleted (one anti-join, not a
+        read of every state) stop and are purged `FORGET_AFTER_DISCONNECT` later."""
+        async with self.db.session() as session:
+            gone = await orphaned_pairs(session, provider, account_provider)
         now = self.clock.now()
-        for user_id in sorted(set(states) - connected - removed):
+        for user_id in gone:
             purge_after = disconnect_purge_time(self.settings, now)
             if await self.removals.mark_disconnected(user_id, provider, now, purge_after):
                 log.warning(

@@ -45,11 +45,19 @@ from ingestion.errors import (
     describe_unexpected,
     safe_traceback,
 )
+from ingestion.providers.base import FetchOptions
 from ingestion.queue.base import Consumer, Delivery
-from ingestion.queue.jobs import Job
+from ingestion.queue.jobs import Job, JobOptions
 from ingestion.sync import SyncEngine
 
-__all__ = ["JobRunner", "Worker", "engine_runner", "retry_delay", "serve_worker"]
+__all__ = [
+    "JobRunner",
+    "Worker",
+    "engine_runner",
+    "fetch_options",
+    "retry_delay",
+    "serve_worker",
+]
 
 log = structlog.get_logger("ingestion.worker")
 
@@ -378,11 +386,22 @@ class _Backoff:
         self.failures = 0
 
 
+def fetch_options(options: JobOptions) -> FetchOptions:
+    """A job's options (the queue's type) as the providers take them."""
+    return FetchOptions(
+        max_results=options.max_results,
+        since=options.since,
+        force_full_sync=options.force_full_sync,
+    )
+
+
 def engine_runner(engine: SyncEngine) -> JobRunner:
     """Run a job as one `SyncEngine.run` (the engine takes the queue's per-pair lock)."""
 
     async def run(job: Job) -> Any:
-        return await engine.run(job.provider, job.user_id, job.options, job_id=job.job_id)
+        return await engine.run(
+            job.provider, job.user_id, fetch_options(job.options), job_id=job.job_id
+        )
 
     return run
 

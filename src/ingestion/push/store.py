@@ -109,12 +109,18 @@ class ChannelStore:
             return [ChannelView.of(r) for r in rows.scalars()]
 
     async def statuses(
-        self, now: datetime, providers: Sequence[str] | None = None
+        self,
+        now: datetime,
+        providers: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
     ) -> dict[tuple[str, str], PushStatus]:
-        """`{(user_id, provider): status}` for every pair that has channels."""
+        """`{(user_id, provider): status}` for every pair that has channels (of `providers`
+        and `users` when given: a status page reads only its page's users)."""
         query = select(PushChannel)
         if providers is not None:
             query = query.where(PushChannel.provider.in_(list(providers)))
+        if users is not None:
+            query = query.where(PushChannel.user_id.in_(list(users)))
         grouped: dict[tuple[str, str], list[ChannelView]] = {}
         async with self.db.session() as session:
             for row in (await session.execute(query)).scalars():

@@ -7,7 +7,7 @@ at-least-once delivery, coalescing per (provider, user), retries and dead letter
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingestion.config import Settings
 from ingestion.errors import ConfigurationError
@@ -15,7 +15,9 @@ from ingestion.queue.jobs import Job
 from ingestion.queue.keys import Keys
 from ingestion.queue.local import LocalJobQueue
 from ingestion.queue.redis_streams import RedisJobQueue
-from ingestion.status import QueueStatsFn
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.status import QueueStatsFn
 
 __all__ = ["Job", "Keys", "LocalJobQueue", "RedisJobQueue", "queue_stats_for", "redis_queue"]
 

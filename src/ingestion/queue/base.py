@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ingestion.errors import MalformedJob
 from ingestion.queue.jobs import Job
-from ingestion.sync import SyncLockFactory
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.sync import SyncLockFactory
 
 __all__ = [
     "Consumer",

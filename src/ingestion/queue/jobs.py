@@ -16,12 +16,12 @@ from typing import Any
 
 from ingestion.config import PROVIDER_NAMES
 from ingestion.errors import MalformedJob
-from ingestion.providers.base import FetchOptions
 
 __all__ = [
     "RERUN_FLAG",
     "WIDENING_FLAGS",
     "Job",
+    "JobOptions",
     "options_from_json",
     "options_to_json",
     "widened",
@@ -38,14 +38,25 @@ WIDENING_FLAGS = ("forceFullSync",)
 RERUN_FLAG = "rerun"
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """The `options` of a job (design §5), validated: the queue's own type, so the queue knows
+    nothing of providers. The worker hands them to the sync engine as the providers'
+    `FetchOptions` (`ingestion.worker.fetch_options`)."""
+
+    max_results: int | None = None
+    since: datetime | None = None
+    force_full_sync: bool = False
+
+
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def options_from_json(raw: Any) -> FetchOptions:
+def options_from_json(raw: Any) -> JobOptions:
     """Validate the `options` object of a payload or an API request."""
     if raw is None:
-        return FetchOptions()
+        return JobOptions()
     if not isinstance(raw, dict):
         raise MalformedJob("options must be a JSON object")
     unknown = sorted(set(raw) - {"maxResults", "since", "forceFullSync"})
@@ -70,10 +81,10 @@ def options_from_json(raw: Any) -> FetchOptions:
     force = raw.get("forceFullSync", False)
     if not isinstance(force, bool):
         raise MalformedJob("options.forceFullSync must be true or false")
-    return FetchOptions(max_results=max_results, since=since, force_full_sync=force)
+    return JobOptions(max_results=max_results, since=since, force_full_sync=force)
 
 
-def options_to_json(options: FetchOptions) -> dict[str, Any]:
+def options_to_json(options: JobOptions) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if options.max_results is not None:
         result["maxResults"] = options.max_results
@@ -84,12 +95,12 @@ def options_to_json(options: FetchOptions) -> dict[str, Any]:
     return result
 
 
-def widening_flags(options: FetchOptions) -> list[str]:
+def widening_flags(options: JobOptions) -> list[str]:
     """The `WIDENING_FLAGS` that `options` sets."""
     return ["forceFullSync"] if options.force_full_sync else []
 
 
-def widened(options: FetchOptions, flags: Iterable[str]) -> FetchOptions:
+def widened(options: JobOptions, flags: Iterable[str]) -> JobOptions:
     """`options` with the widening `flags` applied (unknown names are ignored)."""
     if "forceFullSync" in set(flags) and not options.force_full_sync:
         return replace(options, force_full_sync=True)
@@ -102,7 +113,7 @@ class Job:
 
     provider: str
     user_id: str
-    options: FetchOptions = field(default_factory=FetchOptions)
+    options: JobOptions = field(default_factory=JobOptions)
     #: 1 for the first try; the worker increments it on each retry.
     attempt: int = 1
     #: Stream entry id once read from the queue (or an in-process id).

@@ -17,17 +17,19 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingestion.config import Settings
-from ingestion.providers.base import FetchOptions
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
-from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
+from ingestion.queue.jobs import RERUN_FLAG, Job, JobOptions, widened, widening_flags
 from ingestion.queue.locks import LocalSyncLock
 from ingestion.queue.retention import dead_fingerprint, tick_ttl
-from ingestion.sync import SyncLockFactory
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.sync import SyncLockFactory
 
 __all__ = ["LocalJobQueue"]
 
@@ -122,6 +124,9 @@ class LocalJobQueue:
 
     async def enqueue_tick(self, job: Job, tick_epoch: int, due: float) -> str:
         return self._add(job, due, tick_epoch)[0]
+
+    async def enqueue_ticks(self, jobs: Sequence[tuple[Job, float]], tick_epoch: int) -> list[str]:
+        return [self._add(job, due, tick_epoch)[0] for job, due in jobs]
 
     async def stats(self) -> dict[str, Any]:
         oldest = min((t for t, _ in self._pending.values()), default=None)
@@ -251,7 +256,7 @@ class LocalJobQueue:
         self._settle(delivery, clear=True, completed=True)
         if job is not None and follow_up:
             pair = (job.provider, job.user_id)
-            options = widened(FetchOptions(), self._widen.pop(pair))
+            options = widened(JobOptions(), self._widen.pop(pair))
             next_job = Job(job.provider, job.user_id, options, job_id=uuid.uuid4().hex)
             self._active[pair] = next_job.job_id
             self._push(next_job.to_fields(), 0.0)

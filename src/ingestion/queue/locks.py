@@ -5,6 +5,13 @@ released by compare-and-delete, so a worker never frees a lock it no longer owns
 its own (at most the visibility timeout) when its holder dies, before the holder's job can be
 reclaimed. A busy lock raises `SyncBusy`, a `RateLimited`: the worker defers the job instead
 of running it beside the other one.
+
+On a worker the lock rides on the job's own round trips: the consumer takes it in the same
+pipeline as the job's start (`RedisConsumer.begin`) and hands it to the job's task (`adopt`);
+the sync engine's `with lock(…)` in that task then finds it held and costs nothing; the
+consumer releases it in the same pipeline as the job's acknowledgement. Every lock a process
+holds is renewed by one batched call per renewal interval. A job whose start did not get the
+lock (another sync of the pair runs) asks for it again in the engine, and is deferred.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 import structlog
 from redis.asyncio import Redis
@@ -25,6 +33,11 @@ from ingestion.queue.keys import Keys
 __all__ = ["LocalSyncLock", "RedisSyncLock", "SyncBusy"]
 
 log = structlog.get_logger("ingestion.queue.lock")
+
+#: The lock (key, token) the current job's task was handed by its start (`adopt`); only that
+#: task's `with lock(…)` of the same key uses it: a second job of the pair, in another task of
+#: the same process, still asks Redis and finds it busy.
+_ADOPTED: ContextVar[tuple[str, str] | None] = ContextVar("ingestion_adopted_lock", default=None)
 
 
 class SyncBusy(RateLimited):
@@ -39,49 +52,80 @@ class RedisSyncLock:
         self.keys = keys
         self.ttl_ms = int(max(1.0, min(float(visibility_timeout), 30.0)) * 1000)
         self.busy_retry = float(min(max(visibility_timeout, 1), 60))
-        self._acquire = redis.register_script(scripts.LOCK_ACQUIRE)
+        self.acquire_script = redis.register_script(scripts.LOCK_ACQUIRE)
         self._renew = redis.register_script(scripts.LOCK_RENEW)
-        self._release = redis.register_script(scripts.LOCK_RELEASE)
+        self.release_script = redis.register_script(scripts.LOCK_RELEASE)
         self._held: dict[str, str] = {}
         self._renewer: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_hex(16)
+
+    def adopt(self, key: str, token: str) -> None:
+        """The calling task's job took the lock `key` with `token` (in its start's round trip):
+        keep it renewed, and let this task's `with lock(…)` of the key use it."""
+        self._hold(key, token)
+        _ADOPTED.set((key, token))
+
+    def forget(self, key: str, token: str) -> None:
+        """The job holding `key` with `token` settled: stop renewing (the caller releases it)."""
+        if self._held.get(key) == token:
+            self._unhold(key)
+
+    def _hold(self, key: str, token: str) -> None:
+        self._held[key] = token
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._keep())
+
+    def _unhold(self, key: str) -> None:
+        self._held.pop(key, None)
+        if not self._held and self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
 
     @asynccontextmanager
     async def __call__(self, provider: str, user_id: str) -> AsyncIterator[None]:
         key = self.keys.sync_lock(provider, user_id)
-        token = secrets.token_hex(16)
-        taken = int(await self._acquire(keys=[key], args=[token, self.ttl_ms]))
+        adopted = _ADOPTED.get()
+        if adopted is not None and adopted[0] == key and self._held.get(key) == adopted[1]:
+            yield  # taken with the job's start; released with its acknowledgement
+            return
+        token = self.new_token()
+        taken = int(await self.acquire_script(keys=[key], args=[token, self.ttl_ms]))
         if taken != 1:
             raise SyncBusy(
                 f"a {provider} sync for this user is already running elsewhere",
                 retry_after=self.busy_retry,
             )
-        self._held[key] = token
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._keep())
+        self._hold(key, token)
         try:
             yield
         finally:
-            self._held.pop(key, None)
-            if not self._held and self._renewer is not None:
-                self._renewer.cancel()
-                self._renewer = None
+            self._unhold(key)
             try:
-                await self._release(keys=[key], args=[token])
+                await self.release_script(keys=[key], args=[token])
             except RedisError as exc:  # it expires on its own
                 log.warning("could not release sync lock", key=key, error=str(exc))
 
     async def _keep(self) -> None:
-        """One task renews every lock this process holds, every third of the lock's ttl."""
+        """One task renews every lock this process holds, every third of the lock's ttl, in
+        one pipelined round trip."""
         interval = self.ttl_ms / 3000
         while self._held:
             await asyncio.sleep(interval)
-            for key, token in list(self._held.items()):
-                try:
-                    renewed = int(await self._renew(keys=[key], args=[token, self.ttl_ms]))
-                    if not renewed and self._held.get(key) == token:
-                        log.error("sync lock lost while the sync was running", key=key)
-                except RedisError as exc:
-                    log.warning("could not renew sync lock", key=key, error=str(exc))
+            held = list(self._held.items())
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, token in held:
+                        await self._renew(keys=[key], args=[token, self.ttl_ms], client=pipe)
+                    renewed = await pipe.execute()
+            except RedisError as exc:
+                log.warning("could not renew sync locks", locks=len(held), error=str(exc))
+                continue
+            for (key, token), ok in zip(held, renewed, strict=True):
+                if not int(ok) and self._held.get(key) == token:
+                    log.error("sync lock lost while the sync was running", key=key)
 
 
 class LocalSyncLock:

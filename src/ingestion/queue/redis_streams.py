@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import secrets
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from ingestion import metrics
 from ingestion.config import Settings
@@ -43,7 +46,9 @@ from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
 from ingestion.queue.retention import DEAD_LETTER_CHUNK, dead_fingerprint, tick_ttl
-from ingestion.sync import SyncLockFactory
+
+if TYPE_CHECKING:  # the queue imports no provider, not even through the engine
+    from ingestion.sync import SyncLockFactory
 
 __all__ = ["RedisConsumer", "RedisJobQueue", "consumer_name"]
 
@@ -89,6 +94,32 @@ def _widening(value: str) -> Widening | None:
     return None
 
 
+#: One script call of a pipeline: the script, its keys, its arguments.
+_Call = tuple[AsyncScript, list[str], list[Any]]
+
+
+async def _run_scripts(redis: Redis, calls: list[_Call]) -> list[Any]:
+    """Run script calls in one pipelined round trip, by SHA.
+
+    redis-py's pipelines ask `SCRIPT EXISTS` before every execution that holds a script (one
+    more round trip each time); here a call whose script Redis does not have (it restarted, or
+    was flushed) fails alone without running and is run again through the script object, which
+    loads it. Any other error is raised after the whole pipeline ran, as a pipeline does.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            script, keys, args = calls[i]
+            replies[i] = await script(keys=keys, args=args)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 class RedisJobQueue:
     """Producer side and operator side: enqueue, figures, dead letters."""
 
@@ -107,6 +138,7 @@ class RedisJobQueue:
             health_check_interval=15,
         )
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
+        self._enqueue_ticks = self.redis.register_script(scripts.ENQUEUE_TICKS)
         self._requeue_dead = self.redis.register_script(scripts.REQUEUE_DEAD)
 
     @property
@@ -136,6 +168,47 @@ class RedisJobQueue:
         """
         outcome, _, _ = await self._add(job, due=due, tick_epoch=tick_epoch)
         return outcome
+
+    async def enqueue_ticks(self, jobs: Sequence[tuple[Job, float]], tick_epoch: int) -> list[str]:
+        """`enqueue_tick` for many plain jobs (no options) in one round trip; one outcome each.
+
+        The scheduler calls it once per page of a tick: the jobs of a batch are checked and
+        added in one script, so the exactly-once guarantee per (provider, user, tick) is the
+        same as with one call per job.
+        """
+        if not jobs:
+            return []
+        keys = [self.keys.stream, self.keys.delayed]
+        # One cron interval (and a margin) of the batch's provider: a tick key outlives its
+        # tick, never the next one (`retention.tick_ttl`); a batch holds one provider's tick.
+        ttl = max(tick_ttl(self.settings, job.provider, tick_epoch) for job, _ in jobs)
+        args: list[str | int] = [self.active_ttl, ttl]
+        now = time.time()
+        enqueued_at = datetime.now(UTC).isoformat()
+        for job, due in jobs:
+            job_id = job.job_id or uuid.uuid4().hex
+            fields = {
+                "type": job.type,
+                "payload": job.payload(),
+                "attempt": "1",
+                "enqueuedAt": enqueued_at,
+                "jobId": job_id,
+                "scheduledFor": str(tick_epoch),
+            }
+            keys += [
+                self.keys.active(job.provider, job.user_id),
+                self.keys.tick(job.provider, job.user_id, tick_epoch),
+            ]
+            args += [
+                job_id,
+                f"{due:.3f}" if due > now else "0",
+                json.dumps(_flat(fields), separators=(",", ":")),
+            ]
+        outcomes = [str(o) for o in await self._enqueue_ticks(keys=keys, args=args)]
+        for (job, _), outcome in zip(jobs, outcomes, strict=True):
+            if outcome == "coalesced":
+                metrics.JOBS.labels(provider=job.provider, outcome="coalesced").inc()
+        return outcomes
 
     async def _add(
         self, job: Job, *, due: float, tick_epoch: int | None, rerun: bool = False
@@ -326,6 +399,10 @@ class RedisConsumer:
         self._dead = self.redis.register_script(scripts.DEAD_LETTER)
         self._promote = self.redis.register_script(scripts.PROMOTE)
         self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
+        #: Sync locks taken with a job's start, by entry id, until the job settles.
+        self._job_locks: dict[str, tuple[str, str]] = {}
+        self._begins: list[tuple[Job, str, str, asyncio.Future[tuple[Any, Any]]]] = []
+        self._begin_flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.queue.ensure_group()
@@ -382,16 +459,65 @@ class RedisConsumer:
         return claimed
 
     async def begin(self, delivery: Delivery, job: Job) -> Job:
-        """Mark the pair's running job and take the widening flags recorded for it (BEGIN)."""
-        flags = await self._begin(
-            keys=[
-                self.keys.running(job.provider, job.user_id),
-                self.keys.widen(job.provider, job.user_id),
-            ],
-            args=[job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
-        )
+        """Mark the pair's running job and take the widening flags recorded for it (BEGIN),
+        and, in the same round trip, try the pair's sync lock: when taken it is handed to this
+        job's task (`RedisSyncLock.adopt`) and released with the job's settling call.
+
+        Starts that arrive while another start is in flight (the jobs of one read) are sent
+        together in one pipeline, each still its own atomic script."""
+        lock_key = self.keys.sync_lock(job.provider, job.user_id)
+        token = self._lock.new_token()
+        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        self._begins.append((job, lock_key, token, future))
+        if self._begin_flusher is None or self._begin_flusher.done():
+            self._begin_flusher = asyncio.create_task(self._flush_begins())
+        flags, taken = await future
+        if int(taken) == 1:
+            self._job_locks[delivery.entry_id] = (lock_key, token)
+            self._lock.adopt(lock_key, token)  # in this job's task
         options = widened(job.options, [str(flag) for flag in flags or []])
         return job if options == job.options else replace(job, options=options)
+
+    async def _flush_begins(self) -> None:
+        while self._begins:
+            batch, self._begins = self._begins, []
+            calls: list[_Call] = []
+            for job, lock_key, token, _ in batch:
+                calls.append(
+                    (
+                        self._begin,
+                        [
+                            self.keys.running(job.provider, job.user_id),
+                            self.keys.widen(job.provider, job.user_id),
+                        ],
+                        [job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
+                    )
+                )
+                calls.append((self._lock.acquire_script, [lock_key], [token, self._lock.ttl_ms]))
+            try:
+                replies = await _run_scripts(self.redis, calls)
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # locks may have been taken: give back
+                    await _run_scripts(
+                        self.redis,
+                        [(self._lock.release_script, [key], [token]) for _, key, token, _ in batch],
+                    )
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for i, (*_, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result((replies[2 * i], replies[2 * i + 1]))
+
+    def _release_lock(self, delivery: Delivery) -> list[_Call]:
+        """The release of the sync lock `delivery`'s job took at its start, if any, as a call
+        for the settling pipeline (compare-and-delete: harmless if it expired meanwhile)."""
+        held = self._job_locks.pop(delivery.entry_id, None)
+        if held is None:
+            return []
+        self._lock.forget(*held)
+        return [(self._lock.release_script, [held[0]], [held[1]])]
 
     async def complete(self, delivery: Delivery) -> None:
         """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
@@ -410,15 +536,16 @@ class RedisConsumer:
     async def _flush_acks(self) -> None:
         while self._acks:
             batch, self._acks = self._acks, []
+            calls: list[_Call] = []
+            positions: list[int] = []
+            for delivery, _ in batch:
+                # The job's sync lock goes in the same round trip (its reply is not needed).
+                calls += self._release_lock(delivery)
+                positions.append(len(calls))
+                calls.append((self._ack, self._pair_keys(delivery.job), self._ack_args(delivery)))
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for delivery, _ in batch:
-                        await self._ack(
-                            keys=self._pair_keys(delivery.job),
-                            args=self._ack_args(delivery),
-                            client=pipe,
-                        )
-                    results = await pipe.execute()
+                replies = await _run_scripts(self.redis, calls)
+                results = [replies[i] for i in positions]
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -469,15 +596,16 @@ class RedisConsumer:
         if due is not None:
             due = min(due, longest) if math.isfinite(due) else (longest if due > 0 else None)
         wait = max(0.0, due - now) if due else 0.0
-        await self._reschedule(
-            keys=[
+        reschedule: _Call = (
+            self._reschedule,
+            [
                 self.keys.stream,
                 self.keys.delayed,
                 self.keys.active(job.provider, job.user_id),
                 self.keys.running(job.provider, job.user_id),
                 self.keys.widen(job.provider, job.user_id),
             ],
-            args=[
+            [
                 self.keys.group,
                 delivery.entry_id,
                 f"{due:.3f}" if due and due > now else "0",
@@ -487,6 +615,7 @@ class RedisConsumer:
                 *_flat(fields),
             ],
         )
+        await _run_scripts(self.redis, [*self._release_lock(delivery), reschedule])
 
     async def dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
         fields = dict(delivery.fields)
@@ -505,9 +634,10 @@ class RedisConsumer:
             dead_fingerprint(fields.get("type", ""), user_id, fields["error"])
         )
         settings = self.queue.settings
-        await self._dead(
-            keys=[self.keys.stream, self.keys.dead, active, running, widen, index],
-            args=[
+        dead: _Call = (
+            self._dead,
+            [self.keys.stream, self.keys.dead, active, running, widen, index],
+            [
                 self.keys.group,
                 delivery.entry_id,
                 delivery.job_id,
@@ -518,6 +648,7 @@ class RedisConsumer:
                 *_flat(fields),
             ],
         )
+        await _run_scripts(self.redis, [*self._release_lock(delivery), dead])
 
     async def keep_alive(self, deliveries: list[Delivery]) -> None:
         """Reset the idle time of running entries (XCLAIM … JUSTID) and refresh their markers."""

@@ -11,6 +11,7 @@ __all__ = [
     "BEGIN",
     "DEAD_LETTER",
     "ENQUEUE",
+    "ENQUEUE_TICKS",
     "LOCK_ACQUIRE",
     "LOCK_RELEASE",
     "LOCK_RENEW",
@@ -64,6 +65,34 @@ else
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return {'enqueued', ARGV[1], ''}
+"""
+
+#: The scheduler's batch form of ENQUEUE for plain jobs (no widening options): one call per
+#: page of a tick, each job still checked and added atomically (a script runs whole).
+#: KEYS: stream, delayed, then per job: its pair's active marker and its tick key.
+#: ARGV: activeTtl, tickTtl, then per job: jobId, due (0 = now), its fields as a JSON array of
+#: the flat `k1, v1, …` list (the delayed set's member format, unique: it carries `jobId`).
+#: Returns one outcome per job: enqueued | coalesced | duplicate, as ENQUEUE decides them.
+ENQUEUE_TICKS = """
+local outcomes = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local active, tick = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local job_id, due, member = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  if not redis.call('SET', tick, job_id, 'NX', 'EX', ARGV[2]) then
+    outcomes[i] = 'duplicate'
+  elseif redis.call('EXISTS', active) == 1 then
+    outcomes[i] = 'coalesced'
+  else
+    if tonumber(due) > 0 then
+      redis.call('ZADD', KEYS[2], due, member)
+    else
+      redis.call('XADD', KEYS[1], '*', unpack(cjson.decode(member)))
+    end
+    redis.call('SET', active, job_id, 'EX', ARGV[1])
+    outcomes[i] = 'enqueued'
+  end
+end
+return outcomes
 """
 
 #: KEYS: running, widen. ARGV: jobId, runningTtl, the job's own widening flags…

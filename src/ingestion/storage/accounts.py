@@ -14,21 +14,29 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, and_, case, exists, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ingestion.errors import ConfigurationError
 from ingestion.storage.encryption import PLAIN_TEXT, TokenCipher, UnreadableToken
-from ingestion.storage.models import Account, User
+from ingestion.storage.models import Account, RemovalRow, SyncStateRow, User
 
 __all__ = [
     "AccountSummary",
+    "DueAccount",
     "StoredTokens",
     "UnreadableTokens",
+    "account_exists",
+    "account_exists_statement",
+    "due_page",
+    "due_page_statement",
     "find_account",
+    "find_account_statement",
     "fingerprint",
     "list_accounts",
+    "orphaned_pairs",
     "read_tokens",
     "save_account",
     "seal_tokens",
@@ -115,19 +123,134 @@ class AccountSummary:
 
 def fingerprint(account: Account) -> str:
     """A digest of the account's tokens: changes whenever the tokens are replaced."""
-    material = f"{account.access_token or ''}\x00{account.refresh_token or ''}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    return _print(account.access_token, account.refresh_token)
 
 
-async def find_account(session: AsyncSession, user_id: str, provider_id: str) -> Account | None:
-    """The user's most recently updated account for `provider_id`."""
-    result = await session.execute(
+def find_account_statement(user_id: str, provider_id: str) -> Select[Account]:
+    """The user's most recently updated account for `provider_id` (the `"userId"` index)."""
+    return (
         select(Account)
         .where(Account.user_id == user_id, Account.provider_id == provider_id)
         .order_by(Account.updated_at.desc())
         .limit(1)
     )
+
+
+def account_exists_statement(user_id: str, provider_id: str) -> Select[Any]:
+    """The id of the user's most recently updated account of `provider_id`, if any (the
+    `"userId"` index; no token read)."""
+    return (
+        select(Account.id)
+        .where(Account.user_id == user_id, Account.provider_id == provider_id)
+        .order_by(Account.updated_at.desc())
+        .limit(1)
+    )
+
+
+async def account_exists(connection: AsyncConnection, user_id: str, provider_id: str) -> str | None:
+    """One indexed read: `POST /v1/sync` checks the account this way before it enqueues; the
+    account row's id (a removal compares it), None when there is none."""
+    result = await connection.execute(account_exists_statement(user_id, provider_id))
+    found = result.first()
+    return None if found is None else str(found[0])
+
+
+async def find_account(session: AsyncSession, user_id: str, provider_id: str) -> Account | None:
+    """The user's most recently updated account for `provider_id`."""
+    result = await session.execute(find_account_statement(user_id, provider_id))
     return result.scalar_one_or_none()
+
+
+def due_page_statement(
+    provider: str, account_provider: str, after: str | None, limit: int
+) -> Select[Any]:
+    """One keyset page of the scheduler: accounts of `account_provider` with user ids after
+    `after`, in user id order (the `"userId"` index), each joined to its `provider` sync
+    state (primary key). Tokens are read only for pairs waiting on a reconnect, to compare
+    fingerprints; every other row is four short columns."""
+    waiting = SyncStateRow.status == "reauth_required"
+    joined = and_(SyncStateRow.user_id == Account.user_id, SyncStateRow.provider == provider)
+    if after is not None:  # the same keyset on both sides: the join starts at the page too
+        joined = and_(joined, SyncStateRow.user_id > after)
+    query = (
+        select(
+            Account.user_id,
+            Account.id,
+            SyncStateRow.last_sync_time,
+            SyncStateRow.reauth_fingerprint,
+            case((waiting, Account.access_token)).label("access_token"),
+            case((waiting, Account.refresh_token)).label("refresh_token"),
+            waiting.label("waiting"),
+        )
+        .outerjoin(SyncStateRow, joined)
+        .where(Account.provider_id == account_provider)
+        .order_by(Account.user_id, Account.updated_at.desc())
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Account.user_id > after)
+    return query
+
+
+class DueAccount(NamedTuple):
+    """A user the scheduler may enqueue: the account row it syncs with (removals compare its
+    id) and its pair's last successful sync (push stretches the polling interval)."""
+
+    user_id: str
+    account_id: str
+    last_sync_time: datetime | None
+
+
+async def due_page(
+    session: AsyncSession, provider: str, account_provider: str, after: str | None, limit: int
+) -> tuple[list[DueAccount], str | None]:
+    """Users of one scheduler page who do not wait on a reconnect, and the keyset position
+    after the page (None: no more accounts).
+
+    A user with several accounts of one provider counts once, judged by the most recently
+    updated one (as `find_account` picks it). A reconnect changes the tokens, hence the
+    fingerprint, and schedules the pair again.
+    """
+    rows = (
+        await session.execute(due_page_statement(provider, account_provider, after, limit))
+    ).all()
+    due: list[DueAccount] = []
+    seen: str | None = after
+    for row in rows:
+        if row.user_id == seen:
+            continue  # an older account of the user just judged
+        seen = row.user_id
+        if row.waiting and row.reauth_fingerprint == _print(row.access_token, row.refresh_token):
+            continue
+        due.append(DueAccount(row.user_id, row.id, row.last_sync_time))
+    return due, (seen if len(rows) == limit else None)
+
+
+async def orphaned_pairs(session: AsyncSession, provider: str, account_provider: str) -> list[str]:
+    """Users with a `provider` sync state but no `account_provider` account row and no removal
+    recorded: accounts the product deleted since the last tick (an anti-join over the state
+    table's primary key and the account and removal indexes)."""
+    query = (
+        select(SyncStateRow.user_id)
+        .where(
+            SyncStateRow.provider == provider,
+            ~exists().where(
+                Account.user_id == SyncStateRow.user_id,
+                Account.provider_id == account_provider,
+            ),
+            ~exists().where(
+                RemovalRow.user_id == SyncStateRow.user_id,
+                RemovalRow.provider == provider,
+            ),
+        )
+        .order_by(SyncStateRow.user_id)
+    )
+    return list((await session.scalars(query)).all())
+
+
+def _print(access_token: str | None, refresh_token: str | None) -> str:
+    material = f"{access_token or ''}\x00{refresh_token or ''}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 async def ensure_user(session: AsyncSession, user_id: str, email: str | None = None) -> User:

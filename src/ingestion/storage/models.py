@@ -116,6 +116,12 @@ class SyncStateRow(Base):
     """`ingestion_sync_state`: the cursor and health of one (user, provider)."""
 
     __tablename__ = "ingestion_sync_state"
+    #: Migration 000c: status pages by status, the aggregate, cursor ages (`storage.overview`).
+    __table_args__ = (
+        Index("ix_ingestion_sync_state_status_pair", "status", "user_id", "provider"),
+        Index("ix_ingestion_sync_state_provider_status", "provider", "status", "last_sync_time"),
+        Index("ix_ingestion_sync_state_provider_synced", "provider", "last_sync_time"),
+    )
 
     user_id: Mapped[str] = mapped_column(Text, primary_key=True)
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -7,6 +7,7 @@ detection. See `ingestion.forget` for what a removal promises.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,9 +95,13 @@ class Removals:
             row = await session.get(RemovalRow, (user_id, provider))
             return _view(row) if row else None
 
-    async def all(self) -> list[RemovalView]:
+    async def all(self, users: Sequence[str] | None = None) -> list[RemovalView]:
+        """Every removal (of `users` when given)."""
+        query = select(RemovalRow)
+        if users is not None:
+            query = query.where(RemovalRow.user_id.in_(list(users)))
         async with self.db.session() as session:
-            rows = (await session.execute(select(RemovalRow))).scalars()
+            rows = (await session.execute(query)).scalars()
             return [_view(r) for r in rows]
 
     async def mark(

@@ -1,9 +1,12 @@
 """The status page for people (`GET /`): server-rendered HTML, a little CSS and script, no build.
 
-`render_status_page(document, …)` turns the `ingestion status --json` document into one page:
-a table of users and providers (status, last successful sync, items, last error, re-auth needed),
-queue figures and recent runs, with "sync now" and "retry dead letters" buttons that call the
-`/v1` API. Every value is HTML-escaped by Jinja2's autoescaping; no token is ever in the document.
+`render_status_page(document, …)` turns an `ingestion status --json` document into one page:
+the aggregate (pairs by provider and status, oldest cursor age), the pairs needing attention
+first, then the document's page of users and providers (status, last successful sync, items,
+last error, re-auth needed) with a link to the next page, a search by user id, queue figures and
+recent runs, with "sync now" and "retry dead letters" buttons that call the `/v1` API. It never
+lists the whole table. Every value is HTML-escaped by Jinja2's autoescaping; no token is ever in
+the document.
 
 With an API key, `GET /` without it answers `render_login_page()`: a sign-in form and no data.
 The script (`static/status.js`, no inline script: the API's Content-Security-Policy forbids it)
@@ -19,6 +22,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 __all__ = [
+    "ATTENTION_LIMIT",
     "REFRESH_SECONDS",
     "ROW_LIMIT",
     "STATIC_DIR",
@@ -30,9 +34,10 @@ _HERE = Path(__file__).parent
 STATIC_DIR = _HERE / "static"
 #: The page reloads itself this often (paused while a person types the key or an action runs).
 REFRESH_SECONDS = 15
-#: Above this many (user, provider) rows the page shows those needing attention first and
-#: stops at the limit (`/?all=1` shows every row): a table people can read, a page phones load.
+#: Rows of one page of the table, and at most `ATTENTION_LIMIT` pairs of each status needing
+#: attention above them: a table people can read, a page phones load.
 ROW_LIMIT = 200
+ATTENTION_LIMIT = 50
 
 _env = Environment(
     loader=FileSystemLoader(_HERE / "templates"),
@@ -79,28 +84,35 @@ def render_status_page(
     key_required: bool,
     queue_available: bool,
     now: datetime,
-    limit: int | None = ROW_LIMIT,
+    attention: list[dict[str, Any]] | None = None,
+    search: str = "",
 ) -> str:
     """The page for one status document (see `ingestion.status.gather_status`).
 
-    Every row is shown up to `limit` rows (None: no limit); above it, the rows needing
-    attention (an error, a reconnect) come first, and the page says how many it left out.
+    `attention` (pairs in error or waiting on a reconnect, read apart) come first, then the
+    document's page of rows (those needing attention among them first too); `search` is the
+    user id the rows were searched for, if any.
     """
     accounts = document["accounts"]
-    counts: dict[str, int] = {}
-    for row in accounts:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    shown = accounts
-    if limit is not None and len(accounts) > limit:
-        attention = [r for r in accounts if _needs_attention(r)]
-        rest = [r for r in accounts if not _needs_attention(r)]
-        shown = (attention + rest)[:limit]
+    first = list(attention or [])
+    seen = {(r["userId"], r["provider"]) for r in first}
+    rest = [r for r in accounts if (r["userId"], r["provider"]) not in seen]
+    shown = first + [r for r in rest if _needs_attention(r)]
+    shown += [r for r in rest if not _needs_attention(r)]
+    aggregate = document.get("aggregate") or {}
+    totals: dict[str, int] = {}
+    for by_status in (aggregate.get("counts") or {}).values():
+        for status, count in by_status.items():
+            totals[status] = totals.get(status, 0) + count
     template = _env.get_template("status.html")
     return template.render(
         accounts=shown,
-        total_rows=len(accounts),
-        users=sorted({row["userId"] for row in accounts}),
-        status_counts=sorted(counts.items()),
+        total_rows=aggregate.get("pairs", len(accounts)),
+        aggregate=aggregate,
+        next_cursor=document.get("nextCursor"),
+        search=search,
+        attention_limit=ATTENTION_LIMIT,
+        status_counts=sorted(totals.items()),
         queue=document["queue"],
         runs=document["recentRuns"],
         key_required=key_required,
