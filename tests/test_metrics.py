@@ -192,7 +192,7 @@ async def test_a_sync_moves_the_counters_served_on_metrics(tmp_path: Path) -> No
                 session, user_id="m1", provider_id="github", access_token="gho_metrics"
             )
         transport = httpx.ASGITransport(app=create_app(services, None))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
 
             async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
                 answer = await http.get("/metrics")

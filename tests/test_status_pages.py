@@ -64,7 +64,7 @@ async def client(database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, se
     services = await Services.open(Settings(database_url=database_url), migrate=True)
     expected = await seed(services)
     transport = httpx.ASGITransport(app=create_app(services, None))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         yield http, expected
     await services.aclose()
 
