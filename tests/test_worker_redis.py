@@ -4,6 +4,7 @@ deferrals, re-authentication, coalescing, deleted pending entries and trimming."
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 import uuid
@@ -379,9 +380,19 @@ async def test_job_outliving_the_grace_period_stays_pending_for_another_worker(
     [(entry, holder, _)] = await _claims(env)
     assert holder == env.consumer.name  # left pending, not acknowledged or handed back
 
+    # Another worker process: its own consumer, and its engine syncs under that consumer's
+    # lock (as `ingestion worker` wires them), so a lock its start takes is the one it uses.
     other = env.queue.consumer("other-worker")
-    async with running_worker(env.settings, other, env.services):
+    engine = copy.copy(env.services.engine)
+    engine.lock = other.sync_lock()
+    other_worker = Worker(env.settings, other, engine_runner(engine))
+    stop_other = asyncio.Event()
+    running = asyncio.create_task(other_worker.run(stop_other))
+    try:
         await wait_for(lambda: env.runs("ok"), timeout=30)
+    finally:
+        stop_other.set()
+        await asyncio.wait_for(running, timeout=30)
     assert await env.pending() == 0
     assert await env.dead() == []
     async with env.services.db.session() as session:

@@ -197,9 +197,17 @@ class Worker:
                 "grace period over; leaving jobs pending for another worker",
                 entries=[self._running[t].entry_id for t in still if t in self._running],
             )
+            abandoned = [self._running[t] for t in still if t in self._running]
             for task in still:
                 task.cancel()
             await asyncio.wait(still, timeout=5)
+            # Their sync locks go back now (not at the lock's expiry): the worker that
+            # reclaims an entry after the visibility timeout runs it instead of deferring.
+            for delivery in abandoned:
+                try:
+                    await self.consumer.abandon(delivery)
+                except Exception as exc:  # the lock then expires by itself
+                    self.log.warning("sync lock not released", error=describe_unexpected(exc))
 
     async def _housekeeping(self) -> None:
         """Keep running entries claimed, promote due delayed jobs, trim the stream."""

@@ -179,6 +179,12 @@ class Consumer(Protocol):
         """One sync per (provider, user) at a time across every worker of this queue."""
         ...
 
+    async def abandon(self, delivery: Delivery) -> None:
+        """A job this consumer will not finish (shutdown past the grace period): give back
+        what its start took (the pair's sync lock) and leave the entry pending, so another
+        worker that reclaims it can run it at once."""
+        ...
+
     async def leave(self) -> None:
         """The worker exits cleanly: forget this consumer if it holds nothing."""
         ...

@@ -309,6 +309,11 @@ class LocalJobQueue:
         if self._ready:
             self._wakeup.set()
 
+    async def abandon(self, delivery: Delivery) -> None:
+        """Nothing to give back: the in-process queue takes no lock at a job's start (the sync
+        engine's own lock is released when the cancelled job unwinds)."""
+        return
+
     def sync_lock(self) -> SyncLockFactory:
         return self._lock
 

@@ -519,6 +519,12 @@ class RedisConsumer:
         self._lock.forget(*held)
         return [(self._lock.release_script, [held[0]], [held[1]])]
 
+    async def abandon(self, delivery: Delivery) -> None:
+        """Release the sync lock the job took at its start; the entry stays pending."""
+        calls = self._release_lock(delivery)
+        if calls:
+            await _run_scripts(self.redis, calls)
+
     async def complete(self, delivery: Delivery) -> None:
         """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
         the widening options requested while it ran) in one atomic script.
