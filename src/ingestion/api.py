@@ -119,14 +119,7 @@ class _Api:
         self.services = services
         self.queue = queue
         self._key_required = services.settings.ingestion_api_key is not None
-        self.forgetter = Forgetter(
-            services.settings,
-            services.db,
-            services.sink,
-            lock=services.engine.lock,
-            clock=services.clock,
-            push=services.push,
-        )
+        self.forgetter = Forgetter.of(services)
         #: One grouped scan serves every status request and scrape within a few seconds.
         self.aggregates = AggregateCache()
 

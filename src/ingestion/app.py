@@ -56,14 +56,7 @@ async def run_service(settings: Settings) -> None:
         worker = Worker(settings, consumer, engine_runner(services.engine))
         scheduler = Scheduler(settings, queue, services.db, clock=services.clock)
         app = create_app(services, queue)
-        forgetter = Forgetter(
-            settings,
-            services.db,
-            services.sink,
-            lock=services.engine.lock,
-            clock=services.clock,
-            push=services.push,
-        )
+        forgetter = Forgetter.of(services)
         tasks = [
             asyncio.create_task(forgetter.run(stop)),
             asyncio.create_task(serve(app, settings.api_host, settings.api_port, stop)),

@@ -402,14 +402,7 @@ def accounts_remove(
     async def body(services: Any) -> Any:
         from ingestion.forget import Forgetter
 
-        forgetter = Forgetter(
-            settings,
-            services.db,
-            services.sink,
-            lock=services.engine.lock,
-            clock=services.clock,
-            push=services.push,
-        )
+        forgetter = Forgetter.of(services)
         try:
             return await forgetter.remove(
                 provider, user, purge=purge, delete_account=delete_account
@@ -458,14 +451,7 @@ def users_forget(
     async def body(services: Any) -> Any:
         from ingestion.forget import Forgetter
 
-        forgetter = Forgetter(
-            settings,
-            services.db,
-            services.sink,
-            lock=services.engine.lock,
-            clock=services.clock,
-            push=services.push,
-        )
+        forgetter = Forgetter.of(services)
         try:
             return await forgetter.forget_user(user)
         except IngestionError as exc:

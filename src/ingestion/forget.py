@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import delete, func, select
@@ -58,6 +58,9 @@ from ingestion.storage.removals import Removals
 from ingestion.sync import SyncLockFactory
 
 __all__ = ["Forgetter", "RemovalReport", "UserForgotten"]
+
+if TYPE_CHECKING:  # services builds the engine this module runs beside
+    from ingestion.services import Services
 
 log = structlog.get_logger("ingestion.forget")
 
@@ -135,6 +138,18 @@ class Forgetter:
         self.clock = clock or SystemClock()
         self.lock_wait = lock_wait
         self.removals = Removals(db)
+
+    @classmethod
+    def of(cls, services: Services) -> Forgetter:
+        """The forgetter of a process: its database, sink, sync lock, clock and push channels."""
+        return cls(
+            services.settings,
+            services.db,
+            services.sink,
+            lock=services.engine.lock,
+            clock=services.clock,
+            push=services.push,
+        )
 
     # --- requests -------------------------------------------------------------------------
     async def remove(

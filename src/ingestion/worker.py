@@ -429,9 +429,7 @@ async def serve_worker(settings: Settings, concurrency: int | None = None) -> No
     services = await Services.open(settings, lock=consumer.sync_lock())
     try:
         worker = Worker(settings, consumer, engine_runner(services.engine), concurrency=concurrency)
-        forgetter = Forgetter(
-            settings, services.db, services.sink, lock=services.engine.lock, push=services.push
-        )
+        forgetter = Forgetter.of(services)
         forgetting = asyncio.create_task(forgetter.run(stop))
         try:
             await worker.run(stop)
