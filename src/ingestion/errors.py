@@ -39,6 +39,7 @@ __all__ = [
     "RateLimited",
     "ReauthRequired",
     "RetryableError",
+    "describe",
     "describe_unexpected",
     "safe_traceback",
 ]
@@ -94,6 +95,12 @@ class MalformedItem(PermanentError):
 
 class ConfigurationError(PermanentError):
     """A setting is missing or invalid (for example no OAuth client for a refresh)."""
+
+
+def describe(exc: BaseException) -> str:
+    """What may be shown or kept of `exc`: the service's own message for an `IngestionError`
+    (written by the service, never quoting data), else `describe_unexpected(exc)`."""
+    return str(exc) if isinstance(exc, IngestionError) else describe_unexpected(exc)
 
 
 def describe_unexpected(exc: BaseException) -> str:

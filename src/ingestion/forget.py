@@ -39,7 +39,7 @@ from sqlalchemy import delete, func, select
 from ingestion import metrics
 from ingestion.clock import Clock, SystemClock
 from ingestion.config import Settings
-from ingestion.errors import IngestionError, PermanentError, RateLimited, describe_unexpected
+from ingestion.errors import PermanentError, RateLimited, describe
 from ingestion.memory.base import MemorySink
 from ingestion.providers.registry import REGISTRY, account_provider_of
 from ingestion.push.channels import PushChannels
@@ -231,7 +231,7 @@ class Forgetter:
             except Exception as exc:  # the next round retries; the removal stays unsettled
                 log.warning(
                     "pending removals not finished",
-                    error=str(exc) if isinstance(exc, IngestionError) else describe_unexpected(exc),
+                    error=describe(exc),
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.forget_interval_seconds)

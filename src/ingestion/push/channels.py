@@ -37,7 +37,7 @@ import structlog
 
 from ingestion.clock import Clock
 from ingestion.config import Settings
-from ingestion.errors import IngestionError
+from ingestion.errors import IngestionError, describe
 from ingestion.providers.base import TokenSource
 from ingestion.providers.http import ApiClient, api_error
 from ingestion.push.store import ChannelStore, ChannelView, token_digest
@@ -115,7 +115,7 @@ class PushChannels:
                 error=str(exc),
             )
         except Exception as exc:  # upkeep must never turn a committed sync into a failure
-            await self.store.mark_failing(provider, user_id, f"{type(exc).__name__}: {exc}")
+            await self.store.mark_failing(provider, user_id, describe(exc))
             log.error(
                 "push channel upkeep crashed", provider=provider, user_id=user_id, exc_info=True
             )
@@ -137,7 +137,7 @@ class PushChannels:
                     "push channel not stopped; forgotten (it expires by itself)",
                     provider=provider,
                     user_id=user_id,
-                    error=str(exc)[:300],
+                    error=describe(exc)[:300],
                 )
         await self.store.remove(c.channel_id for c in channels)
         log.info(

@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from ingestion import metrics
 from ingestion.clock import Clock
+from ingestion.errors import describe
 from ingestion.providers.github.sync import GitHubState, repo_selected
 from ingestion.providers.registry import account_provider_of
 from ingestion.push import PUSH_PREFIX
@@ -203,7 +204,7 @@ class _Push:
             # one more run instead of swallowing the notification.
             result = await self.queue.enqueue(Job(provider=provider, user_id=user_id), rerun=True)
         except Exception as exc:
-            log.warning("push enqueue failed", provider=provider, error=str(exc)[:300])
+            log.warning("push enqueue failed", provider=provider, error=describe(exc)[:300])
             raise _NoQueue(f"the queue did not accept the job: {type(exc).__name__}") from None
         if result.widening == "follow-up":
             return "follow_up"
