@@ -122,11 +122,16 @@ def consumer_main(mode: str, url: str, namespace: str) -> None:
     from ingestion.config import Settings
     from ingestion.logs import configure_logging
 
-    configure_logging(Settings(log_level="warning", log_format="json"))
-    if mode == "bare":
-        result = asyncio.run(bare_consumer(url, namespace))
-    else:
-        result = asyncio.run(service_consumer(url, namespace, with_lock=mode == "service+lock"))
+    from ingestion.loop import loop_factory
+
+    settings = Settings(log_level="warning", log_format="json")
+    configure_logging(settings)
+    # Every consumer, the bare loop included, runs on the event loop the service's commands use.
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        if mode == "bare":
+            result = runner.run(bare_consumer(url, namespace))
+        else:
+            result = runner.run(service_consumer(url, namespace, with_lock=mode == "service+lock"))
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -37,6 +37,7 @@ from ingestion.errors import (
     safe_traceback,
 )
 from ingestion.logs import configure_logging
+from ingestion.loop import loop_factory
 
 __all__ = ["app", "main"]
 
@@ -111,9 +112,10 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(settings: Settings, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
-        return asyncio.run(factory())
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            return runner.run(factory())
     except ConfigurationError as exc:
         fail(str(exc))
 
@@ -194,7 +196,7 @@ def run() -> None:
     exposure = settings.api_exposure_error()
     if exposure:
         fail(exposure)
-    run_async(lambda: run_service(settings))
+    run_async(settings, lambda: run_service(settings))
 
 
 # --- sync ---------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def sync(
             except IngestionError as exc:
                 return exc
 
-    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         if as_json:
             print_json(
@@ -359,7 +361,7 @@ def accounts_add(
             )
             return str(account.id)
 
-    account_id = run_async(lambda: with_services(settings, body))
+    account_id = run_async(settings, lambda: with_services(settings, body))
     out.print(
         f"stored {account_provider} account {account_id} for user {user}",
         markup=False,
@@ -410,7 +412,7 @@ def accounts_remove(
         except IngestionError as exc:
             return exc
 
-    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         err.print(
             f"remove failed: {result} (the pair is stopped; run the command again to finish)",
@@ -457,7 +459,7 @@ def users_forget(
         except IngestionError as exc:
             return exc
 
-    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         err.print(
             f"forget failed: {result} (syncing is stopped; run the command again to finish)",
@@ -499,7 +501,7 @@ def accounts_list(
         async with services.db.session() as session:
             return await list_accounts(session)
 
-    accounts = run_async(lambda: with_services(settings, body))
+    accounts = run_async(settings, lambda: with_services(settings, body))
     rows = [
         {
             "id": a.id,
@@ -604,7 +606,7 @@ def connect(
         await Removals(services.db).lift(user, provider)
         return connected
 
-    result = run_async(lambda: with_services(settings, body, sync_lock=True))
+    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
     if isinstance(result, IngestionError):
         err.print(f"connect failed: {result}", markup=False, highlight=False)
         raise typer.Exit(1)
@@ -647,7 +649,7 @@ def status(
 
         return await gather_status(services.db, queue_stats_for(settings), query=query)
 
-    document = run_async(lambda: with_services(settings, body))
+    document = run_async(settings, lambda: with_services(settings, body))
     if as_json:
         print_json(document)
         return
@@ -709,7 +711,7 @@ def worker(
     settings = load_settings()
     if not settings.redis_url:
         fail("REDIS_URL is not set: `ingestion worker` consumes the Redis job queue")
-    run_async(lambda: serve_worker(settings, concurrency))
+    run_async(settings, lambda: serve_worker(settings, concurrency))
 
 
 @app.command()
@@ -720,7 +722,7 @@ def scheduler() -> None:
     settings = load_settings()
     if not settings.redis_url:
         fail("REDIS_URL is not set: `ingestion scheduler` enqueues on the Redis job queue")
-    run_async(lambda: serve_scheduler(settings))
+    run_async(settings, lambda: serve_scheduler(settings))
 
 
 def _queue_settings() -> Settings:
@@ -752,7 +754,7 @@ def enqueue(
     check_provider(provider)
     settings = _queue_settings()
     job = Job(provider, user, JobOptions(force_full_sync=full))
-    result = run_async(lambda: _with_queue(settings, lambda q: q.enqueue(job)))
+    result = run_async(settings, lambda: _with_queue(settings, lambda q: q.enqueue(job)))
     verb = "coalesced into queued job" if result.coalesced else "enqueued job"
     note = {
         "merged": "; it will run as a full sync",
@@ -769,7 +771,7 @@ def dlq_list(
 ) -> None:
     """Dead-lettered jobs, oldest first; `count` = times the same (provider, user, error) died."""
     settings = _queue_settings()
-    dead = run_async(lambda: _with_queue(settings, lambda q: q.dead_letters(limit)))
+    dead = run_async(settings, lambda: _with_queue(settings, lambda q: q.dead_letters(limit)))
     rows = [
         {
             "id": d.id,
@@ -815,7 +817,7 @@ def dlq_retry(
         fail(f"{entry_id[:40]!r} is not a dead-letter id (they look like 1767225600000-0)")
     settings = _queue_settings()
     ids = None if all_ else [str(entry_id)]
-    moved = run_async(lambda: _with_queue(settings, lambda q: q.retry_dead(ids)))
+    moved = run_async(settings, lambda: _with_queue(settings, lambda q: q.retry_dead(ids)))
     if not all_ and moved == 0:
         fail(f"no dead letter with id {entry_id!r}")
     out.print(f"requeued {moved} job(s)", markup=False, highlight=False)
@@ -825,7 +827,7 @@ def dlq_retry(
 def dlq_purge() -> None:
     """Delete every dead letter."""
     settings = _queue_settings()
-    purged = run_async(lambda: _with_queue(settings, lambda q: q.purge_dead()))
+    purged = run_async(settings, lambda: _with_queue(settings, lambda q: q.purge_dead()))
     out.print(f"purged {purged} dead letter(s)", markup=False, highlight=False)
 
 
@@ -852,7 +854,7 @@ def api_command(
     if exposure:
         fail(exposure)
     try:
-        run_async(lambda: run_api(settings))
+        run_async(settings, lambda: run_api(settings))
     except OSError as exc:
         fail(str(exc))
 
@@ -887,7 +889,7 @@ def search(
     async def body(services: Any) -> Any:
         return await search_memories(services.db, query, user_id=user, source=source, limit=limit)
 
-    hits = run_async(lambda: with_services(settings, body))
+    hits = run_async(settings, lambda: with_services(settings, body))
     if as_json:
         print_json([hit.as_json() for hit in hits])
         return

@@ -311,6 +311,10 @@ class Settings(BaseSettings):
     #: most 12 h, so a sync renews every Gmail watch at least once a day).
     push_poll_interval: int = Field(6 * 3600, ge=60, le=12 * 3600)
 
+    #: The event loop of every command: `auto` = uvloop where it is installed (not on Windows),
+    #: else asyncio's own; `asyncio` forces the standard library's loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["console", "json"] | None = None

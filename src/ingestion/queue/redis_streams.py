@@ -42,6 +42,7 @@ from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.queue import scripts
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
+from ingestion.queue.connection import redis_client
 from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
 from ingestion.queue.keys import Keys
 from ingestion.queue.locks import RedisSyncLock
@@ -130,7 +131,7 @@ class RedisJobQueue:
             raise ValueError("RedisJobQueue needs REDIS_URL")
         self.settings = settings
         self.keys = Keys(settings.redis_namespace)
-        self.redis: Redis = client or Redis.from_url(
+        self.redis: Redis = client or redis_client(
             settings.redis_url or "",
             decode_responses=True,
             socket_connect_timeout=5,
@@ -401,7 +402,7 @@ class RedisConsumer:
         self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
         #: Sync locks taken with a job's start, by entry id, until the job settles.
         self._job_locks: dict[str, tuple[str, str]] = {}
-        self._begins: list[tuple[Job, str, str, asyncio.Future[tuple[Any, Any]]]] = []
+        self._begins: list[tuple[Job, str, str, asyncio.Future[Any]]] = []
         self._begin_flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -459,15 +460,15 @@ class RedisConsumer:
         return claimed
 
     async def begin(self, delivery: Delivery, job: Job) -> Job:
-        """Mark the pair's running job and take the widening flags recorded for it (BEGIN),
-        and, in the same round trip, try the pair's sync lock: when taken it is handed to this
+        """Mark the pair's running job and take the widening flags recorded for it, and try the
+        pair's sync lock, in one atomic script (BEGIN): when taken the lock is handed to this
         job's task (`RedisSyncLock.adopt`) and released with the job's settling call.
 
         Starts that arrive while another start is in flight (the jobs of one read) are sent
         together in one pipeline, each still its own atomic script."""
         lock_key = self.keys.sync_lock(job.provider, job.user_id)
         token = self._lock.new_token()
-        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._begins.append((job, lock_key, token, future))
         if self._begin_flusher is None or self._begin_flusher.done():
             self._begin_flusher = asyncio.create_task(self._flush_begins())
@@ -481,19 +482,24 @@ class RedisConsumer:
     async def _flush_begins(self) -> None:
         while self._begins:
             batch, self._begins = self._begins, []
-            calls: list[_Call] = []
-            for job, lock_key, token, _ in batch:
-                calls.append(
-                    (
-                        self._begin,
-                        [
-                            self.keys.running(job.provider, job.user_id),
-                            self.keys.widen(job.provider, job.user_id),
-                        ],
-                        [job.job_id, self.queue.active_ttl, *widening_flags(job.options)],
-                    )
+            calls: list[_Call] = [
+                (
+                    self._begin,
+                    [
+                        self.keys.running(job.provider, job.user_id),
+                        self.keys.widen(job.provider, job.user_id),
+                        lock_key,
+                    ],
+                    [
+                        job.job_id,
+                        self.queue.active_ttl,
+                        token,
+                        self._lock.ttl_ms,
+                        *widening_flags(job.options),
+                    ],
                 )
-                calls.append((self._lock.acquire_script, [lock_key], [token, self._lock.ttl_ms]))
+                for job, lock_key, token, _ in batch
+            ]
             try:
                 replies = await _run_scripts(self.redis, calls)
             except Exception as exc:
@@ -506,18 +512,22 @@ class RedisConsumer:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for i, (*_, future) in enumerate(batch):
+                for (*_, future), reply in zip(batch, replies, strict=True):
                     if not future.done():
-                        future.set_result((replies[2 * i], replies[2 * i + 1]))
+                        future.set_result(reply)
+
+    def _held_lock(self, delivery: Delivery) -> tuple[str, str] | None:
+        """The sync lock (key, token) `delivery`'s job took at its start, if any, no longer
+        renewed: the caller releases it (compare-and-delete: harmless if it expired)."""
+        held = self._job_locks.pop(delivery.entry_id, None)
+        if held is not None:
+            self._lock.forget(*held)
+        return held
 
     def _release_lock(self, delivery: Delivery) -> list[_Call]:
-        """The release of the sync lock `delivery`'s job took at its start, if any, as a call
-        for the settling pipeline (compare-and-delete: harmless if it expired meanwhile)."""
-        held = self._job_locks.pop(delivery.entry_id, None)
-        if held is None:
-            return []
-        self._lock.forget(*held)
-        return [(self._lock.release_script, [held[0]], [held[1]])]
+        """The release of the sync lock `delivery`'s job took, as a call for a pipeline."""
+        held = self._held_lock(delivery)
+        return [] if held is None else [(self._lock.release_script, [held[0]], [held[1]])]
 
     async def abandon(self, delivery: Delivery) -> None:
         """Release the sync lock the job took at its start; the entry stays pending."""
@@ -527,7 +537,8 @@ class RedisConsumer:
 
     async def complete(self, delivery: Delivery) -> None:
         """Acknowledge a finished job (and clear its marker, or pass it to a follow-up job with
-        the widening options requested while it ran) in one atomic script.
+        the widening options requested while it ran) and release its sync lock, in one atomic
+        script.
 
         Completions that arrive while an acknowledgement is in flight are sent together in one
         pipeline (each still its own atomic script): fewer round trips at high concurrency.
@@ -543,15 +554,17 @@ class RedisConsumer:
         while self._acks:
             batch, self._acks = self._acks, []
             calls: list[_Call] = []
-            positions: list[int] = []
             for delivery, _ in batch:
-                # The job's sync lock goes in the same round trip (its reply is not needed).
-                calls += self._release_lock(delivery)
-                positions.append(len(calls))
-                calls.append((self._ack, self._pair_keys(delivery.job), self._ack_args(delivery)))
+                lock_key, token = self._held_lock(delivery) or (self.keys.stream, "")
+                calls.append(
+                    (
+                        self._ack,
+                        [*self._pair_keys(delivery.job), lock_key],
+                        [*self._ack_args(delivery), token],
+                    )
+                )
             try:
-                replies = await _run_scripts(self.redis, calls)
-                results = [replies[i] for i in positions]
+                results = await _run_scripts(self.redis, calls)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

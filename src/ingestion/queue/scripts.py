@@ -95,15 +95,18 @@ end
 return outcomes
 """
 
-#: KEYS: running, widen. ARGV: jobId, runningTtl, the job's own widening flags…
+#: KEYS: running, widen, syncLock. ARGV: jobId, runningTtl, lockToken, lockTtlMs, the job's own
+#: widening flags…
 #: A job starts: it becomes the pair's running job and takes every widening flag recorded for
-#: the pair. Returns all the flags it runs with (a reclaimed job keeps those it took before).
+#: the pair; in the same step it tries the pair's sync lock (`LOCK_ACQUIRE`). Returns
+#: {all the flags it runs with (a reclaimed job keeps those it took before), 1 when the lock
+#: was taken, else its remaining ttl in ms (negative)}.
 BEGIN = """
 if redis.call('HGET', KEYS[1], 'job') ~= ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'job', ARGV[1])
 end
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], '1')
 end
 for _, flag in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -119,14 +122,23 @@ for _, flag in ipairs(redis.call('HKEYS', KEYS[1])) do
     flags[#flags + 1] = flag
   end
 end
-return flags
+local taken = 1
+if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  taken = -redis.call('PTTL', KEYS[3])
+end
+return {flags, taken}
 """
 
-#: KEYS: stream, active, widen, running. ARGV: group, entryId, jobId, followUpJobId, type,
-#: userId, enqueuedAt, activeTtl. Acknowledge a finished job. If it still holds the pair's
-#: coalescing marker: with widening flags recorded while it ran, enqueue one follow-up job with
-#: them (the marker passes to it); otherwise clear the marker. Returns {acked, followUpJobId|''}.
+#: KEYS: stream, active, widen, running, syncLock. ARGV: group, entryId, jobId, followUpJobId,
+#: type, userId, enqueuedAt, activeTtl, lockToken ('' = the job holds no lock). Acknowledge a
+#: finished job and release the sync lock it took at its start (`LOCK_RELEASE`). If it still
+#: holds the pair's coalescing marker: with widening flags recorded while it ran, enqueue one
+#: follow-up job with them (the marker passes to it); otherwise clear the marker.
+#: Returns {acked, followUpJobId|''}.
 ACK = """
+if ARGV[9] ~= '' and redis.call('GET', KEYS[5]) == ARGV[9] then
+  redis.call('DEL', KEYS[5])
+end
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] == '' then
   return {n, ''}
