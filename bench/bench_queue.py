@@ -121,7 +121,6 @@ async def service_consumer(url: str, namespace: str, with_lock: bool) -> dict[st
 def consumer_main(mode: str, url: str, namespace: str) -> None:
     from ingestion.config import Settings
     from ingestion.logs import configure_logging
-
     from ingestion.loop import loop_factory
 
     settings = Settings(log_level="warning", log_format="json")

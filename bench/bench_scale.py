@@ -327,11 +327,19 @@ def child_main(args: argparse.Namespace) -> None:
     from ingestion.config import Settings
     from ingestion.logs import configure_logging
 
-    configure_logging(Settings(log_level="warning", log_format="json"))
-    if args.child == "scheduler":
-        asyncio.run(child_scheduler(args.pg, args.ns, args.provider, args.tick))
-    elif args.child == "explain":
-        asyncio.run(child_explain(args.pg))
+    settings = Settings(log_level="warning", log_format="json")
+    configure_logging(settings)
+    try:  # the event loop `ingestion scheduler` runs on (an older tree has no choice)
+        from ingestion.loop import loop_factory
+
+        factory = loop_factory(settings.event_loop)
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        if args.child == "scheduler":
+            runner.run(child_scheduler(args.pg, args.ns, args.provider, args.tick))
+        elif args.child == "explain":
+            runner.run(child_explain(args.pg))
 
 
 def run_child(src: Path, timeout: float, *extra: str) -> dict[str, Any] | None:

@@ -182,7 +182,9 @@ class RedisJobQueue:
         keys = [self.keys.stream, self.keys.delayed]
         # One cron interval (and a margin) of the batch's provider: a tick key outlives its
         # tick, never the next one (`retention.tick_ttl`); a batch holds one provider's tick.
-        ttl = max(tick_ttl(self.settings, job.provider, tick_epoch) for job, _ in jobs)
+        # Computed once per provider, not per job (a cron expansion costs about 0.2 ms).
+        providers = {job.provider for job, _ in jobs}
+        ttl = max(tick_ttl(self.settings, provider, tick_epoch) for provider in providers)
         args: list[str | int] = [self.active_ttl, ttl]
         now = time.time()
         enqueued_at = datetime.now(UTC).isoformat()
