@@ -490,7 +490,8 @@ def render(
     stored = runs[f"{labels[-1]}-all"].get("stored")
     lines += [
         f"Memory engine records after the whole-mailbox run: {stored}. Pages of 100 stream "
-        "through (three pages at most: the one in the sink and two read ahead), nothing "
+        "through (four pages at most: the one in the sink, two read ahead and one being "
+        "fetched), nothing "
         "grows with the mailbox.",
         "",
         "HTTP requests per message: one batch per 50 messages, one `messages.list` per page of "

@@ -402,8 +402,8 @@ async def test_the_next_page_is_fetched_while_the_sink_holds_this_one(world: Wor
 
 async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) -> None:
     """The sink refuses page 2 for good: the cursor stays after page 1, the pages read ahead
-    (3 and 4, never more: memory stays bounded) reach neither the engine nor the cursor, the
-    reader stops, and the next sync resumes after page 1."""
+    (3, 4 and 5, never more: memory stays bounded) reach neither the engine nor the cursor,
+    the reader stops, and the next sync resumes after page 1."""
     ids = [world.add(i) for i in range(24)]  # six pages of four
     # Page 2 first waits 0.3 s in the sink (503, Retry-After), then is refused (400).
     world.engine.fail_next(503, retry_after=0.3, path="/memories/batch", skip=1)
@@ -413,9 +413,10 @@ async def test_a_page_read_ahead_is_dropped_when_the_sink_fails(world: World) ->
     assert len(world.stored()) == 4
     state = await cursor(world)
     assert (state["mode"], state["backfill"]["count"]) == ("backfill", 4)
-    assert _gmail_calls(world, "messages.list") == 4  # pages 3 and 4 read ahead, dropped
+    # Pages 3 and 4 read ahead (one queued, one waiting to be), 5 in flight: all dropped.
+    assert _gmail_calls(world, "messages.list") == 5
     await asyncio.sleep(0.2)
-    assert _gmail_calls(world, "messages.list") == 4  # and the reader is gone
+    assert _gmail_calls(world, "messages.list") == 5  # and the reader is gone
     resumed = await world.sync()
     assert (resumed.status, resumed.fetched, resumed.pages) == ("ok", 20, 5)
     assert set(world.stored()) == set(ids)

@@ -19,9 +19,11 @@ What a sync promises (the engine stores each page's state only after the sink ac
   enumeration of the mailbox within its `after:` window: its first page declares it and its last
   page completes it, so messages deleted while history was expired are deleted then. Messages
   older than the window are never swept. A backfill capped by `maxResults` declares nothing.
-- Pages are read two ahead of the sink (`_read_ahead`): while the engine hands page N to the
-  sink and stores its cursor, pages N+1 and N+2 are listed, fetched and transformed; they come
-  out in order and only when asked for, so the cursor order above is unchanged.
+- Pages are read ahead of the sink (`_read_ahead`): while the engine hands page N to the
+  sink and stores its cursor, pages N+1 to N+3 are listed, fetched and transformed, two of them
+  at once (`_in_order`: one page's batches are in flight while another's messages are
+  transformed); they come out in order and only when asked for, so the cursor order above is
+  unchanged. At most three pages are held besides the one in the sink.
 - Each message is transformed off the event loop within its time budget (`SyncContext.items`).
   One whose body cannot be read is stored from its headers and snippet; a malformed one is
   ingested as well as possible; both are logged and counted `defective` (`skipped` when not even
@@ -365,9 +367,9 @@ async def _read_ahead(
     While the engine hands page N to the sink and stores its cursor, pages N+1 and N+2 are
     listed, fetched and transformed. Pages come out in order and only when asked for, so
     nothing of page N+1 reaches the sink or the cursor before page N was accepted; an error
-    of the reader comes out after the pages read before it. At most three pages are held
-    (one in the sink, one queued, one read); when the consumer stops (an error, a removal,
-    the end) the reader is cancelled.
+    of the reader comes out after the pages read before it. This holds three pages at most
+    (one in the sink, one queued, one read; a page `pages` is still fetching adds one); when
+    the consumer stops (an error, a removal, the end) the reader is cancelled.
     """
     queue: asyncio.Queue[SyncPage | _End] = asyncio.Queue(maxsize=1)
 
