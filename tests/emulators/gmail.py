@@ -162,6 +162,13 @@ class Mailbox:
     history_floor: int = 0
     #: The live watch: topicName, labelIds, behavior, expiration (epoch ms); None = none.
     watch: dict[str, Any] | None = None
+    #: Search results by (query, labelIds, includeSpamTrash), with the `history_id` they were
+    #: computed at (every change moves it): a walk of N pages filters and sorts the mailbox
+    #: once, not N times. Gmail's own listing costs nothing like a scan of the mailbox per
+    #: page; an emulator that did would bill the client's page count with its own CPU.
+    listings: dict[tuple[str, tuple[str, ...], bool], tuple[int, list[GmailMessage]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -497,13 +504,19 @@ class GmailState:
         label_ids = [value for key, value in params if key == "labelIds"]
         include = single.get("includeSpamTrash", "false").lower() == "true"
         query = single.get("q", "")
-        matcher = _Query(query, include)
-        found = [
-            m
-            for m in box.messages.values()
-            if all(label in m.label_ids for label in label_ids) and matcher.matches(m)
-        ]
-        found.sort(key=lambda m: (m.internal_date, m.id), reverse=True)
+        key = (query, tuple(label_ids), include)
+        cached = box.listings.get(key)
+        if cached is not None and cached[0] == box.history_id:
+            found = cached[1]
+        else:
+            matcher = _Query(query, include)
+            found = [
+                m
+                for m in box.messages.values()
+                if all(label in m.label_ids for label in label_ids) and matcher.matches(m)
+            ]
+            found.sort(key=lambda m: (m.internal_date, m.id), reverse=True)
+            box.listings[key] = (box.history_id, found)
         fingerprint = hashlib.sha256(repr((query, label_ids, include)).encode()).hexdigest()[:12]
         offset = 0
         if single.get("pageToken"):
