@@ -4,6 +4,7 @@ users, the token kept to the API's origin, and hostile wait headers clamped."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import tracemalloc
@@ -25,6 +26,7 @@ from ingestion.providers.twitter.client import classify as twitter_classify
 from ingestion.retry_after import MAX_WAIT_SECONDS, parse_reset_epoch, parse_retry_after
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
+from ingestion.transport import loads_json
 from tests.emulators.github import GitHubState, create_app, seed_activity
 from tests.emulators.hostile import Recorder, hostile_app, rewrite_links
 from tests.emulators.server import RunningServer, serve
@@ -303,3 +305,25 @@ async def test_a_gmail_message_over_the_cap_is_skipped_and_the_rest_synced(
     assert summary.upserted == len(ids)
     assert summary.stats["skipped"] == 1
     assert huge_id not in ids
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # JSON's full range: no parser that rounds big integers or refuses lone surrogates.
+        (b'{"n": 123456789012345678901234567890}', {"n": 123456789012345678901234567890}),
+        (b'{"s": "a\\ud800b"}', {"s": "a\ud800b"}),
+        (b'{"x": [1, 2, {"y": "\\u00e9"}]}', {"x": [1, 2, {"y": "é"}]}),
+    ],
+)
+def test_answers_parse_as_json_says_whatever_the_parser(text: bytes, expected: object) -> None:
+    assert loads_json(text, what="test") == expected
+
+
+def test_nan_in_an_answer_parses_as_the_standard_library_reads_it() -> None:
+    assert math.isnan(loads_json(b'{"v": NaN}', what="test")["v"])
+
+
+def test_broken_json_is_still_an_error() -> None:
+    with pytest.raises(json.JSONDecodeError, match="Expecting value"):
+        loads_json(b'{"v": ', what="test")
