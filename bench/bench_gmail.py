@@ -70,7 +70,8 @@ def _gmail_process(messages: int, conn: Connection) -> None:
     for index in range(messages):
         raw, when = generated_message(index, base=_now())
         state.add_message(USER, raw, internal_date=when, labels=["INBOX"])
-    server = serve(create_app(state))
+    delay = _Delay(create_app(state))
+    server = serve(delay)
     conn.send(server.url)
     while True:
         command = conn.recv()
@@ -87,6 +88,9 @@ def _gmail_process(messages: int, conn: Connection) -> None:
                 state.requests.clear()
                 state.throttled = 0
             conn.send(True)
+        elif command.startswith("rtt:"):
+            delay.seconds = float(command.removeprefix("rtt:")) / 1000
+            conn.send(True)
         elif command.startswith("quota:"):
             units = command.removeprefix("quota:")
             state.set_quota(float(units) if units else None)
@@ -95,6 +99,21 @@ def _gmail_process(messages: int, conn: Connection) -> None:
             server.stop()
             conn.send(True)
             return
+
+
+class _Delay:
+    """ASGI wrapper holding every HTTP request for `seconds` before the emulator answers it: a
+    network round trip (loopback has none), which a client pays once per HTTP request, a batch
+    of 50 calls included. Off (0) unless a run sets it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seconds = 0.0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.seconds and scope["type"] == "http":
+            await asyncio.sleep(self.seconds)
+        await self.app(scope, receive, send)
 
 
 def _now() -> Any:
@@ -329,6 +348,14 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also profile a whole-mailbox run (cProfile)"
     )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=20.0,
+        help="also compare with GmailReader over this network round trip per HTTP request "
+        "(0 skips it)",
+    )
+    parser.add_argument("--rtt-messages", type=int, default=500)
     args = parser.parse_args()
     peer_count = min(args.peer_messages, args.messages)
     began = time.perf_counter()
@@ -343,6 +370,7 @@ def main() -> None:
     other: dict[str, Any] | None = None
     peer_error = None
     quota: dict[str, Any] | None = None
+    rtt: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
@@ -351,8 +379,16 @@ def main() -> None:
                     name = f"{label}-{size or 'all'}"
                     with engine_state.lock:
                         engine_state.records.clear()
-                    (root / name).mkdir()
-                    runs[name] = ours(emulator, engine.url, size, root / name, source=source)
+                    # The whole mailbox, set against the raw fetch's best of three, is the
+                    # best of two runs (a fresh database each): other work only slows a run.
+                    for attempt in range(1 if size else 2):
+                        folder = root / f"{name}-{attempt}"
+                        folder.mkdir()
+                        with engine_state.lock:
+                            engine_state.records.clear()
+                        run = ours(emulator, engine.url, size, folder, source=source)
+                        if name not in runs or run["sync_seconds"] < runs[name]["sync_seconds"]:
+                            runs[name] = run
                     if size is None:
                         with engine_state.lock:
                             runs[name]["stored"] = len(engine_state.records)
@@ -380,11 +416,24 @@ def main() -> None:
                 other = peer(emulator, peer_count)
             except Exception as exc:  # report why the peer could not run
                 peer_error = f"{type(exc).__name__}: {exc}"[:600]
+            if other is not None and args.rtt_ms:
+                # The same comparison over a network round trip (both clients pay it).
+                emulator.ask(f"rtt:{args.rtt_ms}")
+                with tempfile.TemporaryDirectory() as folder:
+                    with engine_state.lock:
+                        engine_state.records.clear()
+                    count = args.rtt_messages
+                    rtt = {
+                        "ms": args.rtt_ms,
+                        "ours": ours(emulator, engine.url, count, Path(folder)),
+                        "peer": peer(emulator, count),
+                    }
+                emulator.ask("rtt:0")
     finally:
         emulator.close()
         engine.stop()
     total = time.perf_counter() - began
-    report = render(args, runs, other, peer_error, speeds, quota, profiles, total)
+    report = render(args, runs, other, peer_error, speeds, quota, profiles, total, rtt)
     print(report)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)
@@ -437,6 +486,7 @@ def render(
     quota: dict[str, Any] | None,
     profiles: dict[str, str],
     total: float,
+    rtt: dict[str, Any] | None = None,
 ) -> str:
     load = os.getloadavg()
     peer_count = min(args.peer_messages, args.messages)
@@ -455,7 +505,9 @@ def render(
         "included; `in-sync messages/s` divides by the seconds the sync itself reports "
         "(without the interpreter's start-up), the figure to set against the raw fetch rate; "
         "`CPU ms/message` is the client process's user + system CPU time (start-up included) "
-        "per message: the figure least moved by other work on the machine.",
+        "per message: the figure least moved by other work on the machine. Whole-mailbox rows "
+        "are the better of two runs (each with a fresh database), as the raw fetch is the best "
+        "of three.",
         "",
         "| client | messages | seconds | messages/s | in-sync messages/s | CPU ms/message "
         "| HTTP requests | requests/message | peak RSS MiB |",
@@ -507,6 +559,29 @@ def render(
         ]
     elif peer_error:
         lines += [f"GmailReader could not run here: `{peer_error}`", ""]
+    if other is not None:
+        ceiling = raw / _rate(other)
+        lines += [
+            f"On loopback the raw batch fetch alone is {ceiling:.1f}x GmailReader's "
+            "messages/s: no pipeline that fetches from this emulator can be faster than that "
+            "(each GmailReader request costs the emulator and the reader a few milliseconds of "
+            "CPU, and nothing else, since loopback has no network).",
+            "",
+        ]
+    if rtt is not None:
+        mine, theirs = rtt["ours"], rtt["peer"]
+        lines += [
+            f"**Over a network round trip** of {rtt['ms']:g} ms per HTTP request (the emulator "
+            "holds each request that long before answering; an assumption standing for the "
+            "distance to Google, not a measurement of it), same emulator, "
+            f"{mine['fetched']} newest messages: ingestion sync gmail "
+            f"{_rate(mine):.0f} messages/s wall ({_sync_rate(mine):.0f} in-sync, "
+            f"{mine['stats']['http']} HTTP requests), GmailReader {_rate(theirs):.0f} "
+            f"messages/s ({theirs['stats']['http']} requests): "
+            f"**{_rate(mine) / _rate(theirs):.1f}x** wall, "
+            f"{_sync_rate(mine) / _rate(theirs):.1f}x in-sync.",
+            "",
+        ]
     stored = runs[f"{labels[-1]}-all"].get("stored")
     lines += [
         f"Memory engine records after the whole-mailbox run: {stored}. Pages of 100 stream "

@@ -93,6 +93,11 @@ class ItemGuard:
         self.hard_limit = budget * HARD_LIMIT_FACTOR if hard_limit is None else hard_limit
         self.defective = 0
         self.skipped = 0
+        #: One of this sync's items on a thread at a time (a provider reading pages ahead asks
+        #: for several at once): transforms competing for the GIL with each other and with the
+        #: event loop only cost switches. An abandoned item gives its turn back when abandoned,
+        #: so a stuck thread never holds up the sync's next item (the pool has other threads).
+        self._turn = asyncio.Semaphore(1)
 
     async def _off_loop(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, bool]:
         """`fn(*args)` on a transform thread; `TimeoutError` once it has run `hard_limit`
@@ -125,7 +130,8 @@ class ItemGuard:
         whose transform raised or was abandoned.
         """
         try:
-            result, overran = await self._off_loop(fn, args)
+            async with self._turn:
+                result, overran = await self._off_loop(fn, args)
         except MalformedItem as exc:
             return await self._failed(item_id, str(exc), fallback)
         except IngestionError:
