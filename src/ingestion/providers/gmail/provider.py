@@ -37,7 +37,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar
@@ -140,30 +140,10 @@ class GmailProvider:
         Pages are fetched and transformed `FETCH_AHEAD` at a time (`_in_order`): the next page
         is listed and its batches are in flight while this one's messages are transformed.
         They come out in listing order, each with the cursor that resumes after it."""
-        requests, units = 0, 0  # this sync's first page also counts the profile request
-
-        def page(listed: _Listed, fetched: _Fetched) -> SyncPage:
-            nonlocal requests, units
-            upserts, deletes, stats = fetched
-            stats["requests"] = api.requests - requests
-            stats["quotaUnits"] = api.units - units
-            requests, units = api.requests, api.units
-            return SyncPage(
-                state=listed.state,
-                upserts=upserts,
-                deletes=deletes,
-                fetched=len(listed.ids),
-                total_estimate=listed.estimate,
-                stats=stats,
-                enumeration_started=[listed.fresh] if listed.fresh is not None else [],
-                # Only an uncapped listing saw the whole window (else the engine has no
-                # enumeration open for it and sweeps nothing).
-                enumeration_completed=[MAILBOX] if listed.done and listed.uncapped else [],
-            )
-
+        pages_of = _PageBuilder(api, 0, 0)  # this sync's first page also counts the profile request
         listings = self._listings(api, ctx, cursor, fresh)
         fetch = partial(self._fetch, api, ctx)
-        async with aclosing(_in_order(listings, fetch, page)) as pages:
+        async with aclosing(_in_order(listings, fetch, pages_of)) as pages:
             async for result in pages:
                 yield result
 
@@ -209,7 +189,8 @@ class GmailProvider:
                     cursor.history_id,
                     Backfill(backfill.query, page_token, count, limit),
                 ).to_state()
-            yield _Listed([str(r["id"]) for r in refs], state, estimate, done, limit is None, fresh)
+            ids = [str(r["id"]) for r in refs]
+            yield _Listed(ids, state, estimate, done, uncapped=limit is None, fresh=fresh)
             fresh = None
             if done:
                 return
@@ -219,7 +200,7 @@ class GmailProvider:
     async def _incremental(
         self, api: GmailApi, ctx: SyncContext, start: str
     ) -> AsyncGenerator[SyncPage, None]:
-        requests, units = api.requests, api.units
+        pages_of = _PageBuilder(api, api.requests, api.units)  # the first page counts history.list
         actions: dict[str, str] = {}
         latest = start
         page_token: str | None = None
@@ -242,25 +223,11 @@ class GmailProvider:
                 # Until the last chunk is accepted the cursor stays where it was: a crash
                 # replays the history (idempotent), it never skips a change.
                 state = GmailCursor(INCREMENTAL, latest if last else start).to_state()
-                yield _Listed(ids, state, len(to_fetch), last, False, None, first=index == 0)
-
-        def page(chunk: _Listed, fetched: _Fetched) -> SyncPage:
-            nonlocal requests, units
-            upserts, gone, stats = fetched
-            stats["requests"] = api.requests - requests
-            stats["quotaUnits"] = api.units - units
-            requests, units = api.requests, api.units
-            return SyncPage(
-                state=chunk.state,
-                upserts=upserts,
-                deletes=[*deletes, *gone] if chunk.first else gone,
-                fetched=len(chunk.ids),
-                total_estimate=chunk.estimate,
-                stats=stats,
-            )
+                gone = deletes if index == 0 else []
+                yield _Listed(ids, state, len(to_fetch), last, deletes=gone)
 
         fetch = partial(self._fetch, api, ctx)
-        async with aclosing(_in_order(listed(), fetch, page)) as pages:
+        async with aclosing(_in_order(listed(), fetch, pages_of)) as pages:
             async for result in pages:
                 yield result
 
@@ -315,15 +282,46 @@ class _Listed:
     state: dict[str, Any]
     estimate: int | None
     done: bool
-    uncapped: bool
-    fresh: Scope | None
-    first: bool = False
+    #: A backfill listing every message of its window (its last page completes the scope).
+    uncapped: bool = False
+    #: The scope a fresh backfill declares with its first page.
+    fresh: Scope | None = None
+    #: Ids known gone before fetching (an incremental sync's history), sent with this page.
+    deletes: list[str] = field(default_factory=list)
+
+
+class _PageBuilder:
+    """Builds each `SyncPage`, with the requests and quota units spent since the previous one."""
+
+    def __init__(self, api: GmailApi, requests: int, units: int) -> None:
+        self.api = api
+        self.requests = requests
+        self.units = units
+
+    def page(self, listed: _Listed, fetched: _Fetched) -> SyncPage:
+        """The `SyncPage` of `listed`, once its messages were fetched and transformed."""
+        upserts, gone, stats = fetched
+        stats["requests"] = self.api.requests - self.requests
+        stats["quotaUnits"] = self.api.units - self.units
+        self.requests, self.units = self.api.requests, self.api.units
+        return SyncPage(
+            state=listed.state,
+            upserts=upserts,
+            deletes=[*listed.deletes, *gone],
+            fetched=len(listed.ids),
+            total_estimate=listed.estimate,
+            stats=stats,
+            enumeration_started=[listed.fresh] if listed.fresh is not None else [],
+            # Only an uncapped listing saw the whole window (else the engine has no
+            # enumeration open for it and sweeps nothing).
+            enumeration_completed=[MAILBOX] if listed.done and listed.uncapped else [],
+        )
 
 
 async def _in_order(
     listings: AsyncGenerator[_Listed, None],
     fetch: Callable[[list[str]], Coroutine[Any, Any, _Fetched]],
-    page: Callable[[_Listed, _Fetched], SyncPage],
+    pages_of: _PageBuilder,
 ) -> AsyncGenerator[SyncPage, None]:
     """The page of every listing, in listing order, fetching up to `FETCH_AHEAD` at once.
 
@@ -338,10 +336,10 @@ async def _in_order(
                 running.append((item, asyncio.create_task(fetch(item.ids))))
                 if len(running) >= FETCH_AHEAD:
                     item, task = running.popleft()
-                    yield page(item, await task)
+                    yield pages_of.page(item, await task)
         while running:
             item, task = running.popleft()
-            yield page(item, await task)
+            yield pages_of.page(item, await task)
     finally:
         for _, task in running:
             task.cancel()
