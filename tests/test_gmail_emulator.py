@@ -188,3 +188,31 @@ def test_batch_maps_content_ids_in_any_order(api: tuple[GmailState, httpx.Client
         assert f'"id": "{message_id}"' in text
     assert answers["call-6"][0] == 404
     assert state.count("messages.get") == 7
+
+
+def test_a_listing_follows_every_change_between_two_pages(
+    api: tuple[GmailState, httpx.Client],
+) -> None:
+    """The emulator keeps one search per mailbox change: a message added, trashed, relabelled
+    or deleted between two listings is seen by the second one."""
+    state, client = api
+    ids = [
+        state.add_message("u1", mail(f"m{i}"), internal_date=NOW - timedelta(days=i))
+        for i in range(3)
+    ]
+
+    def listed() -> list[str]:
+        return [m["id"] for m in client.get("/messages").json().get("messages", [])]
+
+    assert listed() == ids
+    newest = state.add_message("u1", mail("new"), internal_date=NOW + timedelta(minutes=1))
+    assert listed() == [newest, *ids]
+    state.trash("u1", ids[0])
+    assert listed() == [newest, *ids[1:]]
+    state.relabel("u1", ids[1], add=["SPAM"])
+    assert listed() == [newest, ids[2]]
+    state.delete_message("u1", newest)
+    assert listed() == [ids[2]]
+    assert [
+        m["id"] for m in client.get("/messages", params={"q": "in:spam"}).json()["messages"]
+    ] == [ids[1]]
