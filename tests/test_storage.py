@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -119,6 +121,39 @@ def test_postgresql_commands_refuse_an_unmigrated_schema(
     assert result.returncode == 2
     assert "ingestion db upgrade" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_head_constant_is_alembics_head(sqlite_url: str) -> None:
+    """Commands check the schema against `HEAD_REVISION` without Alembic: a new migration
+    must move it (else every command would migrate, or refuse, for nothing)."""
+    from ingestion.config import Settings
+    from ingestion.storage.db import HEAD_REVISION, head_revision
+
+    assert head_revision(Settings(database_url=sqlite_url)) == HEAD_REVISION
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_command_on_a_current_schema_does_not_load_alembic(
+    base_env: dict[str, str], sqlite_url: str, pg_url: str, backend: str
+) -> None:
+    url = sqlite_url if backend == "sqlite" else pg_url
+    env = {**base_env, "DATABASE_URL": url}
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    probe = (
+        "import asyncio, sys\n"
+        "from ingestion.config import Settings\n"
+        "from ingestion.storage.db import open_database\n"
+        "async def main():\n"
+        "    db = await open_database(Settings())\n"
+        "    await db.dispose()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
 
 
 def test_better_auth_tables_are_left_untouched_and_shared(
