@@ -63,8 +63,10 @@ def _prepare_sqlite_folder(settings: Settings) -> None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: `journal_mode` takes a lock, and without a timeout a connection
+    # opened while another process writes failed at once with "database is locked".
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     # WAL + NORMAL cannot corrupt the database; a power cut may lose the last commits, which
     # only means a resend (cursors move after acceptance, record ids are stable).
     cursor.execute("PRAGMA synchronous=NORMAL")
