@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from ingestion.config import Settings
@@ -506,3 +507,53 @@ async def test_401_without_a_refresh_token_names_the_user_to_reconnect(
     message = str(caught.value)
     assert f"github account of user {USER!r} needs to be reconnected" in message
     assert f"--user {USER}`" in message
+
+
+@pytest.mark.parametrize("failures", [1, 5])
+async def test_rotated_tokens_survive_a_database_failure_while_they_are_stored(
+    pg_url: str, oauth: tuple[OAuthState, str], failures: int
+) -> None:
+    """X rotates its refresh token: once it answered, the stored one is spent. A real failure of
+    the write that stores the new pair (a trigger fails the next `failures` updates of the
+    account row) must not lose it: it is written again in a new transaction; past the last
+    attempt the error says the account may need reconnecting."""
+    state, url = oauth
+    settings = make_settings(pg_url, state, url)
+    await asyncio.to_thread(upgrade, settings)
+    services = await Services.open(settings)
+    try:
+        grant = state.issue("twitter", "xuser")
+        spent = grant.refresh_token
+        await store(services, "twitter", grant.access_token, spent, expires_in=-1)
+        async with services.db.session() as session:
+            # A sequence is not transactional: the failed writes' rollbacks do not undo it.
+            await session.execute(text("CREATE SEQUENCE account_write_failures"))
+            await session.execute(
+                text(
+                    "CREATE FUNCTION fail_account_writes() RETURNS trigger AS $$ BEGIN "
+                    f"IF nextval('account_write_failures') <= {failures} THEN "
+                    "RAISE EXCEPTION 'injected write failure'; END IF; RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            await session.execute(
+                text(
+                    'CREATE TRIGGER fail_account_writes BEFORE UPDATE ON "account" '
+                    "FOR EACH ROW EXECUTE FUNCTION fail_account_writes()"
+                )
+            )
+        source = services.tokens.source(USER, "twitter")
+        if failures == 1:
+            assert await source.access_token() == grant.access_token
+            stored = await row(services, "twitter")
+            assert stored.refresh_token == grant.refresh_token != spent
+            assert state.token_calls("twitter") == 1
+        else:
+            with pytest.raises(RetryableError) as caught:
+                await source.access_token()
+            assert "would not store the new tokens" in str(caught.value)
+            assert "ingestion connect" in str(caught.value)
+            assert grant.refresh_token not in str(caught.value)
+            assert state.token_calls("twitter") == 1
+    finally:
+        await services.aclose()

@@ -12,7 +12,10 @@ Guarantees:
   writer). After taking the lock the row is read again; when another worker already refreshed
   (the token is fresh, or differs from the one an API refused) its token is used as it is.
 - **Nothing issued is lost.** The new access token, its expiry and the rotated refresh token are
-  written in that same transaction and committed before the new token is returned.
+  written in that same transaction and committed before the new token is returned. If that
+  write fails after the provider answered (the stored refresh token may be spent already),
+  the issued tokens are written again in new transactions (`_KEEP_ATTEMPTS`), unless the row
+  changed meanwhile; only then does the caller get a `RetryableError` that says so.
 - **Bounded.** Each token request times out after `TOKEN_REQUEST_TIMEOUT`; transient failures
   (5xx, 408, 429, network, `server_error`, `temporarily_unavailable`) are retried with
   exponential backoff within a fixed budget; a waiter gives up after a bounded lock wait.
@@ -216,6 +219,7 @@ class TokenService:
         bound = log.bind(user_id=user_id, provider=account_provider)
         failure: _Refused | None = None
         fresh: _Current | None = None
+        issued: TokenGrant | None = None
         spent_print = ""
         try:
             async with self._locked(user_id, account_provider) as (session, row):
@@ -243,22 +247,69 @@ class TokenService:
                 except _Refused as refused:
                     failure = refused
                 else:
+                    issued = grant
                     self._store(account, grant)
                     await session.flush()
                     fresh = _current(account, self.cipher)
                     # Leaving the block commits: the new tokens are durable before use.
         except DBAPIError as exc:
+            if issued is not None:
+                # The provider answered (a rotating one has already spent the stored refresh
+                # token): the new tokens must not be lost with this transaction.
+                return await self._keep_issued(user_id, account_provider, spent_print, issued, exc)
             self._count(account_provider, "failed")
-            raise RetryableError(
-                f"could not lock the {account_provider} account of user {user_id!r} for a "
-                f"token refresh ({type(exc.orig).__name__}): another worker held it too long"
-            ) from None
+            raise RetryableError(_lock_failure(account_provider, user_id, exc)) from None
         if failure is not None:
             return await self._after_dead_grant(user_id, account_provider, spent_print, failure)
         assert fresh is not None
         self._count(account_provider, "ok")
         bound.info("access token refreshed", expires_at=fresh.expires_at)
         return fresh
+
+    async def _keep_issued(
+        self,
+        user_id: str,
+        account_provider: str,
+        spent_print: str,
+        grant: TokenGrant,
+        error: DBAPIError,
+    ) -> _Current:
+        """Store tokens the provider issued after the transaction that asked for them failed
+        to write them: again, in new transactions, a few times (`_KEEP_ATTEMPTS`), unless the
+        row changed meanwhile (a reconnect wrote newer tokens: those win)."""
+        bound = log.bind(user_id=user_id, provider=account_provider)
+        for attempt in range(_KEEP_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_KEEP_BACKOFF_SECONDS * attempt)
+            try:
+                async with self._locked(user_id, account_provider) as (session, row):
+                    account = self._require(row, user_id, account_provider)
+                    if fingerprint(account) != spent_print:
+                        bound.info("issued tokens not stored: the account changed meanwhile")
+                        return _current(account, self.cipher)
+                    self._store(account, grant)
+                    await session.flush()
+                    fresh = _current(account, self.cipher)
+            except DBAPIError as exc:
+                error = exc
+                continue
+            self._count(account_provider, "ok")
+            bound.warning(
+                "access token refreshed; storing it took another transaction",
+                attempts=attempt + 2,
+                first_error=type(error.orig).__name__,
+            )
+            return fresh
+        self._count(account_provider, "failed")
+        bound.error(
+            "the provider issued new tokens but the database would not store them",
+            error=type(error.orig).__name__,
+        )
+        raise RetryableError(
+            f"the {account_provider} token refresh for user {user_id!r} succeeded but the "
+            f"database would not store the new tokens ({type(error.orig).__name__}); if the "
+            "provider rotates refresh tokens the account may need `ingestion connect` again"
+        )
 
     def _count(self, account_provider: str, outcome: str) -> None:
         metrics.TOKEN_REFRESHES.labels(provider=account_provider, outcome=outcome).inc()
@@ -391,3 +442,23 @@ class TokenService:
                 .execution_options(populate_existing=True)
             )
             yield session, result.scalar_one_or_none()
+
+
+#: Transactions tried to store tokens a provider issued when the first one failed to.
+_KEEP_ATTEMPTS = 3
+_KEEP_BACKOFF_SECONDS = 0.2
+
+
+def _lock_failure(account_provider: str, user_id: str, exc: DBAPIError) -> str:
+    """Why the account row could not be locked for a refresh (no provider call was made)."""
+    kind = type(exc.orig).__name__
+    busy = getattr(exc.orig, "sqlstate", None) == "55P03" or "locked" in str(exc.orig).lower()
+    if busy:
+        return (
+            f"could not lock the {account_provider} account of user {user_id!r} for a token "
+            f"refresh ({kind}): another worker held it too long"
+        )
+    return (
+        f"could not read the {account_provider} account of user {user_id!r} for a token "
+        f"refresh: the database failed ({kind})"
+    )
