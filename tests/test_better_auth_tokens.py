@@ -26,11 +26,9 @@ import os
 import random
 import re
 import secrets
-import shutil
 import string
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,7 +42,6 @@ from ingestion.queue import Keys, RedisJobQueue
 from ingestion.queue.jobs import Job
 from ingestion.services import Services
 from ingestion.storage.accounts import find_account, save_account
-from ingestion.storage.db import upgrade
 from ingestion.storage.encryption import TokenCipher, UnreadableToken
 from ingestion.storage.state import SyncStateStore
 from tests.better_auth_node import BetterAuthError, BetterAuthNode, install
@@ -316,20 +313,6 @@ def test_sync_on_postgresql_refreshes_into_values_better_auth_reads(
         assert token not in synced.stdout + synced.stderr
 
 
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "ingestion.db"
-    upgrade(Settings(database_url=f"sqlite:///{path}"))
-    return path
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path, sqlite_template: Path) -> str:
-    path = tmp_path / "ingestion.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
-
-
 async def store_raw(settings: Settings, provider: str, access: str, refresh: str | None) -> None:
     """Store values exactly as given (as the product's server wrote them)."""
     services = await Services.open(settings)
@@ -351,7 +334,7 @@ async def store_raw(settings: Settings, provider: str, access: str, refresh: str
 def test_a_secret_that_does_not_decrypt_fails_the_sync_with_one_line(
     better_auth: BetterAuthNode,
     base_env: dict[str, str],
-    sqlite_db: str,
+    migrated_sqlite_url: str,
     oauth: tuple[OAuthState, str],
     github_emulator: tuple[GitHubState, str],
     service_secret: str,
@@ -367,12 +350,12 @@ def test_a_secret_that_does_not_decrypt_fails_the_sync_with_one_line(
     env = {
         **base_env,
         **oauth_state.settings_env(oauth_url),
-        "DATABASE_URL": sqlite_db,
+        "DATABASE_URL": migrated_sqlite_url,
         "GITHUB_API_URL": github_url,
     }
     if service_secret == "wrong":
         env["BETTER_AUTH_SECRET"] = SECRET_1
-    asyncio.run(store_raw(Settings(database_url=sqlite_db), "github", *stored))
+    asyncio.run(store_raw(Settings(database_url=migrated_sqlite_url), "github", *stored))
 
     result = run_cli("sync", "github", "--user", "u1", env=env, timeout=240)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -396,7 +379,7 @@ def test_a_secret_that_does_not_decrypt_fails_the_sync_with_one_line(
 
 @pytest.fixture
 async def probe_services(
-    sqlite_db: str,
+    migrated_sqlite_url: str,
     oauth: tuple[OAuthState, str],
     probe: tuple[ProbeApi, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -405,7 +388,7 @@ async def probe_services(
     state, url = oauth
     values: dict[str, Any] = {k.lower(): v for k, v in state.settings_env(url).items()}
     settings = Settings(
-        database_url=sqlite_db,
+        database_url=migrated_sqlite_url,
         github_api_url=probe[1],
         better_auth_secrets=f"2:{SECRET_2}",
         **values,
@@ -452,10 +435,10 @@ async def test_plain_rows_are_used_and_written_back_encrypted(
 
 
 async def test_connect_stores_encrypted_tokens(
-    better_auth: BetterAuthNode, sqlite_db: str, oauth: tuple[OAuthState, str]
+    better_auth: BetterAuthNode, migrated_sqlite_url: str, oauth: tuple[OAuthState, str]
 ) -> None:
     state, _ = oauth
-    settings = settings_for(sqlite_db, oauth).model_copy(
+    settings = settings_for(migrated_sqlite_url, oauth).model_copy(
         update={"better_auth_secret": Settings(better_auth_secret=SECRET_OLD).better_auth_secret}
     )
     _, services = await run_flow(settings, "twitter")
@@ -477,7 +460,7 @@ async def test_connect_stores_encrypted_tokens(
 async def test_a_worker_dead_letters_an_unreadable_account_at_once(
     namespace: str,
     redis_url: str,
-    sqlite_db: str,
+    migrated_sqlite_url: str,
     oauth: tuple[OAuthState, str],
     probe: tuple[ProbeApi, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -489,7 +472,7 @@ async def test_a_worker_dead_letters_an_unreadable_account_at_once(
     api, api_url = probe
     values: dict[str, Any] = {k.lower(): v for k, v in state.settings_env(url).items()}
     settings = Settings(
-        database_url=sqlite_db,
+        database_url=migrated_sqlite_url,
         github_api_url=api_url,
         redis_url=redis_url,
         redis_namespace=namespace,

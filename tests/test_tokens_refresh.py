@@ -11,10 +11,8 @@ call on both databases, and no token or secret appears in an error.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,19 +40,10 @@ def make_settings(database_url: str, state: OAuthState, oauth_url: str, **extra:
     return Settings(**values)
 
 
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied per test (migrating costs a second on this machine)."""
-    path = tmp_path_factory.mktemp("template") / "ingestion.db"
-    upgrade(Settings(database_url=f"sqlite:///{path}"))
-    return path
-
-
 @pytest.fixture
-def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
-    path = tmp_path / "ingestion.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
+def sqlite_url(migrated_sqlite_url: str) -> str:
+    """This module's tests start from a migrated database."""
+    return migrated_sqlite_url
 
 
 @pytest.fixture
