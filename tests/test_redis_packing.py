@@ -38,6 +38,8 @@ def test_an_argument_redis_cannot_take_is_refused_as_redis_py_refuses_it() -> No
     fast = client.connection_pool.connection_class(**client.connection_pool.connection_kwargs)
     with pytest.raises(DataError):
         fast.pack_command("SET", "k", {"a": 1})
+    with pytest.raises(DataError, match="command name"):
+        fast.pack_command(1.5, "k")
 
 
 @pytest.mark.parametrize(

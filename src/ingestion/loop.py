@@ -1,9 +1,9 @@
 """The event loop every command runs on: uvloop where it is installed, else asyncio's own.
 
-uvloop (libuv under the standard `asyncio` interface) roughly halves the loop's own cost per
-socket read and callback, which is most of what a worker, the API and a sync spend outside
-the providers' code (bench/results/queue.md, bench/results/scale.md). It does not exist on
-Windows; `EVENT_LOOP=asyncio` forces the standard library's loop anywhere.
+uvloop (libuv under the standard `asyncio` interface) cut the Gmail backfill's client CPU by
+about a sixth (bench/results/gmail.md); the queue and the HTTP API measured the same on either
+loop (redis-py's and the ASGI stack's own costs dominate there). It does not exist on Windows;
+`EVENT_LOOP=asyncio` forces the standard library's loop anywhere.
 """
 
 from __future__ import annotations

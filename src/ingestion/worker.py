@@ -143,9 +143,11 @@ class Worker:
                     started = True
                 free = self.concurrency - len(self._running)
                 if free <= 0:
-                    await self._wait_for_slot()
-                    if backlog:
-                        await self._gather_slots()
+                    await self._wait_while(lambda: len(self._running) >= self.concurrency)
+                    if backlog:  # the other running jobs, for a moment: one read refills all
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_REFILL_WINDOW_SECONDS):
+                                await self._wait_while(lambda: bool(self._running))
                     continue
                 if time.monotonic() - last_reclaim >= self._reclaim_every:
                     last_reclaim = time.monotonic()
@@ -179,19 +181,11 @@ class Worker:
         await self._stop.wait()
         self._wake.set()
 
-    async def _wait_for_slot(self) -> None:
-        """Until a job ends or `stop` is set."""
-        while len(self._running) >= self.concurrency and not self._stop.is_set():
+    async def _wait_while(self, busy: Callable[[], bool]) -> None:
+        """While `busy()` holds and `stop` is not set; checked again whenever a job ends."""
+        while busy() and not self._stop.is_set():
             self._wake.clear()
             await self._wake.wait()
-
-    async def _gather_slots(self) -> None:
-        """Up to `_REFILL_WINDOW_SECONDS` for every running job to end (or `stop`)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_REFILL_WINDOW_SECONDS):
-                while self._running and not self._stop.is_set():
-                    self._wake.clear()
-                    await self._wake.wait()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

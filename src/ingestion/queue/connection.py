@@ -3,7 +3,7 @@
 redis-py's synchronous client packs commands with hiredis when it is installed
 (`redis.connection.HiredisRespSerializer`); its asyncio connection always packs them in Python
 (`Connection.pack_command`: one `encode` and several `bytes.join` per argument). A worker
-sends four script calls of up to fourteen arguments per job, and that packing was the largest
+sends two script calls of up to fifteen arguments per job, and that packing was the largest
 item of its profile (bench/results/queue.md). The connection class of every pool is given the
 same C packer the synchronous client uses; the wire bytes are identical.
 """
@@ -23,12 +23,12 @@ __all__ = ["redis_client"]
 def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
     """`HiredisRespSerializer.pack` of redis-py: a command name holding spaces is split into
     its words, buffers become bytes, the rest is hiredis's `pack_command`."""
+    if isinstance(args[0], float):  # redis-py's own packer refuses it too
+        raise DataError("a command name cannot be a float")
     if isinstance(args[0], str):
         args = (*args[0].encode().split(), *args[1:])
     elif b" " in args[0]:
         args = (*args[0].split(), *args[1:])
-    if isinstance(args[0], float):  # redis-py's own packer refuses it the same way
-        raise DataError("a command name cannot be a float")
     args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
     try:
         return [hiredis.pack_command(args)]

@@ -34,7 +34,7 @@ __all__ = ["HEAD_REVISION", "VERSION_TABLE", "Database", "open_database", "sync_
 #: Our own Alembic version table, so a product database that uses Alembic is not disturbed.
 VERSION_TABLE = "ingestion_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
-#: The newest migration (tests/test_migrations.py pins it to Alembic's head). A database
+#: The newest migration (tests/test_storage.py pins it to Alembic's head). A database
 #: already there is checked with one plain read: Alembic, about a fifth of a command's start-up,
 #: is imported only when there is something to migrate or to explain.
 HEAD_REVISION = "000c"
@@ -147,19 +147,18 @@ async def open_database(settings: Settings, *, migrate: bool | None = None) -> D
     _prepare_sqlite_folder(settings)
     if migrate is None:
         migrate = settings.is_sqlite
-    if await asyncio.to_thread(_at_head, settings):
-        pass
-    elif migrate:
-        await asyncio.to_thread(upgrade, settings)
-    else:
-        current, head = await asyncio.to_thread(
-            lambda: (current_revision(settings), head_revision(settings))
-        )
-        if current != head:
-            raise ConfigurationError(
-                f"database schema is at {current or 'nothing'}, expected {head}: "
-                "run `ingestion db upgrade`"
+    if not await asyncio.to_thread(_at_head, settings):
+        if migrate:
+            await asyncio.to_thread(upgrade, settings)
+        else:
+            current, head = await asyncio.to_thread(
+                lambda: (current_revision(settings), head_revision(settings))
             )
+            if current != head:
+                raise ConfigurationError(
+                    f"database schema is at {current or 'nothing'}, expected {head}: "
+                    "run `ingestion db upgrade`"
+                )
     # Statement errors never carry bound values (tokens, record text) into messages or logs.
     kwargs: dict[str, Any] = {"hide_parameters": True}
     if not settings.is_sqlite:
