@@ -72,6 +72,18 @@ def engine() -> Iterator[tuple[MemoryEngineState, str]]:
     server.stop()
 
 
+def settings_for(database_url: str, engine_url: str, **extra: Any) -> Settings:
+    """A test's settings: its database, the memory engine emulator, nothing inherited from the
+    environment, no Redis unless given."""
+    values: dict[str, Any] = {"redis_url": None, **extra}
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        memory_engine_url=engine_url,
+        **values,
+    )
+
+
 def record(provider: str, user_id: str, source_id: str) -> MemoryRecord:
     return MemoryRecord.build(
         source=provider,
@@ -168,13 +180,7 @@ async def test_remove_stops_a_job_in_flight(
     engine: tuple[MemoryEngineState, str],
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=pg_url,
-        redis_url=redis_url,
-        redis_namespace=namespace,
-        memory_engine_url=engine_url,
-    )
+    settings = settings_for(pg_url, engine_url, redis_url=redis_url, redis_namespace=namespace)
     queue = RedisJobQueue(settings)
     lock = RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout)
     services = await Services.open(settings, migrate=True, lock=lock)
@@ -238,13 +244,7 @@ async def test_remove_finishes_in_the_background_when_the_job_keeps_the_lock(
     pg_url: str, redis_url: str, namespace: str, engine: tuple[MemoryEngineState, str]
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=pg_url,
-        redis_url=redis_url,
-        redis_namespace=namespace,
-        memory_engine_url=engine_url,
-    )
+    settings = settings_for(pg_url, engine_url, redis_url=redis_url, redis_namespace=namespace)
     queue = RedisJobQueue(settings)
     lock = RedisSyncLock(queue.redis, queue.keys, settings.job_visibility_timeout)
     services = await Services.open(settings, migrate=True, lock=lock)
@@ -278,12 +278,7 @@ async def test_purge_killed_mid_way_is_finished_by_the_next_run(
     pg_url: str, base_env: dict[str, str], engine: tuple[MemoryEngineState, str]
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=pg_url,
-        redis_url=None,
-        memory_engine_url=engine_url,
-    )
+    settings = settings_for(pg_url, engine_url)
     services = await Services.open(settings, migrate=True)
     source_ids = [f"m{i:05d}" for i in range(1200)]
     try:
@@ -356,12 +351,7 @@ async def test_forget_user_across_four_providers(
     pg_url: str, base_env: dict[str, str], engine: tuple[MemoryEngineState, str]
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=pg_url,
-        redis_url=None,
-        memory_engine_url=engine_url,
-    )
+    settings = settings_for(pg_url, engine_url)
     services = await Services.open(settings, migrate=True)
     items = {
         "gmail": ["18c0a1", "18c0a2"],
@@ -453,11 +443,9 @@ async def test_disconnect_in_the_product_purges_after_the_grace_period(
     grace: str, tmp_path: Path, engine: tuple[MemoryEngineState, str]
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=f"sqlite:///{tmp_path / 'forget.db'}",
-        redis_url=None,
-        memory_engine_url=engine_url,
+    settings = settings_for(
+        f"sqlite:///{tmp_path / 'forget.db'}",
+        engine_url,
         forget_after_disconnect=grace,
     )
     clock = ManualClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
@@ -523,12 +511,7 @@ async def test_reconnect_inside_the_grace_period_keeps_the_records(
     tmp_path: Path, engine: tuple[MemoryEngineState, str]
 ) -> None:
     state, engine_url = engine
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=f"sqlite:///{tmp_path / 'forget.db'}",
-        redis_url=None,
-        memory_engine_url=engine_url,
-    )
+    settings = settings_for(f"sqlite:///{tmp_path / 'forget.db'}", engine_url)
     clock = ManualClock(datetime(2026, 6, 1, tzinfo=UTC))
     services = await Services.open(settings, migrate=True, clock=clock)
     try:
