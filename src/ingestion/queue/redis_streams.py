@@ -19,7 +19,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -42,6 +41,7 @@ from ingestion import metrics
 from ingestion.config import Settings
 from ingestion.queue import scripts
 from ingestion.queue.base import DeadLetter, Delivery, EnqueueResult, Widening
+from ingestion.queue.channel import Channel
 from ingestion.queue.connection import redis_client
 from ingestion.queue.jobs import RERUN_FLAG, Job, widened, widening_flags
 from ingestion.queue.keys import Keys
@@ -72,6 +72,15 @@ def _flat(fields: dict[str, str]) -> list[str]:
 def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
     """XRANGE/XAUTOCLAIM entries as (id, fields); a deleted entry has empty fields."""
     return [(str(entry_id), dict(fields or {})) for entry_id, fields in raw or []]
+
+
+def _pairs(fields: Any) -> dict[str, str] | None:
+    """A raw entry's field list `[k1, v1, k2, v2, ...]` as a dict (None for a deleted entry)."""
+    if fields is None:
+        return None
+    if isinstance(fields, dict):
+        return {str(k): str(v) for k, v in fields.items()}
+    return {str(fields[i]): str(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
 
 
 def _int(value: str | None, default: int) -> int:
@@ -141,6 +150,8 @@ class RedisJobQueue:
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
         self._enqueue_ticks = self.redis.register_script(scripts.ENQUEUE_TICKS)
         self._requeue_dead = self.redis.register_script(scripts.REQUEUE_DEAD)
+        #: The own connections of the consumers made here (one per worker), closed by `aclose`.
+        self.channels: list[Channel] = []
 
     @property
     def active_ttl(self) -> int:
@@ -375,9 +386,13 @@ class RedisJobQueue:
         return count
 
     def consumer(self, name: str | None = None) -> RedisConsumer:
-        return RedisConsumer(self, name or consumer_name())
+        consumer = RedisConsumer(self, name or consumer_name())
+        self.channels.append(consumer.channel)
+        return consumer
 
     async def aclose(self) -> None:
+        for channel in self.channels:
+            await channel.aclose()
         await self.redis.aclose()
 
 
@@ -393,8 +408,6 @@ class RedisConsumer:
         self.visibility_ms = settings.job_visibility_timeout * 1000
         self._claim_cursor = "0-0"
         self._last_trim = 0.0
-        self._acks: list[tuple[Delivery, asyncio.Future[None]]] = []
-        self._ack_flusher: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._ack = self.redis.register_script(scripts.ACK)
         self._begin = self.redis.register_script(scripts.BEGIN)
@@ -404,8 +417,8 @@ class RedisConsumer:
         self._lock = RedisSyncLock(self.redis, self.keys, settings.job_visibility_timeout)
         #: Sync locks taken with a job's start, by entry id, until the job settles.
         self._job_locks: dict[str, tuple[str, str]] = {}
-        self._begins: list[tuple[Job, str, str, asyncio.Future[Any]]] = []
-        self._begin_flusher: asyncio.Task[None] | None = None
+        #: The consumer's own connection: starts, acknowledges and reads waiting jobs.
+        self.channel = Channel(self.redis)
 
     async def start(self) -> None:
         await self.queue.ensure_group()
@@ -430,6 +443,21 @@ class RedisConsumer:
         return self._deliveries(response)
 
     async def fetch(self, count: int, timeout: float) -> list[Delivery]:
+        """Entries already waiting are read without blocking on the channel (in the round trip
+        of the starts and acknowledgements in flight, if any); only an empty stream is waited
+        on, through the pool (a blocked read would hold up the channel)."""
+        keys = self.keys
+        waiting = await self.channel.command(
+            "XREADGROUP", "GROUP", keys.group, self.name, "COUNT", count,
+            "STREAMS", keys.stream, ">",
+        )  # fmt: skip
+        if waiting:
+            entries = waiting.values() if isinstance(waiting, dict) else [e for _, e in waiting]
+            return [
+                self._delivery(str(entry_id), _pairs(fields))
+                for stream_entries in entries
+                for entry_id, fields in stream_entries
+            ]
         response = await self.redis.xreadgroup(
             self.keys.group,
             self.name,
@@ -466,57 +494,35 @@ class RedisConsumer:
         pair's sync lock, in one atomic script (BEGIN): when taken the lock is handed to this
         job's task (`RedisSyncLock.adopt`) and released with the job's settling call.
 
-        Starts that arrive while another start is in flight (the jobs of one read) are sent
-        together in one pipeline, each still its own atomic script."""
+        Starts that arrive while another round trip is in flight (the jobs of one read) go
+        together in the next one (`Channel`), each still its own atomic script."""
         lock_key = self.keys.sync_lock(job.provider, job.user_id)
         token = self._lock.new_token()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._begins.append((job, lock_key, token, future))
-        if self._begin_flusher is None or self._begin_flusher.done():
-            self._begin_flusher = asyncio.create_task(self._flush_begins())
-        flags, taken = await future
+        try:
+            flags, taken = await self.channel.script(
+                self._begin,
+                [
+                    self.keys.running(job.provider, job.user_id),
+                    self.keys.widen(job.provider, job.user_id),
+                    lock_key,
+                ],
+                [
+                    job.job_id,
+                    self.queue.active_ttl,
+                    token,
+                    self._lock.ttl_ms,
+                    *widening_flags(job.options),
+                ],
+            )
+        except Exception:
+            with contextlib.suppress(Exception):  # the lock may have been taken: give it back
+                await self.channel.script(self._lock.release_script, [lock_key], [token])
+            raise
         if int(taken) == 1:
             self._job_locks[delivery.entry_id] = (lock_key, token)
             self._lock.adopt(lock_key, token)  # in this job's task
         options = widened(job.options, [str(flag) for flag in flags or []])
         return job if options == job.options else replace(job, options=options)
-
-    async def _flush_begins(self) -> None:
-        while self._begins:
-            batch, self._begins = self._begins, []
-            calls: list[_Call] = [
-                (
-                    self._begin,
-                    [
-                        self.keys.running(job.provider, job.user_id),
-                        self.keys.widen(job.provider, job.user_id),
-                        lock_key,
-                    ],
-                    [
-                        job.job_id,
-                        self.queue.active_ttl,
-                        token,
-                        self._lock.ttl_ms,
-                        *widening_flags(job.options),
-                    ],
-                )
-                for job, lock_key, token, _ in batch
-            ]
-            try:
-                replies = await _run_scripts(self.redis, calls)
-            except Exception as exc:
-                with contextlib.suppress(Exception):  # locks may have been taken: give back
-                    await _run_scripts(
-                        self.redis,
-                        [(self._lock.release_script, [key], [token]) for _, key, token, _ in batch],
-                    )
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (*_, future), reply in zip(batch, replies, strict=True):
-                    if not future.done():
-                        future.set_result(reply)
 
     def _held_lock(self, delivery: Delivery) -> tuple[str, str] | None:
         """The sync lock (key, token) `delivery`'s job took at its start, if any, no longer
@@ -542,47 +548,26 @@ class RedisConsumer:
         the widening options requested while it ran) and release its sync lock, in one atomic
         script.
 
-        Completions that arrive while an acknowledgement is in flight are sent together in one
-        pipeline (each still its own atomic script): fewer round trips at high concurrency.
-        Returns once this job's acknowledgement was applied; raises if it could not be sent.
+        Acknowledgements that arrive while another round trip is in flight go together in the
+        next one (`Channel`), each still its own atomic script. Returns once this job's
+        acknowledgement was applied; raises if it could not be sent (the lock stays held and
+        renewed until a retry settles the job).
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks.append((delivery, future))
-        if self._ack_flusher is None or self._ack_flusher.done():
-            self._ack_flusher = asyncio.create_task(self._flush_acks())
-        await future
-
-    async def _flush_acks(self) -> None:
-        while self._acks:
-            batch, self._acks = self._acks, []
-            calls: list[_Call] = []
-            for delivery, _ in batch:
-                lock_key, token = self._held_lock(delivery) or (self.keys.stream, "")
-                calls.append(
-                    (
-                        self._ack,
-                        [*self._pair_keys(delivery.job), lock_key],
-                        [*self._ack_args(delivery), token],
-                    )
-                )
-            try:
-                results = await _run_scripts(self.redis, calls)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (delivery, future), result in zip(batch, results, strict=True):
-                    follow_up = str(result[1]) if result and len(result) > 1 else ""
-                    if follow_up and delivery.job:
-                        log.info(
-                            "follow-up job enqueued with options requested while it ran",
-                            job_id=delivery.job_id,
-                            follow_up_job_id=follow_up,
-                            provider=delivery.job.provider,
-                        )
-                    if not future.done():
-                        future.set_result(None)
+        lock_key, token = self._job_locks.get(delivery.entry_id) or (self.keys.stream, "")
+        result = await self.channel.script(
+            self._ack,
+            [*self._pair_keys(delivery.job), lock_key],
+            [*self._ack_args(delivery), token],
+        )
+        self._held_lock(delivery)  # released by the script
+        follow_up = str(result[1]) if result and len(result) > 1 else ""
+        if follow_up and delivery.job:
+            log.info(
+                "follow-up job enqueued with options requested while it ran",
+                job_id=delivery.job_id,
+                follow_up_job_id=follow_up,
+                provider=delivery.job.provider,
+            )
 
     def _pair_keys(self, job: Job | None) -> list[str]:
         """stream, active, widen, running of the job's pair (placeholders for no job)."""
@@ -746,8 +731,18 @@ class RedisConsumer:
         return self._lock
 
     async def leave(self) -> None:
-        """Remove this consumer from the group if it holds no pending entry (clean exit)."""
-        consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
-        for consumer in consumers:
-            if consumer["name"] == self.name and int(consumer["pending"]) == 0:
-                await self.redis.xgroup_delconsumer(self.keys.stream, self.keys.group, self.name)
+        """Remove this consumer from the group if it holds no pending entry (clean exit), and
+        close its channel."""
+        try:
+            consumers: Any = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
+            for consumer in consumers:
+                if consumer["name"] == self.name and int(consumer["pending"]) == 0:
+                    await self.redis.xgroup_delconsumer(
+                        self.keys.stream, self.keys.group, self.name
+                    )
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the consumer's own connection (the queue's client closes the pool's)."""
+        await self.channel.aclose()
