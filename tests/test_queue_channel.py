@@ -56,7 +56,8 @@ async def test_one_calls_error_is_its_own(channel: Channel, namespace: str) -> N
         channel.command("INCR", f"{namespace}:n"),
         return_exceptions=True,
     )
-    assert results[0] == 1 and results[2] == 2
+    assert results[0] == 1
+    assert results[2] == 2
     assert isinstance(results[1], ResponseError)
     assert "not an integer" in str(results[1])
 
@@ -116,7 +117,8 @@ async def test_without_the_stream_redis_py_reads_each_reply(
         return_exceptions=True,
     )
     assert not channel.direct
-    assert results[0] == "a" and results[2] == "b"
+    assert results[0] == "a"
+    assert results[2] == "b"
     assert isinstance(results[1], ResponseError)
 
 
