@@ -504,6 +504,31 @@ async def test_the_lock_taken_at_start_is_released_with_the_acknowledgement(env:
     assert started.user_id == "ok-9"
 
 
+async def test_held_sync_locks_are_renewed_until_released(env: Env) -> None:
+    """A lock lives 1 s here (the visibility timeout): one taken with a job's start and one
+    taken by the engine's own `with lock(…)` both outlive several lifetimes while held, and
+    stop being renewed once released (nothing renews a key someone else took since)."""
+    await env.queue.enqueue(Job(PROVIDER, "long-1"))
+    [delivery] = await env.consumer.fetch(1, 1.0)
+    assert delivery.job is not None
+    await env.consumer.begin(delivery, delivery.job)
+    adopted = env.keys.sync_lock(PROVIDER, "long-1")
+    own = env.keys.sync_lock(PROVIDER, "long-2")
+    lock = env.consumer.sync_lock()
+    async with lock(PROVIDER, "long-2"):
+        token = await env.redis.get(own)
+        await asyncio.sleep(2.5)  # two and a half lifetimes
+        assert await env.redis.get(own) == token
+        assert await env.redis.get(adopted)
+    assert await env.redis.exists(own) == 0
+    await env.consumer.complete(delivery)
+    assert await env.redis.exists(adopted) == 0
+    await env.redis.set(own, "someone-else", px=60_000)
+    await asyncio.sleep(0.8)  # past a renewal interval: nothing touches the other owner's key
+    assert await env.redis.get(own) == "someone-else"
+    assert 50_000 < await env.redis.pttl(own) <= 60_000
+
+
 async def test_scripts_redis_does_not_have_yet_run_anyway(env: Env) -> None:
     """Settling pipelines call scripts by SHA with no `SCRIPT EXISTS` round trip; a script
     Redis has not loaded (after a restart or a flush) fails alone and is run again, loaded."""

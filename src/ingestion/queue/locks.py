@@ -56,7 +56,11 @@ class RedisSyncLock:
         self._renew = redis.register_script(scripts.LOCK_RENEW)
         self.release_script = redis.register_script(scripts.LOCK_RELEASE)
         self._held: dict[str, str] = {}
-        self._renewer: asyncio.Task[None] | None = None
+        #: The next renewal while anything is held: a timer, cheap to set and cancel (jobs of
+        #: a busy worker take and give back locks thousands of times a second, and the held
+        #: set empties between batches), and the renewal's round trip when one is under way.
+        self._renewal: asyncio.TimerHandle | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     @staticmethod
     def new_token() -> str:
@@ -75,14 +79,25 @@ class RedisSyncLock:
 
     def _hold(self, key: str, token: str) -> None:
         self._held[key] = token
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._keep())
+        if self._renewal is None:
+            self._renewal = asyncio.get_running_loop().call_later(
+                self.ttl_ms / 3000, self._renew_due
+            )
 
     def _unhold(self, key: str) -> None:
         self._held.pop(key, None)
-        if not self._held and self._renewer is not None:
-            self._renewer.cancel()
-            self._renewer = None
+        if not self._held and self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+
+    def _renew_due(self) -> None:
+        self._renewal = None
+        if self._held and (self._renewing is None or self._renewing.done()):
+            self._renewing = asyncio.create_task(self._renew_held())
+        if self._held:
+            self._renewal = asyncio.get_running_loop().call_later(
+                self.ttl_ms / 3000, self._renew_due
+            )
 
     @asynccontextmanager
     async def __call__(self, provider: str, user_id: str) -> AsyncIterator[None]:
@@ -108,24 +123,21 @@ class RedisSyncLock:
             except RedisError as exc:  # it expires on its own
                 log.warning("could not release sync lock", key=key, error=str(exc))
 
-    async def _keep(self) -> None:
-        """One task renews every lock this process holds, every third of the lock's ttl, in
-        one pipelined round trip."""
-        interval = self.ttl_ms / 3000
-        while self._held:
-            await asyncio.sleep(interval)
-            held = list(self._held.items())
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key, token in held:
-                        await self._renew(keys=[key], args=[token, self.ttl_ms], client=pipe)
-                    renewed = await pipe.execute()
-            except RedisError as exc:
-                log.warning("could not renew sync locks", locks=len(held), error=str(exc))
-                continue
-            for (key, token), ok in zip(held, renewed, strict=True):
-                if not int(ok) and self._held.get(key) == token:
-                    log.error("sync lock lost while the sync was running", key=key)
+    async def _renew_held(self) -> None:
+        """Renew every lock this process holds in one pipelined round trip (every third of the
+        lock's ttl while any is held)."""
+        held = list(self._held.items())
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, token in held:
+                    await self._renew(keys=[key], args=[token, self.ttl_ms], client=pipe)
+                renewed = await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not renew sync locks", locks=len(held), error=str(exc))
+            return
+        for (key, token), ok in zip(held, renewed, strict=True):
+            if not int(ok) and self._held.get(key) == token:
+                log.error("sync lock lost while the sync was running", key=key)
 
 
 class LocalSyncLock:
