@@ -8,7 +8,7 @@ import copy
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -502,6 +502,64 @@ async def test_the_lock_taken_at_start_is_released_with_the_acknowledgement(env:
     await env.consumer.complete(delivery)
     assert await env.redis.exists(lock_key) == 0
     assert started.user_id == "ok-9"
+
+
+async def test_concurrency_bounds_running_jobs_and_stuck_acknowledgements_hold_new_reads(
+    env: Env,
+) -> None:
+    """At most `concurrency` jobs run at once (and that many do); a job whose runner returned
+    frees its slot while it is acknowledged, but acknowledgements that cannot get through stop
+    new reads once as many again are waiting: nothing piles up behind a broken settle."""
+    running = peak = started = 0
+
+    async def runner(job: Job) -> None:
+        nonlocal running, peak, started
+        started += 1
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+
+    for i in range(24):
+        await env.queue.enqueue(Job(PROVIDER, f"bound-{i}"))
+    worker = Worker(env.settings, env.consumer, runner, concurrency=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_for(lambda: _true(started == 24))
+        assert peak == 3
+        await wait_for(lambda: _zero(env.pending()))
+
+        # Acknowledgements now hang: three jobs run, three more, then reads stop.
+        gate = asyncio.Event()
+        complete = env.consumer.complete
+
+        async def stuck_complete(delivery: Any) -> None:
+            await gate.wait()
+            await complete(delivery)
+
+        env.consumer.complete = stuck_complete  # type: ignore[method-assign]
+        started = peak = 0
+        for i in range(24):
+            await env.queue.enqueue(Job(PROVIDER, f"stuck-{i}"))
+        await wait_for(lambda: _true(started == 6))
+        await asyncio.sleep(0.3)
+        assert started == 6  # 3 running + 3 more, each now waiting to be acknowledged
+        assert peak == 3
+        gate.set()
+        await wait_for(lambda: _true(started == 24))
+        await wait_for(lambda: _zero(env.pending()))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _zero(count: Awaitable[int]) -> bool:
+    return await count == 0
 
 
 async def test_held_sync_locks_are_renewed_until_released(env: Env) -> None:

@@ -98,7 +98,12 @@ class Worker:
         self.run_job = run_job
         self.concurrency = concurrency or settings.worker_concurrency
         self.log = log.bind(consumer=consumer.name)
+        #: Every job task until it settled (keep-alive and shutdown look after all of them).
         self._running: dict[asyncio.Task[None], Delivery] = {}
+        #: The tasks whose job is still running: what `concurrency` bounds. A job leaves this
+        #: set once its runner returned, before its settling call, so the read that refills
+        #: its slot shares a round trip with the acknowledgements (`RedisConsumer` channel).
+        self._busy: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         #: Set when a job ends or `stop` is set: what the read loop waits on for a free slot.
         self._wake = asyncio.Event()
@@ -141,13 +146,13 @@ class Worker:
                             self._spawn(delivery)
                         first_start = False
                     started = True
-                free = self.concurrency - len(self._running)
+                free = self._free_slots()
                 if free <= 0:
-                    await self._wait_while(lambda: len(self._running) >= self.concurrency)
+                    await self._wait_while(lambda: self._free_slots() <= 0)
                     if backlog:  # the other running jobs, for a moment: one read refills all
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(_REFILL_WINDOW_SECONDS):
-                                await self._wait_while(lambda: bool(self._running))
+                                await self._wait_while(lambda: bool(self._busy))
                     continue
                 if time.monotonic() - last_reclaim >= self._reclaim_every:
                     last_reclaim = time.monotonic()
@@ -177,6 +182,11 @@ class Worker:
             for delivery in deliveries:
                 self._spawn(delivery)
 
+    def _free_slots(self) -> int:
+        """Jobs the worker may start now: `concurrency` running at most, and no more than as
+        many again still settling (acknowledgements that cannot get through hold new reads)."""
+        return min(self.concurrency - len(self._busy), 2 * self.concurrency - len(self._running))
+
     async def _wake_on_stop(self) -> None:
         await self._stop.wait()
         self._wake.set()
@@ -194,11 +204,20 @@ class Worker:
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._process(delivery))
         self._running[task] = delivery
+        self._busy.add(task)
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._busy.discard(task)
         self._wake.set()
+
+    def _run_ended(self) -> None:
+        """The calling job task's runner is done; only its settling call is left."""
+        task = asyncio.current_task()
+        if task in self._busy:
+            self._busy.discard(task)
+            self._wake.set()
 
     async def _hand_back(self, deliveries: list[Delivery]) -> None:
         """Entries read after `stop`: put them straight back for another worker."""
@@ -266,12 +285,14 @@ class Worker:
             self.log.warning(
                 "pending entry no longer exists; acknowledging", entry=delivery.entry_id
             )
+            self._run_ended()
             await self._settle(partial(self.consumer.complete, delivery))
             return
         if job is None:
             error = delivery.error or "malformed entry"
             self.log.error("malformed job dead-lettered", entry=delivery.entry_id, error=error)
             metrics.JOBS.labels(provider="unknown", outcome="dead_lettered").inc()
+            self._run_ended()
             await self._settle(partial(self.consumer.dead_letter, delivery, error, 0))
             return
         with structlog.contextvars.bound_contextvars(
@@ -373,6 +394,7 @@ class Worker:
             outcome = "succeeded"
             action = partial(self.consumer.complete, delivery)
         metrics.JOBS.labels(provider=job.provider, outcome=outcome).inc()
+        self._run_ended()
         await self._settle(action)
 
     async def _settle(self, action: Callable[[], Awaitable[Any]]) -> None:
