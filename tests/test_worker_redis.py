@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -560,6 +561,31 @@ async def _true(value: bool) -> bool:
 
 async def _zero(count: Awaitable[int]) -> bool:
     return await count == 0
+
+
+async def test_every_job_logs_with_its_own_ids(env: Env) -> None:
+    """What a job logs carries its job id, provider and user id, and only its own: jobs run
+    side by side and one after another in the same worker."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def runner(job: Job) -> None:
+        await asyncio.sleep(0.01)
+        seen[job.user_id] = dict(structlog.contextvars.get_contextvars())
+
+    job_ids = {}
+    for i in range(9):
+        job_ids[f"ctx-{i}"] = (await env.queue.enqueue(Job(PROVIDER, f"ctx-{i}"))).job_id
+    worker = Worker(env.settings, env.consumer, runner, concurrency=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_for(lambda: _true(len(seen) == 9))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    for user, context in seen.items():
+        assert context == {"job_id": job_ids[user], "provider": PROVIDER, "user_id": user}
+    assert "job_id" not in structlog.contextvars.get_contextvars()
 
 
 async def test_held_sync_locks_are_renewed_until_released(env: Env) -> None:

@@ -295,13 +295,15 @@ class Worker:
             self._run_ended()
             await self._settle(partial(self.consumer.dead_letter, delivery, error, 0))
             return
-        with structlog.contextvars.bound_contextvars(
+        # Bound for the rest of this task only: every job runs in its own task, whose context
+        # is its own copy (`_spawn`), so nothing needs unbinding.
+        structlog.contextvars.bind_contextvars(
             job_id=job.job_id, provider=job.provider, user_id=job.user_id
-        ):
-            started = await self._begin(delivery, job)
-            if started is None:
-                return  # shutting down with the queue unreachable: the entry stays pending
-            await self._run(delivery, started)
+        )
+        started = await self._begin(delivery, job)
+        if started is None:
+            return  # shutting down with the queue unreachable: the entry stays pending
+        await self._run(delivery, started)
 
     async def _begin(self, delivery: Delivery, job: Job) -> Job | None:
         """Mark the job running and widen it with what coalesced requests asked for (e.g. a

@@ -154,7 +154,10 @@ class Job:
         entry_id: str = "",
     ) -> Job:
         """Parse a stream entry; raise `MalformedJob` naming what is wrong."""
-        data = {_text(k): _text(v) for k, v in fields.items()}
+        data = {
+            (k if isinstance(k, str) else _text(k)): (v if isinstance(v, str) else _text(v))
+            for k, v in fields.items()
+        }
         job_type = data.get("type")
         if not job_type:
             raise MalformedJob("entry has no 'type' field")

@@ -586,7 +586,7 @@ class RedisConsumer:
             self.keys.group,
             delivery.entry_id,
             delivery.job_id,
-            uuid.uuid4().hex,
+            secrets.token_hex(16),  # the id of a follow-up job, if the script makes one
             job.type if job else "",
             job.user_id if job else "",
             datetime.now(UTC).isoformat(),
