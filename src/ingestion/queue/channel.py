@@ -48,21 +48,23 @@ class Channel:
         self._connection: AbstractConnection | None = None
         self._stream: asyncio.StreamReader | None = None
         self._reader: Any = None  # hiredis.Reader of the current connection
-        self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
+        #: Calls for the next round trip: packed command, the script it runs (if one), reply.
+        self._queued: list[tuple[bytes, AsyncScript | None, asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
 
     async def script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Run `script` by SHA in the next round trip; a script Redis does not have (it
-        restarted or was flushed) is run once more through the script object, which loads it."""
-        try:
-            return await self.command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await script(keys=keys, args=args)
+        """Run `script` by SHA in the next round trip. Calls of a script Redis does not have
+        (it restarted or was flushed) fail without running: the script is loaded and they are
+        sent again, in their order, in one more round trip."""
+        return await self._call((("EVALSHA", script.sha, len(keys), *keys, *args)), script)
 
     async def command(self, *args: Any) -> Any:
         """Send one command in the next round trip; its reply, or its error raised."""
+        return await self._call(args, None)
+
+    async def _call(self, args: tuple[Any, ...], script: AsyncScript | None) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((hiredis.pack_command(args), future))
+        self._queued.append((hiredis.pack_command(args), script, future))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_queued())
         reply = await future
@@ -74,7 +76,14 @@ class Channel:
         while self._queued:
             batch, self._queued = self._queued, []
             try:
-                replies = await self._round_trip([packed for packed, _ in batch])
+                replies = await self._round_trip([packed for packed, _, _ in batch])
+                missing = [
+                    i
+                    for i, reply in enumerate(replies)
+                    if isinstance(reply, NoScriptError) and batch[i][1] is not None
+                ]
+                if missing:
+                    replies = await self._load_and_resend(batch, replies, missing)
             except BaseException as exc:
                 await self._drop()
                 error = (
@@ -82,15 +91,33 @@ class Channel:
                     if isinstance(exc, ConnectionError)
                     else ConnectionError(f"queue channel round trip failed: {exc!r}")
                 )
-                for _, future in batch:
+                for *_, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (_, future), reply in zip(batch, replies, strict=True):
+            for (*_, future), reply in zip(batch, replies, strict=True):
                 if not future.done():  # a caller that went away leaves its reply unread
                     future.set_result(reply)
+
+    async def _load_and_resend(
+        self,
+        batch: list[tuple[bytes, AsyncScript | None, asyncio.Future[Any]]],
+        replies: list[Any],
+        missing: list[int],
+    ) -> list[Any]:
+        sources: dict[str, Any] = {}
+        for i in missing:
+            script = batch[i][1]
+            if script is not None:
+                sources[script.sha] = script.script
+        loads = [hiredis.pack_command(_script_load(source)) for source in sources.values()]
+        again = await self._round_trip([*loads, *(batch[i][0] for i in missing)])
+        replies = list(replies)
+        for i, reply in zip(missing, again[len(loads) :], strict=True):
+            replies[i] = reply
+        return replies
 
     async def _round_trip(self, packed: list[bytes]) -> list[Any]:
         connection = await self._connect()
@@ -154,6 +181,10 @@ class Channel:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._sender), timeout=5)
         await self._drop()
+
+
+def _script_load(source: Any) -> tuple[Any, ...]:
+    return ("SCRIPT", "LOAD", source)
 
 
 def _stream_of(connection: AbstractConnection) -> asyncio.StreamReader | None:

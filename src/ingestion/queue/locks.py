@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from contextvars import ContextVar
 
 import structlog
@@ -99,13 +99,15 @@ class RedisSyncLock:
                 self.ttl_ms / 3000, self._renew_due
             )
 
-    @asynccontextmanager
-    async def __call__(self, provider: str, user_id: str) -> AsyncIterator[None]:
+    def __call__(self, provider: str, user_id: str) -> AbstractAsyncContextManager[None]:
         key = self.keys.sync_lock(provider, user_id)
         adopted = _ADOPTED.get()
         if adopted is not None and adopted[0] == key and self._held.get(key) == adopted[1]:
-            yield  # taken with the job's start; released with its acknowledgement
-            return
+            return nullcontext()  # taken with the job's start; released with its acknowledgement
+        return self._take(provider, key)
+
+    @asynccontextmanager
+    async def _take(self, provider: str, key: str) -> AsyncIterator[None]:
         token = self.new_token()
         taken = int(await self.acquire_script(keys=[key], args=[token, self.ttl_ms]))
         if taken != 1:

@@ -140,6 +140,11 @@ class RedisJobQueue:
             raise ValueError("RedisJobQueue needs REDIS_URL")
         self.settings = settings
         self.keys = Keys(settings.redis_namespace)
+        #: Safety expiry of a coalescing marker: longer than any wait a live job goes through.
+        self.active_ttl = int(
+            settings.job_retry_max_seconds + 3 * settings.job_visibility_timeout + 600
+        )
+        self.widen_ttl = max(_WIDEN_TTL_SECONDS, self.active_ttl)
         self.redis: Redis = client or redis_client(
             settings.redis_url or "",
             decode_responses=True,
@@ -152,16 +157,6 @@ class RedisJobQueue:
         self._requeue_dead = self.redis.register_script(scripts.REQUEUE_DEAD)
         #: The own connections of the consumers made here (one per worker), closed by `aclose`.
         self.channels: list[Channel] = []
-
-    @property
-    def active_ttl(self) -> int:
-        """Safety expiry of a coalescing marker: longer than any wait a live job goes through."""
-        s = self.settings
-        return int(s.job_retry_max_seconds + 3 * s.job_visibility_timeout + 600)
-
-    @property
-    def widen_ttl(self) -> int:
-        return max(_WIDEN_TTL_SECONDS, self.active_ttl)
 
     async def enqueue(self, job: Job, *, rerun: bool = False) -> EnqueueResult:
         """Add `job` unless one for the same (provider, user) is queued or running.
