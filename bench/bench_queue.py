@@ -192,10 +192,13 @@ async def cleanup(url: str, namespace: str) -> None:
     await redis.aclose()
 
 
-def run_case(url: str, mode: str, processes: int, jobs: int) -> dict[str, Any]:
+def run_case(
+    url: str, mode: str, processes: int, jobs: int, source: Path | None = None
+) -> dict[str, Any]:
+    """One row; `source` is another checkout's `src/` for the consumers (`--before`)."""
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     enqueue_rate = asyncio.run(prefill(url, namespace, jobs, mode))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(source or ROOT / "src")}
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--consumer", mode, "--redis-url", url, "--ns", namespace],
@@ -222,7 +225,7 @@ def run_case(url: str, mode: str, processes: int, jobs: int) -> dict[str, Any]:
     span = max(r["last"] for r in active) - min(r["first"] for r in active)
     done = sum(r["count"] for r in reports)
     return {
-        "mode": mode,
+        "mode": mode if source is None else f"{mode} (before)",
         "processes": processes,
         "jobs": int(done),
         "seconds": span,
@@ -238,6 +241,12 @@ def main() -> None:
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout's src/ (the code before a change): its service+lock rows run "
+        "in the same rounds",
+    )
     parser.add_argument("--consumer", help=argparse.SUPPRESS)
     parser.add_argument("--ns", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,21 +254,19 @@ def main() -> None:
         consumer_main(args.consumer, args.redis_url, args.ns)
         return
 
-    cases = [
-        ("bare", 1),
-        ("service", 1),
-        ("service+lock", 1),
-        ("bare", 2),
-        ("service", 2),
-        ("service+lock", 2),
-    ]
-    # Two interleaved rounds; each case keeps its better round (a busy machine only slows runs).
-    best: dict[tuple[str, int], dict[str, Any]] = {}
+    before = args.before.resolve() if args.before else None
+    cases: list[tuple[str, int, Path | None]] = []
+    for n in (1, 2):
+        cases += [("bare", n, None), ("service", n, None), ("service+lock", n, None)]
+        if before is not None:
+            cases.append(("service+lock", n, before))
+    # Interleaved rounds; each case keeps its best round (a busy machine only slows runs).
+    best: dict[tuple[str, int, Path | None], dict[str, Any]] = {}
     for _ in range(args.rounds):
-        for mode, n in cases:
-            result = run_case(args.redis_url, mode, n, args.jobs)
-            if (mode, n) not in best or result["rate"] > best[(mode, n)]["rate"]:
-                best[(mode, n)] = result
+        for mode, n, source in cases:
+            result = run_case(args.redis_url, mode, n, args.jobs, source)
+            if (mode, n, source) not in best or result["rate"] > best[(mode, n, source)]["rate"]:
+                best[(mode, n, source)] = result
     results = [best[case] for case in cases]
     bare = {r["processes"]: r["rate"] for r in results if r["mode"] == "bare"}
     lines = [
@@ -284,9 +291,12 @@ def main() -> None:
     print(summary)
     print(f"\nload average during the run: {load[0]:.1f} (on {os.cpu_count()} CPUs)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    command = f"uv run python bench/bench_queue.py --jobs {args.jobs} --rounds {args.rounds}"
+    if before is not None:
+        command += " --before <older checkout>/src"
     RESULTS.write_text(
         "# Queue throughput\n\n"
-        f"`uv run python bench/bench_queue.py --jobs {args.jobs} --rounds {args.rounds}` — no-op "
+        f"`{command}` — no-op "
         "jobs through the queue (best of the rounds for each row), "
         "consumer concurrency 4, same Redis, same run. "
         "`bare ÷ this` is the service's overhead factor against the bare loop with the same "
@@ -295,8 +305,15 @@ def main() -> None:
         "`enqueue/s` is the prefill rate, one call at a time: plain `XADD` on bare rows, the "
         "coalescing enqueue script (marker check + `XADD` in one Lua step) on service rows. "
         "`service+lock` adds the per-(provider, user) sync lock that every real job takes "
-        "(taken in the pipeline that starts the job, released in the one that acknowledges it, "
-        "renewed by one batched call per worker).\n\n"
+        "(taken in the script that starts the job, released in the one that acknowledges it, "
+        "renewed by one batched call per worker)."
+        + (
+            " `(before)` rows run the same consumers with the older checkout's code, in the "
+            "same rounds."
+            if before is not None
+            else ""
+        )
+        + "\n\n"
         f"Load average during the run: {load[0]:.1f} on {os.cpu_count()} CPUs "
         "(figures taken on a busy machine are low and noisy; compare rows of one run only).\n"
     )
