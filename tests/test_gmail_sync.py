@@ -7,6 +7,7 @@ service, sync engine) against the Gmail emulator and the memory engine emulator 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import pytest
 from ingestion.config import Settings
 from ingestion.errors import PermanentError
 from ingestion.providers.base import FetchOptions
+from ingestion.providers.gmail import client as gmail_client
 from ingestion.services import Services
 from ingestion.storage.accounts import save_account
 from ingestion.sync import SyncSummary
@@ -370,6 +372,28 @@ async def test_one_request_per_message_when_batching_is_off(servers: Any, tmp_pa
         )
     finally:
         await world.services.aclose()
+
+
+async def test_batch_answers_are_parsed_off_the_event_loop(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch answer (up to 50 messages, each as large as the transport admits) is split and
+    its JSON parsed on a thread: the event loop keeps serving other jobs meanwhile."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real = gmail_client.loads_json
+
+    def recording(payload: bytes, *, what: str) -> Any:
+        threads.append(threading.get_ident())
+        return real(payload, what=what)
+
+    monkeypatch.setattr(gmail_client, "loads_json", recording)
+    ids = [world.add(i) for i in range(6)]
+    summary = await world.sync()
+    assert summary.upserted == 6
+    assert set(world.stored()) == set(ids)
+    assert len(threads) == 6  # every message came through a batch answer
+    assert loop_thread not in threads
 
 
 def _gmail_calls(world: World, endpoint: str) -> int:

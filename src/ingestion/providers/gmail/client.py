@@ -304,26 +304,34 @@ class GmailApi:
 
         if response.status_code != 200:
             raise api_error(PROVIDER, "batch", response)
-        results: dict[str, Any] = {}
-        for index, status, payload in _batch_answers(response):
-            if not 0 <= index < len(message_ids):
-                continue
-            message_id = message_ids[index]
-            if status == 200:
-                # Each part is JSON of its own, bounded like a whole answer (`transport`).
-                try:
-                    results[message_id] = loads_json(payload, what=f"gmail message {message_id}")
-                except ResponseRejected as exc:
-                    results[message_id] = Unreadable(str(exc))
-            elif status == 404:
-                results[message_id] = None
+        # Splitting the answer and parsing up to `batch_size` messages of JSON (each as large
+        # as the transport admits) is CPU work: done on a thread, so the event loop keeps
+        # serving the worker's other jobs, lock renewals and keep-alives meanwhile.
+        return await asyncio.to_thread(_batch_results, response, message_ids)
+
+
+def _batch_results(response: httpx.Response, message_ids: Sequence[str]) -> dict[str, Any]:
+    """id -> message, None (404) or `_AGAIN` (retry alone) for every call of a batch answer."""
+    results: dict[str, Any] = {}
+    for index, status, payload in _batch_answers(response):
+        if not 0 <= index < len(message_ids):
+            continue
+        message_id = message_ids[index]
+        if status == 200:
+            # Each part is JSON of its own, bounded like a whole answer (`transport`).
+            try:
+                results[message_id] = loads_json(payload, what=f"gmail message {message_id}")
+            except ResponseRejected as exc:
+                results[message_id] = Unreadable(str(exc))
+        elif status == 404:
+            results[message_id] = None
+        else:
+            answer = httpx.Response(status, content=payload)
+            if status == 401 or classify(answer) is not None:
+                results[message_id] = _AGAIN
             else:
-                answer = httpx.Response(status, content=payload)
-                if status == 401 or classify(answer) is not None:
-                    results[message_id] = _AGAIN
-                else:
-                    raise api_error(PROVIDER, "messages.get (in a batch)", answer)
-        return results
+                raise api_error(PROVIDER, "messages.get (in a batch)", answer)
+    return results
 
 
 #: A call inside a batch to make again on its own.
