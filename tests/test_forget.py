@@ -344,6 +344,38 @@ async def test_purge_killed_mid_way_is_finished_by_the_next_run(
         await services.aclose()
 
 
+async def test_a_removal_the_engine_refuses_exits_1_saying_how_to_finish(
+    pg_url: str, base_env: dict[str, str], engine: tuple[MemoryEngineState, str]
+) -> None:
+    """`accounts remove --purge` and `users forget` whose deletes the engine refuses: exit code
+    1, one line naming the failure, what is already stopped and how to finish; running the
+    command again once the engine accepts finishes it."""
+    state, engine_url = engine
+    settings = settings_for(pg_url, engine_url)
+    services = await Services.open(settings, migrate=True)
+    try:
+        await connect(services, "u1", "google")
+        await deliver(services, "gmail", "u1", ["m1", "m2"])
+    finally:
+        await services.aclose()
+    env = {**base_env, "DATABASE_URL": pg_url, "MEMORY_ENGINE_URL": engine_url}
+    state.fail_next(400, times=10, path="/memories/delete")
+    removed = run_cli("accounts", "remove", "gmail", "--user", "u1", "--purge", env=env)
+    assert removed.returncode == 1
+    line = removed.stderr.splitlines()[-1]  # after the JSON log lines
+    assert line.startswith("remove failed: memory engine /memories/delete: HTTP 400")
+    assert line.endswith("(the pair is stopped; run the command again to finish)")
+    forgot = run_cli("users", "forget", "u1", env=env)
+    assert forgot.returncode == 1
+    line = forgot.stderr.splitlines()[-1]
+    assert line.startswith("forget failed: memory engine /memories/delete: HTTP 400")
+    assert line.endswith("(syncing is stopped; run the command again to finish)")
+    state.clear_faults()
+    finished = run_cli("users", "forget", "u1", "--json", env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["deleted"] == 2
+
+
 # --- users forget --------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ from ingestion.errors import (
 )
 from ingestion.logs import configure_logging
 from ingestion.loop import loop_factory
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the services' modules
+    from ingestion.forget import Forgetter
 
 __all__ = ["app", "main"]
 
@@ -401,25 +404,14 @@ def accounts_remove(
     check_user(user)
     settings = load_settings()
 
-    async def body(services: Any) -> Any:
-        from ingestion.forget import Forgetter
-
-        forgetter = Forgetter.of(services)
-        try:
-            return await forgetter.remove(
-                provider, user, purge=purge, delete_account=delete_account
-            )
-        except IngestionError as exc:
-            return exc
-
-    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
-    if isinstance(result, IngestionError):
-        err.print(
-            f"remove failed: {result} (the pair is stopped; run the command again to finish)",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(1)
+    result = _with_forgetter(
+        settings,
+        lambda forgetter: forgetter.remove(
+            provider, user, purge=purge, delete_account=delete_account
+        ),
+        failed="remove failed",
+        stopped="the pair is stopped",
+    )
     if as_json:
         print_json(result.as_json())
         return
@@ -438,6 +430,36 @@ def accounts_remove(
     out.print("; ".join(parts), markup=False, highlight=False)
 
 
+def _with_forgetter(
+    settings: Settings,
+    call: Callable[[Forgetter], Awaitable[Any]],
+    *,
+    failed: str,
+    stopped: str,
+) -> Any:
+    """`call(forgetter)` with the services of one command (the sync lock taken as a worker
+    takes it); a removal that could not finish ends the command with exit code 1 and one line
+    saying what is already stopped and how to finish."""
+
+    async def body(services: Any) -> Any:
+        from ingestion.forget import Forgetter
+
+        try:
+            return await call(Forgetter.of(services))
+        except IngestionError as exc:
+            return exc
+
+    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
+    if isinstance(result, IngestionError):
+        err.print(
+            f"{failed}: {result} ({stopped}; run the command again to finish)",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    return result
+
+
 @users_app.command("forget")
 def users_forget(
     user: Annotated[str, typer.Argument(help="User id")],
@@ -450,23 +472,12 @@ def users_forget(
     check_user(user)
     settings = load_settings()
 
-    async def body(services: Any) -> Any:
-        from ingestion.forget import Forgetter
-
-        forgetter = Forgetter.of(services)
-        try:
-            return await forgetter.forget_user(user)
-        except IngestionError as exc:
-            return exc
-
-    result = run_async(settings, lambda: with_services(settings, body, sync_lock=True))
-    if isinstance(result, IngestionError):
-        err.print(
-            f"forget failed: {result} (syncing is stopped; run the command again to finish)",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(1)
+    result = _with_forgetter(
+        settings,
+        lambda forgetter: forgetter.forget_user(user),
+        failed="forget failed",
+        stopped="syncing is stopped",
+    )
     document = result.as_json()
     if as_json:
         print_json(document)
