@@ -418,8 +418,13 @@ async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
     )
     state.force_push(repo, rewritten)
     clock.offset += 600
-    await sync(services)
-    assert "rewritten" in {r.title for r in (await records(services)).values()}
+    rewrite = await sync(services)
+    # What the push took off the branch leaves the memory: every commit of mona's after the
+    # old base (the colleague's commit was never taken); the new commit comes in.
+    assert {r.title for r in (await records(services)).values()} == {"base 0", "rewritten"}
+    assert rewrite.deleted == 19  # base 1-14, recent, feature a and b, merge, late push
+    # Listed by the reverse comparison (new head...old head): 19 commits, two pages of ten.
+    assert state.count(path=rf"/compare/{rewritten}\.\.\.{late.sha}") == 2
 
     # A force-push whose old head was garbage-collected: a bounded re-walk finds the new work.
     gone = state.branch(
@@ -438,6 +443,37 @@ async def test_commits_are_walked_from_the_last_head_not_by_their_dates(
     quiet = await sync(services)
     assert quiet.upserted == 0
     assert {r.status for r in state.log[before:]} == {304}
+
+
+async def test_a_branch_reset_to_an_older_commit_deletes_what_it_dropped(
+    github: tuple[GitHubState, RunningServer], services_for: Any, clock: ShiftedClock
+) -> None:
+    """`git push --force` of an older commit (the new head is behind the old one): nothing
+    new, and the person's commits the branch no longer has leave the memory. A colleague's
+    dropped commit was never taken and is not asked about."""
+    state, server = github
+    repo = state.add_repo("mona", "notes")
+    now = clock.now()
+    for n in range(3):
+        state.add_commit(repo, f"kept {n}", author="mona", date=now - timedelta(days=5 - n))
+    keep = repo.commits[0].sha
+    state.add_commit(repo, "theirs", author="octocat", date=now - timedelta(days=1))
+    state.add_commit(repo, "leaked secret", author="mona", date=now - timedelta(hours=1))
+    services = await services_for(server.url)
+    await sync(services)
+    assert {r.title for r in (await records(services)).values()} == {
+        "kept 0",
+        "kept 1",
+        "kept 2",
+        "leaked secret",
+    }
+
+    state.force_push(repo, keep)
+    clock.offset += 600
+    summary = await sync(services)
+    assert summary.deleted == 1
+    assert summary.upserted == 0
+    assert {r.title for r in (await records(services)).values()} == {"kept 0", "kept 1", "kept 2"}
 
 
 async def test_an_issue_updated_while_its_listing_is_paged_skips_nothing(

@@ -454,7 +454,10 @@ class _Run:
         """Commits reachable from `new` and not from `old` (a force-push included: GitHub
         compares from the merge base), through `compare/{old}...{new}`; a comparison GitHub
         cannot make (the old head was garbage-collected, no common ancestor) or one longer
-        than `MAX_COMPARE_PAGES` pages gets the bounded re-walk instead."""
+        than `MAX_COMPARE_PAGES` pages gets the bounded re-walk instead. When the new head
+        does not descend from the old one (a force-push, a reset), the person's commits only
+        the old head had are deleted (`_commits_dropped`)."""
+        rewritten = False
         url: str | None = self.client.url(
             f"/repos/{info.full_name}/compare/{old}...{new}",
             {"per_page": self.settings.github_page_size},
@@ -481,7 +484,11 @@ class _Run:
                 return
             data = reply.data
             if pages == 1:
+                rewritten = data.get("status") in ("diverged", "behind")
                 if data.get("status") in ("identical", "behind"):
+                    if rewritten:
+                        async for page in self._commits_dropped(info, old, new, set()):
+                            yield page
                     return
                 total = data.get("total_commits")
                 if (
@@ -499,12 +506,71 @@ class _Run:
         else:
             async for page in self._take_commits(info, listed):
                 yield page
+            if rewritten:
+                kept = {str(c.get("sha")) for c in listed}
+                async for page in self._commits_dropped(info, old, new, kept):
+                    yield page
             return
         self.log.warning(
             "github comparison too long; re-walking recent commits", repo=info.full_name
         )
         async for page in self._commits_since(info, new, self._rewalk_since(info)):
             yield page
+        if rewritten:
+            async for page in self._commits_dropped(info, old, new, set()):
+                yield page
+
+    async def _commits_dropped(
+        self, info: RepoInfo, old: str, new: str, kept: set[str]
+    ) -> AsyncIterator[SyncPage]:
+        """The person's commits a force-push (or a reset) took off the branch: reachable from
+        the old head and not from the new one, `compare/{new}...{old}` (GitHub lists the
+        commits of its head side past the merge base), less any the forward comparison listed
+        (`kept`: a history with several merge bases). Their records are deleted: what the user
+        rewrote out of the branch leaves the memory too. At most `MAX_COMPARE_PAGES` pages; a
+        longer or impossible comparison deletes nothing and says so."""
+        url: str | None = self.client.url(
+            f"/repos/{info.full_name}/compare/{new}...{old}",
+            {"per_page": self.settings.github_page_size},
+        )
+        login = (self.state.login or "").lower()
+        dropped: list[str] = []
+        pages = 0
+        while url is not None:
+            if pages >= MAX_COMPARE_PAGES:
+                self.log.warning(
+                    "github commits removed by a force-push not deleted: too many to list",
+                    repo=info.full_name,
+                    pages=pages,
+                )
+                return
+            reply = await self.client.get(url, endpoint="compare")
+            pages += 1
+            if reply.status != 200 or not isinstance(reply.data, Mapping):
+                self.log.warning(
+                    "github commits removed by a force-push not deleted: the old head "
+                    "cannot be compared",
+                    repo=info.full_name,
+                    status=reply.status,
+                    reason=_message(reply),
+                )
+                return
+            for commit in reply.data.get("commits") or []:
+                if not isinstance(commit, Mapping):
+                    continue
+                sha = str(commit.get("sha") or "")
+                author = str((commit.get("author") or {}).get("login") or "").lower()
+                if _SHA.fullmatch(sha) and author == login and sha not in kept:
+                    dropped.append(sha)
+            url = reply.next_url
+        if dropped:
+            self.log.info(
+                "github commits removed by a force-push deleted",
+                repo=info.full_name,
+                commits=len(dropped),
+            )
+            page = self.page([], fetched=0)
+            yield replace(page, deletes=[f"{info.full_name}@{sha}" for sha in dropped])
 
     def _rewalk_since(self, info: RepoInfo) -> str:
         """Where a re-walk by date starts: its own checkpoint, else `REWALK_WINDOW` back
