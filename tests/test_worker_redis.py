@@ -16,6 +16,7 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
@@ -586,6 +587,41 @@ async def test_every_job_logs_with_its_own_ids(env: Env) -> None:
     for user, context in seen.items():
         assert context == {"job_id": job_ids[user], "provider": PROVIDER, "user_id": user}
     assert "job_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_a_failed_acknowledgement_keeps_the_lock_until_a_retry_settles_the_job(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acknowledgement that also releases the job's sync lock fails (the connection drops):
+    the lock stays the job's (held, renewed) and the worker's retry releases it, instead of it
+    lingering unowned until it expires."""
+    await env.queue.enqueue(Job(PROVIDER, "ack-1"))
+    [delivery] = await env.consumer.fetch(1, 1.0)
+    assert delivery.job is not None
+    await env.consumer.begin(delivery, delivery.job)
+    lock_key = env.keys.sync_lock(PROVIDER, "ack-1")
+    token = await env.redis.get(lock_key)
+    assert token
+
+    channel = env.consumer.channel
+    script = channel.script
+    failures = [RedisConnectionError("connection dropped")]
+
+    async def failing_once(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await script(*args)
+
+    monkeypatch.setattr(channel, "script", failing_once)
+    with pytest.raises(RedisConnectionError):
+        await env.consumer.complete(delivery)
+    assert await env.redis.get(lock_key) == token  # still the job's
+    assert await env.pending() == 1
+    await asyncio.sleep(1.2)  # past the lock's 1 s lifetime: renewed meanwhile
+    assert await env.redis.get(lock_key) == token
+    await env.consumer.complete(delivery)
+    assert await env.redis.exists(lock_key) == 0
+    assert await env.pending() == 0
 
 
 async def test_held_sync_locks_are_renewed_until_released(env: Env) -> None:
