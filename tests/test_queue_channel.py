@@ -13,9 +13,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 
+from ingestion.config import Settings
+from ingestion.queue import RedisJobQueue
 from ingestion.queue import channel as channel_module
 from ingestion.queue.channel import Channel
 from ingestion.queue.connection import redis_client
+from ingestion.queue.jobs import Job
 
 
 @pytest.fixture
@@ -126,3 +129,42 @@ async def test_close_then_use_opens_a_new_connection(channel: Channel) -> None:
     first_id = await channel.command("CLIENT", "ID")
     await channel.aclose()
     assert await channel.command("CLIENT", "ID") != first_id
+
+
+async def test_resp3_replies_a_false_included(redis_url: str, namespace: str) -> None:
+    """A URL asking for RESP3 (`?protocol=3`): replies come as RESP3 types, a boolean false
+    among them, which is a reply like any other and not 'nothing read yet'."""
+    client = redis_client(f"{redis_url}?protocol=3", decode_responses=True)
+    channel = Channel(client)
+    try:
+        falsy = "redis.setresp(3); return false"
+        replies = await asyncio.wait_for(
+            asyncio.gather(channel.command("EVAL", falsy, 0), channel.command("ECHO", "next")),
+            timeout=5,
+        )
+        assert replies == [False, "next"]
+        assert await channel.command("HELLO") is not None
+        assert (await channel.command("HELLO"))["proto"] == 3
+    finally:
+        await channel.aclose()
+        await client.aclose()
+
+
+async def test_a_consumer_reads_jobs_over_resp3(redis_url: str, namespace: str) -> None:
+    """XREADGROUP answers a map under RESP3 (an array of pairs under RESP2): the consumer reads
+    jobs either way."""
+    settings = Settings(redis_url=f"{redis_url}?protocol=3", redis_namespace=namespace)
+    queue = RedisJobQueue(settings)
+    try:
+        consumer = queue.consumer()
+        await consumer.start()
+        await queue.enqueue(Job("github", "resp3-user"))
+        [delivery] = await consumer.fetch(4, 1.0)
+        assert delivery.job is not None
+        assert delivery.job.user_id == "resp3-user"
+        started = await consumer.begin(delivery, delivery.job)
+        await consumer.complete(delivery)
+        assert started.user_id == "resp3-user"
+        assert (await queue.stats())["pending"] == 0
+    finally:
+        await queue.aclose()

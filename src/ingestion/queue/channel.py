@@ -38,6 +38,8 @@ from redis.exceptions import ConnectionError, InvalidResponse, NoScriptError, Re
 __all__ = ["Channel"]
 
 _READ_SIZE = 65536
+#: What the reader answers while a reply is incomplete (not `False`: a RESP3 reply can be).
+_INCOMPLETE = object()
 
 
 class Channel:
@@ -132,7 +134,7 @@ class Channel:
         replies: list[Any] = []
         while len(replies) < len(packed):
             reply = reader.gets()
-            if reply is False:
+            if reply is _INCOMPLETE:
                 data = await stream.read(_READ_SIZE)
                 if not data:
                     raise ConnectionError("Redis closed the queue channel's connection")
@@ -152,6 +154,7 @@ class Channel:
             options: dict[str, Any] = {
                 "protocolError": InvalidResponse,
                 "replyError": BaseParser.parse_error,
+                "notEnoughData": _INCOMPLETE,
             }
             if encoder.decode_responses:
                 options["encoding"] = encoder.encoding
