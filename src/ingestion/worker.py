@@ -14,8 +14,9 @@ Guarantees:
 - **A coalesced full sync is honoured**: a job first takes (`Consumer.begin`) the widening options
   that requests merged into it asked for, and runs with them; the queue enqueues a follow-up job
   for those that arrived while it ran.
-- **Up to `WORKER_CONCURRENCY` jobs in flight**; one sync per (provider, user) at a time through
-  the queue's lock.
+- **Up to `WORKER_CONCURRENCY` jobs running**; one sync per (provider, user) at a time through
+  the queue's lock. A job whose runner returned gives its slot to the next one while it is
+  acknowledged; at most as many again wait for their acknowledgement.
 - **Graceful shutdown**: once `stop` is set no new entry is taken, running jobs get
   `SHUTDOWN_GRACE_PERIOD` to finish, entries read but not started are handed back at once,
   and jobs still running after the grace period stay pending for another worker.
