@@ -3,11 +3,9 @@ skip-unchanged and idempotent resends."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +15,7 @@ from ingestion.config import Settings
 from ingestion.errors import ConfigurationError, PermanentError, RateLimited, RetryableError
 from ingestion.memory.http_sink import HttpMemorySink
 from ingestion.memory.record import MemoryRecord
-from ingestion.storage.db import Database, open_database, upgrade
+from ingestion.storage.db import Database, open_database
 from tests.emulators.memory_engine import MemoryEngineState, create_app
 from tests.emulators.server import RunningServer, serve
 
@@ -62,19 +60,9 @@ def state(engine: tuple[MemoryEngineState, RunningServer]) -> MemoryEngineState:
     return engine[0]
 
 
-@pytest.fixture(scope="module")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied for each test (migrating takes most of a second)."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    upgrade(Settings(database_url=f"sqlite:///{path}"))
-    return path
-
-
 @pytest.fixture
-async def db(tmp_path: Path, migrated_template: Path) -> AsyncIterator[Database]:
-    path = tmp_path / "sink.db"
-    shutil.copyfile(migrated_template, path)
-    database = await open_database(Settings(database_url=f"sqlite:///{path}"), migrate=False)
+async def db(migrated_sqlite_url: str) -> AsyncIterator[Database]:
+    database = await open_database(Settings(database_url=migrated_sqlite_url), migrate=False)
     yield database
     await database.dispose()
 
