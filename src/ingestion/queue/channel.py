@@ -58,7 +58,7 @@ class Channel:
         """Run `script` by SHA in the next round trip. Calls of a script Redis does not have
         (it restarted or was flushed) fail without running: the script is loaded and they are
         sent again, in their order, in one more round trip."""
-        return await self._call((("EVALSHA", script.sha, len(keys), *keys, *args)), script)
+        return await self._call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     async def command(self, *args: Any) -> Any:
         """Send one command in the next round trip; its reply, or its error raised."""
@@ -91,7 +91,9 @@ class Channel:
                 error = (
                     exc
                     if isinstance(exc, ConnectionError)
-                    else ConnectionError(f"queue channel round trip failed: {exc!r}")
+                    else ConnectionError(
+                        f"round trip on the worker's job connection failed: {exc!r}"
+                    )
                 )
                 for *_, future in batch:
                     if not future.done():
@@ -137,7 +139,7 @@ class Channel:
             if reply is _INCOMPLETE:
                 data = await stream.read(_READ_SIZE)
                 if not data:
-                    raise ConnectionError("Redis closed the queue channel's connection")
+                    raise ConnectionError("Redis closed the worker's job connection")
                 reader.feed(data)
                 continue
             replies.append(reply)

@@ -156,7 +156,7 @@ class RedisJobQueue:
         self._enqueue_ticks = self.redis.register_script(scripts.ENQUEUE_TICKS)
         self._requeue_dead = self.redis.register_script(scripts.REQUEUE_DEAD)
         #: The own connections of the consumers made here (one per worker), closed by `aclose`.
-        self.channels: list[Channel] = []
+        self._channels: list[Channel] = []
 
     async def enqueue(self, job: Job, *, rerun: bool = False) -> EnqueueResult:
         """Add `job` unless one for the same (provider, user) is queued or running.
@@ -382,11 +382,11 @@ class RedisJobQueue:
 
     def consumer(self, name: str | None = None) -> RedisConsumer:
         consumer = RedisConsumer(self, name or consumer_name())
-        self.channels.append(consumer.channel)
+        self._channels.append(consumer.channel)
         return consumer
 
     async def aclose(self) -> None:
-        for channel in self.channels:
+        for channel in self._channels:
             await channel.aclose()
         await self.redis.aclose()
 
