@@ -559,8 +559,7 @@ class _Run:
                 if not isinstance(commit, Mapping):
                     continue
                 sha = str(commit.get("sha") or "")
-                author = str((commit.get("author") or {}).get("login") or "").lower()
-                if _SHA.fullmatch(sha) and author == login and sha not in kept:
+                if _SHA.fullmatch(sha) and _author_login(commit) == login and sha not in kept:
                     dropped.append(sha)
             url = reply.next_url
         if dropped:
@@ -589,8 +588,7 @@ class _Run:
             (
                 c
                 for c in listed
-                if str((c.get("author") or {}).get("login") or "").lower() == login
-                and start.is_new(str(c.get("sha")), _commit_date(c))
+                if _author_login(c) == login and start.is_new(str(c.get("sha")), _commit_date(c))
             ),
             key=lambda c: (_commit_date(c), str(c.get("sha"))),
         )
@@ -926,6 +924,13 @@ def _keyset_next(
 def _kept(records: Iterable[MemoryRecord | None]) -> list[MemoryRecord]:
     """The records of the items that could be transformed (the others were counted)."""
     return [record for record in records if record is not None]
+
+
+def _author_login(commit: Mapping[str, Any]) -> str:
+    """The lower-cased login of a listed commit's GitHub author ('' when it has none: an
+    author email GitHub matched to no account)."""
+    author = commit.get("author")
+    return str(author.get("login") or "").lower() if isinstance(author, Mapping) else ""
 
 
 def _commit_date(commit: Mapping[str, Any]) -> str:
